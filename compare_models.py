@@ -182,6 +182,7 @@ def build_report(evaluated, reference, num_resamples, confidence, alpha, seed):
         "num_resamples": num_resamples,
         "seed": seed,
         "reference": evaluated[reference].name,
+        "segment_weighting": "frames" if _segment_weights(evaluated[reference]) else "equal",
         "models": [_model_summary(model, num_resamples, confidence, seed) for model in evaluated],
         "comparisons": [],
     }
@@ -196,7 +197,11 @@ def build_report(evaluated, reference, num_resamples, confidence, alpha, seed):
 def _model_summary(model, num_resamples, confidence, seed):
     results = model.results
     _, ci_low, ci_high = mean_interval(
-        results["segment_codebook_loss"], num_resamples=num_resamples, confidence=confidence, seed=seed
+        results["segment_codebook_loss"],
+        weights=_segment_weights(model),
+        num_resamples=num_resamples,
+        confidence=confidence,
+        seed=seed,
     )
     summary = {"name": model.name, "source": model.source, "num_parameters": model.num_parameters}
     for key in ("codebook_loss", "codebook_top1", "codebook_top5", "mean_loss", "mean_top1", "mean_top5", "perplexity"):
@@ -210,7 +215,9 @@ def _compare_pair(reference, candidate, num_resamples, confidence, alpha, seed):
     """Candidate minus reference: per-codebook tests (Holm over codebooks) and the mean over codebooks."""
     losses_reference = np.asarray(reference.results["segment_codebook_loss"], dtype=np.float64)
     losses_candidate = np.asarray(candidate.results["segment_codebook_loss"], dtype=np.float64)
-    settings = dict(num_resamples=num_resamples, confidence=confidence, alpha=alpha, seed=seed)
+    settings = dict(
+        weights=_segment_weights(reference), num_resamples=num_resamples, confidence=confidence, alpha=alpha, seed=seed
+    )
     per_codebook = compare_losses(losses_reference, losses_candidate, **settings).to_dict()
     # The mean over codebooks is one extra test outside the codebook family, so it is not Holm-corrected.
     mean = compare_losses(losses_reference.mean(axis=1), losses_candidate.mean(axis=1), **settings).to_dict()
@@ -468,6 +475,15 @@ def _check_same_segments(evaluated):
         losses = np.asarray(model.results["segment_codebook_loss"])
         if losses.shape != (len(model.results["segment_ids"]), len(model.results["codebook_loss"])):
             raise ValueError(f"{model.name}: segment_codebook_loss has shape {losses.shape}, inconsistent with its segments")
+
+
+def _segment_weights(model):
+    """Frames per segment when the evaluation recorded them, so bootstrap means are token-weighted like the table.
+
+    Without them every segment counts equally, which differs from the token-weighted table only through the
+    shorter last segment of each track.
+    """
+    return model.results.get("segment_num_frames")
 
 
 def _difference(candidate, reference):
