@@ -1,0 +1,277 @@
+"""Configuration of the music-hybrid language model over delayed DAC codes.
+
+One config describes both architectures of the reference experiment: a pure
+Transformer (every layer "full_attention") and a Jamba-style hybrid (Mamba-1
+layers, "linear_attention", interleaved with attention layers). Presets
+reproduce the published models; any field can be overridden and the derived
+fields (head size, dt_rank "auto", layer_types from an attention period) follow.
+"""
+
+import math
+
+from transformers import PretrainedConfig
+
+ATTENTION = "full_attention"
+MAMBA = "linear_attention"
+LAYER_TYPES = (ATTENTION, MAMBA)
+POSITION_EMBEDDING_TYPES = ("learned", "rope", "none")
+
+# Published DAC 44.1 kHz codec: the default identity when a model is created
+# without a dataset (training overwrites it with the dataset's codec).
+PRETRAINED_DAC_IDENTITY = {
+    "backend": "transformers",
+    "model_id": "descript/dac_44khz",
+    "revision": None,
+    "seed": None,
+    "config_overrides": None,
+    "sample_rate": 44100,
+    "hop_length": 512,
+    "num_codebooks": 9,
+    "codebook_size": 1024,
+}
+
+
+class MusicHybridConfig(PretrainedConfig):
+    r"""
+    Args:
+        num_codebooks: codebooks per frame (DAC 44.1 kHz: 9); one sequence position carries one token per codebook.
+        codebook_size: real codes per codebook (1024); the heads predict only these.
+        vocab_size: embedding rows per codebook, codes plus special tokens (1027).
+        pad_token_id / bos_token_id / eos_token_id: special ids, at or above `codebook_size`.
+        hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: as in Llama.
+        layer_types: one of "full_attention" (attention) or "linear_attention" (Mamba-1) per layer. When None it is
+            derived from `attention_period` / `attention_offset`: layer i is attention when i % period == offset
+            (period 1 gives a pure Transformer, period 0 a pure Mamba model).
+        mamba_mlp: whether Mamba layers carry an MLP after the mixer (attention layers always do).
+        position_embedding_type: "learned" absolute positions (`max_position_embeddings` rows), "rope", or "none".
+        mamba_d_state, mamba_d_conv, mamba_expand, mamba_dt_rank ("auto" = ceil(hidden_size / 16)),
+        mamba_conv_bias, mamba_proj_bias, mamba_dt_min, mamba_dt_max, mamba_dt_init_floor: Mamba-1 mixer settings,
+            named and initialised as in mamba_ssm's `Mamba`.
+        mamba_implementation: "auto" (mamba-ssm CUDA kernels on CUDA tensors when installed, PyTorch otherwise),
+            "kernels" (always the kernels) or "torch" (never).
+        label_smoothing: applied to the training loss only (evaluation reports plain cross entropy).
+        codebook_loss_weights: optional per-codebook weights of the loss (a weighted mean).
+        codec: identity of the codec the codes come from (backend, model id, revision or seed, rates), so that
+            generated codes are decoded with the same codec.
+    """
+
+    model_type = "music_hybrid"
+    keys_to_ignore_at_inference = ["cache"]
+
+    def __init__(
+        self,
+        num_codebooks=9,
+        codebook_size=1024,
+        vocab_size=1027,
+        pad_token_id=1024,
+        bos_token_id=1025,
+        eos_token_id=1026,
+        hidden_size=768,
+        num_hidden_layers=20,
+        num_attention_heads=12,
+        num_key_value_heads=None,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        layer_types=None,
+        attention_period=1,
+        attention_offset=0,
+        mamba_mlp=False,
+        position_embedding_type="learned",
+        max_position_embeddings=8192,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        hidden_dropout=0.0,
+        mamba_d_state=64,
+        mamba_d_conv=4,
+        mamba_expand=2,
+        mamba_dt_rank="auto",
+        mamba_conv_bias=True,
+        mamba_proj_bias=False,
+        mamba_dt_min=0.001,
+        mamba_dt_max=0.1,
+        mamba_dt_init_floor=1e-4,
+        mamba_implementation="auto",
+        initializer_range=0.02,
+        label_smoothing=0.0,
+        codebook_loss_weights=None,
+        codec=None,
+        use_cache=True,
+        tie_word_embeddings=False,
+        **kwargs,
+    ):
+        self.num_codebooks = num_codebooks
+        self.codebook_size = codebook_size
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        if layer_types is None:
+            layer_types = self.periodic_layer_types(num_hidden_layers, attention_period, attention_offset)
+        self.layer_types = list(layer_types)
+        self.mamba_mlp = mamba_mlp
+        self.position_embedding_type = position_embedding_type
+        self.max_position_embeddings = max_position_embeddings
+        self.rope_theta = rope_theta
+        self.rms_norm_eps = rms_norm_eps
+        self.attention_bias = attention_bias
+        self.mlp_bias = mlp_bias
+        self.attention_dropout = attention_dropout
+        self.hidden_dropout = hidden_dropout
+        self.mamba_d_state = mamba_d_state
+        self.mamba_d_conv = mamba_d_conv
+        self.mamba_expand = mamba_expand
+        self.mamba_dt_rank = mamba_dt_rank
+        self.mamba_conv_bias = mamba_conv_bias
+        self.mamba_proj_bias = mamba_proj_bias
+        self.mamba_dt_min = mamba_dt_min
+        self.mamba_dt_max = mamba_dt_max
+        self.mamba_dt_init_floor = mamba_dt_init_floor
+        self.mamba_implementation = mamba_implementation
+        self.initializer_range = initializer_range
+        self.label_smoothing = label_smoothing
+        self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
+        self.codec = codec
+        self.use_cache = use_cache
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate_fields()
+
+    @staticmethod
+    def periodic_layer_types(num_layers, attention_period, attention_offset):
+        if attention_period == 0:
+            return [MAMBA] * num_layers
+        return [ATTENTION if i % attention_period == attention_offset else MAMBA for i in range(num_layers)]
+
+    # Derived fields are properties so that overriding width or depth keeps them right.
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mamba_d_inner(self):
+        return self.mamba_expand * self.hidden_size
+
+    @property
+    def mamba_dt_rank_value(self):
+        return math.ceil(self.hidden_size / 16) if self.mamba_dt_rank == "auto" else self.mamba_dt_rank
+
+    @property
+    def num_attention_layers(self):
+        return self.layer_types.count(ATTENTION)
+
+    def validate_fields(self):
+        def fail(field, message):
+            raise ValueError(f"MusicHybridConfig.{field}: {message}")
+
+        for field in ("num_codebooks", "codebook_size", "hidden_size", "num_hidden_layers", "intermediate_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if self.vocab_size < self.codebook_size + 2:
+            fail("vocab_size", f"must hold {self.codebook_size} codes plus pad and bos, got {self.vocab_size}")
+        for field in ("pad_token_id", "bos_token_id"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or not self.codebook_size <= value < self.vocab_size:
+                fail(field, f"must be a special id in [{self.codebook_size}, {self.vocab_size}), got {value!r}")
+        if self.pad_token_id == self.bos_token_id:
+            fail("bos_token_id", "must differ from pad_token_id")
+        if self.eos_token_id is not None and not self.codebook_size <= self.eos_token_id < self.vocab_size:
+            fail("eos_token_id", f"must be a special id in [{self.codebook_size}, {self.vocab_size}) or None")
+        if len(self.layer_types) != self.num_hidden_layers:
+            fail("layer_types", f"has {len(self.layer_types)} entries for num_hidden_layers={self.num_hidden_layers}")
+        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if unknown:
+            fail("layer_types", f"unknown layer types {unknown}; use {list(LAYER_TYPES)}")
+        if self.num_attention_layers:
+            if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
+                fail("num_attention_heads", f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}")
+            if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
+                fail(
+                    "num_key_value_heads",
+                    f"{self.num_key_value_heads} does not divide num_attention_heads={self.num_attention_heads}",
+                )
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            fail("position_embedding_type", f"{self.position_embedding_type!r} is not one of {POSITION_EMBEDDING_TYPES}")
+        if self.position_embedding_type == "rope" and self.head_dim % 2:
+            fail("num_attention_heads", f"RoPE needs an even head size, got {self.head_dim}")
+        if self.mamba_dt_rank != "auto" and (not isinstance(self.mamba_dt_rank, int) or self.mamba_dt_rank <= 0):
+            fail("mamba_dt_rank", f"must be 'auto' or a positive integer, got {self.mamba_dt_rank!r}")
+        for field in ("mamba_d_state", "mamba_d_conv", "mamba_expand"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value <= 0:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if self.mamba_implementation not in ("auto", "kernels", "torch"):
+            fail("mamba_implementation", f"must be 'auto', 'kernels' or 'torch', got {self.mamba_implementation!r}")
+        if self.codebook_loss_weights is not None:
+            if len(self.codebook_loss_weights) != self.num_codebooks:
+                fail("codebook_loss_weights", f"needs {self.num_codebooks} values, got {len(self.codebook_loss_weights)}")
+            if min(self.codebook_loss_weights) < 0 or sum(self.codebook_loss_weights) <= 0:
+                fail("codebook_loss_weights", "must be non-negative with a positive sum")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            fail("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A preset by name (see `PRESETS`), with any field overridden."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        fields = {key: value for key, value in PRESETS[name].items() if key != "description"}
+        fields.update(overrides)
+        return cls(**fields)
+
+
+_PUBLISHED = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=8192)
+_MAMBA_1 = dict(mamba_d_state=64, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=48)
+_TINY = dict(
+    hidden_size=64, num_attention_heads=4, intermediate_size=128, max_position_embeddings=512,
+    mamba_d_state=8, mamba_dt_rank="auto",
+)
+_SMALL = dict(
+    hidden_size=256, num_attention_heads=4, intermediate_size=1024, max_position_embeddings=4096,
+    mamba_d_state=16, mamba_dt_rank="auto",
+)
+
+PRESETS = {
+    "transformer-162m": dict(
+        description="Published baseline: 20 attention layers, d_model 768, 12 heads, GELU MLP 3072, learned positions.",
+        num_hidden_layers=20, attention_period=1, **_PUBLISHED,
+    ),
+    "hybrid-116m": dict(
+        description="Published hybrid: [mamba x3, attention] x5, Mamba-1 (d_state 64, expand 2, dt_rank 48) without MLP.",
+        num_hidden_layers=20, attention_period=4, attention_offset=3, mamba_mlp=False, **_PUBLISHED, **_MAMBA_1,
+    ),
+    "hybrid-matched": dict(
+        description="Parameter-matched hybrid: the published hybrid made deeper, 30 layers "
+        "([mamba x3, attention] x7 then mamba x2), within 0.2% of transformer-162m.",
+        num_hidden_layers=30, attention_period=4, attention_offset=3, mamba_mlp=False, **_PUBLISHED, **_MAMBA_1,
+    ),
+    "transformer-small": dict(
+        description="Laptop-size Transformer: 8 layers, d_model 256.", num_hidden_layers=8, attention_period=1, **_SMALL,
+    ),
+    "hybrid-small": dict(
+        description="Laptop-size hybrid: [mamba x3, attention] x2, d_model 256.",
+        num_hidden_layers=8, attention_period=4, attention_offset=3, **_SMALL,
+    ),
+    "transformer-tiny": dict(
+        description="Test-size Transformer: 2 layers, d_model 64.", num_hidden_layers=2, attention_period=1, **_TINY,
+    ),
+    "hybrid-tiny": dict(
+        description="Test-size hybrid: [mamba, attention] x2, d_model 64.",
+        num_hidden_layers=4, attention_period=2, attention_offset=1, **_TINY,
+    ),
+    "mamba-tiny": dict(
+        description="Test-size pure Mamba model: 2 Mamba layers with MLPs, d_model 64, no positions.",
+        num_hidden_layers=2, attention_period=0, mamba_mlp=True, position_embedding_type="none", **_TINY,
+    ),
+}

@@ -1,0 +1,912 @@
+"""A language model over delayed DAC codes: a Transformer or a Jamba-style Mamba/attention hybrid.
+
+Top-down: the delay pattern, the model (backbone layers, LM head, loss, generate), then its parts (cache,
+attention, Mamba-1 mixer and its selective scan, MLP, norms, positions). One sequence position carries one
+token per codebook (MusicGen's delay pattern: codebook k is shifted right by k frames); their embeddings are
+summed and one linear head per codebook predicts the next position's codes.
+
+This file and configuration_music_hybrid.py are self-contained: save_pretrained copies both next to the weights
+for trust_remote_code loading, where they form a package.
+"""
+
+import copy
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import logging
+
+try:  # inside a checkpoint folder loaded with trust_remote_code the two files form a package
+    from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
+except ImportError:  # from the repository root they are plain modules
+    from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
+
+logger = logging.get_logger(__name__)
+
+IGNORE_INDEX = -100
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Delay pattern
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def apply_delay_pattern(codes, pad_token_id):
+    """(B, K, T) natural codes -> (B, K, T + K - 1): codebook k shifted right by k frames, delay slots = pad."""
+    batch, num_codebooks, num_frames = codes.shape
+    delayed = codes.new_full((batch, num_codebooks, num_frames + num_codebooks - 1), pad_token_id)
+    for k in range(num_codebooks):
+        delayed[:, k, k : k + num_frames] = codes[:, k]
+    return delayed
+
+
+def undo_delay_pattern(delayed):
+    """(B, K, T + K - 1) delayed codes -> (B, K, T) natural codes."""
+    num_codebooks = delayed.shape[1]
+    num_frames = delayed.shape[2] - num_codebooks + 1
+    if num_frames < 0:
+        raise ValueError(f"A delayed sequence of {num_codebooks} codebooks needs at least {num_codebooks - 1} positions")
+    return torch.stack([delayed[:, k, k : k + num_frames] for k in range(num_codebooks)], dim=1)
+
+
+def codes_to_model_inputs(codes, config):
+    """Natural codes (B, K, T) -> model inputs of T + K positions: a start column, then the delayed codes.
+
+    Labels are the inputs with every special id (start, pad) replaced by -100, so that right-padding a short
+    track with pad frames masks it out of the loss. The model shifts labels by one position itself.
+    """
+    start = codes.new_full((codes.shape[0], codes.shape[1], 1), config.bos_token_id)
+    input_ids = torch.cat([start, apply_delay_pattern(codes, config.pad_token_id)], dim=2)
+    labels = input_ids.masked_fill(input_ids >= config.codebook_size, IGNORE_INDEX)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MusicHybridCausalLMOutput(ModelOutput):
+    """loss: mean (or weighted mean) of `codebook_losses`; logits: (B, K, T, codebook_size)."""
+
+    loss: torch.FloatTensor | None = None
+    codebook_losses: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: "MusicHybridCache | None" = None
+    hidden_states: torch.FloatTensor | None = None
+
+
+class MusicHybridPreTrainedModel(PreTrainedModel):
+    config_class = MusicHybridConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["MusicHybridDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = False
+    _is_stateful = True  # Mamba state: no assisted decoding or cache cropping
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MambaMixer):
+            module.reset_ssm_parameters()
+        elif isinstance(module, RotaryEmbedding):
+            init.copy_(module.inv_freq, module.compute_inv_freq())
+
+
+class MusicHybridModel(MusicHybridPreTrainedModel):
+    """Embeddings (one table per codebook, summed), positions, the decoder layers and the final norm."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        # One (K * vocab) table holds the K per-codebook tables back to back: one lookup embeds every codebook.
+        self.embed_tokens = nn.Embedding(config.num_codebooks * config.vocab_size, config.hidden_size)
+        self.register_buffer(
+            "codebook_offsets", torch.arange(config.num_codebooks) * config.vocab_size, persistent=False
+        )
+        if config.position_embedding_type == "learned":
+            self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        elif config.position_embedding_type == "rope":
+            self.rotary_emb = RotaryEmbedding(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+        self.layers = nn.ModuleList(MusicHybridDecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:  # a non-persistent buffer: rebuilt after meta-device loading
+            init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
+
+    def forward(self, input_ids, cache=None):
+        past_length = 0 if cache is None else cache.length
+        seq_length = input_ids.shape[2]
+        positions = torch.arange(past_length, past_length + seq_length, device=input_ids.device)
+        token_ids = input_ids + self.codebook_offsets[None, :, None]
+        hidden_states = self.embed_tokens(token_ids).sum(dim=1)
+        rotary = None
+        if self.config.position_embedding_type == "learned":
+            if past_length + seq_length > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"Sequence of {past_length + seq_length} positions exceeds max_position_embeddings="
+                    f"{self.config.max_position_embeddings} of this model (learned positions)"
+                )
+            hidden_states = hidden_states + self.embed_positions(positions)
+        elif self.config.position_embedding_type == "rope":
+            rotary = self.rotary_emb(positions, hidden_states.dtype)
+        hidden_states = self.dropout(hidden_states)
+        attention_mask = self.attention_mask(seq_length, cache, hidden_states)
+
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                hidden_states = self._gradient_checkpointing_func(
+                    layer.__call__, hidden_states, rotary, attention_mask, cache
+                )
+            else:
+                hidden_states = layer(hidden_states, rotary, attention_mask, cache)
+        if cache is not None:
+            cache.length += seq_length
+        return self.norm(hidden_states)
+
+    def attention_mask(self, seq_length, cache, hidden_states):
+        """Additive causal mask for the attention layers, or None where the attention function is causal itself.
+
+        A single new position attends to everything cached (a sliding-window cache holds only the window).
+        A block starting at position 0 is plainly causal, which sdpa and flash handle without a mask.
+        """
+        past_length = 0 if cache is None else cache.length
+        window = None if cache is None else cache.attention_window
+        if seq_length == 1 or self.config.num_attention_layers == 0:
+            return None
+        key_length = seq_length if window is not None else past_length + seq_length
+        plain_causal = past_length == 0 and (window is None or seq_length <= window)
+        if plain_causal and self.config._attn_implementation != "eager":
+            return None
+        query_positions = torch.arange(past_length, past_length + seq_length, device=hidden_states.device)
+        key_positions = torch.arange(past_length + seq_length - key_length, past_length + seq_length, device=hidden_states.device)
+        distance = query_positions[:, None] - key_positions[None, :]
+        allowed = distance >= 0
+        if window is not None:
+            allowed &= distance < window
+        mask = torch.zeros(allowed.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+        return mask.masked_fill(~allowed, torch.finfo(hidden_states.dtype).min)[None, None]
+
+
+class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
+    """The backbone plus one linear head per codebook over the real codes (special ids are never predicted)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = MusicHybridModel(config)
+        # K heads stored as one (K * codebook_size, hidden) matrix: one matmul predicts every codebook.
+        self.lm_head = nn.Linear(config.hidden_size, config.num_codebooks * config.codebook_size, bias=False)
+        self.post_init()
+        self.generation_config = default_generation_config(config)
+        log_mamba_path_once(config)
+
+    def forward(self, input_ids, labels=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
+        """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
+        where nothing is predicted (see `codes_to_model_inputs`). With `use_cache`, a new `MusicHybridCache` is
+        made when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all)."""
+        check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
+        if use_cache and cache is None:
+            cache = MusicHybridCache(
+                self.config, input_ids.shape[0], self.config.max_position_embeddings, input_ids.device, self.dtype
+            )
+        hidden_states = self.model(input_ids, cache)
+        logits = self.codebook_logits(hidden_states[:, -logits_to_keep:])
+        loss = codebook_losses = None
+        if labels is not None:
+            check_token_ids(labels, self.config, "labels", self.config.codebook_size, allow_ignore=True)
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}")
+            if logits_to_keep:
+                raise ValueError("labels need logits for every position: leave logits_to_keep at 0")
+            codebook_losses = per_codebook_cross_entropy(logits[..., :-1, :], labels[..., 1:], self.config.label_smoothing)
+            loss = weighted_codebook_mean(codebook_losses, self.config.codebook_loss_weights)
+        return MusicHybridCausalLMOutput(
+            loss=loss, codebook_losses=codebook_losses, logits=logits, cache=cache
+        )
+
+    def codebook_logits(self, hidden_states):
+        """(B, T, hidden) -> (B, K, T, codebook_size)."""
+        batch, seq_length, _ = hidden_states.shape
+        logits = self.lm_head(hidden_states).view(batch, seq_length, self.config.num_codebooks, -1)
+        return logits.transpose(1, 2)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, generation_config=None, streamer=None, long_form=None, context_window=None, **kwargs):
+        """Sample codes, returned in natural layout (B * num_return_sequences, K, T + max_new_tokens) as int64.
+
+        input_ids: None (unconditional) or prompt codes (B, K, T) in natural layout, ids in [0, codebook_size).
+        Rows i*n ... (i+1)*n-1 continue prompt i (n = num_return_sequences), each an independent sample.
+        temperature, top_k and top_p may be one value or a list of one value per codebook.
+        streamer: an object with put(frames) and end(); put gets each new frame (B*n, K, 1) once all its codebooks
+            are known.
+        long_form: None (the whole sequence must fit the model's positions), "window" (when the positions run out,
+            the last `context_window` frames are prefilled again as a new prompt, as in audiocraft; any model) or
+            "sliding" (attention sees the last `context_window` positions while Mamba state carries on; models
+            without learned positions).
+        """
+        config = generation_config_with_overrides(generation_config or self.generation_config, kwargs)
+        prompt = prepare_prompt(input_ids, self.config, self.device)
+        prompt = prompt.repeat_interleave(config.num_return_sequences or 1, dim=0)
+        if prompt.shape[0] == 0:
+            raise ValueError("input_ids has an empty batch")
+        max_new_tokens = config.max_new_tokens
+        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be a positive number of frames, got {max_new_tokens!r}")
+        sampler = CodebookSampler(config, self.config.num_codebooks)
+        num_codebooks = self.config.num_codebooks
+        position_limit = self.config.max_position_embeddings
+        if long_form == "sliding":
+            if self.config.position_embedding_type == "learned":
+                raise ValueError('long_form="sliding" needs a model without learned positions; use long_form="window"')
+            window = check_context_window(context_window, position_limit, num_codebooks)
+            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer, attention_window=window)
+        elif long_form == "window":
+            codes = self.generate_windowed(prompt, max_new_tokens, sampler, streamer, context_window)
+        elif long_form is None:
+            needed = prompt.shape[2] + max_new_tokens + num_codebooks
+            if self.config.position_embedding_type == "learned" and needed > position_limit:
+                raise ValueError(
+                    f"{prompt.shape[2]} prompt + {max_new_tokens} new frames need {needed} positions, more than this "
+                    f"model's {position_limit}: shorten the request or pass long_form='window'"
+                )
+            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer)
+        else:
+            raise ValueError(f"long_form must be None, 'window' or 'sliding', got {long_form!r}")
+        if streamer is not None:
+            streamer.end()
+        return codes
+
+    def generate_windowed(self, prompt, max_new_tokens, sampler, streamer, context_window):
+        """Windowed continuation: generate while the positions last, then restart from the last frames."""
+        num_codebooks = self.config.num_codebooks
+        frames_per_context = self.config.max_position_embeddings - num_codebooks
+        window = check_context_window(context_window, frames_per_context, 0)
+        codes = prompt
+        remaining = max_new_tokens
+        while remaining:
+            context = codes[:, :, -window:] if codes.shape[2] > window else codes
+            step = min(remaining, frames_per_context - context.shape[2])
+            new = self.generate_frames(context, step, sampler, streamer)[:, :, context.shape[2] :]
+            codes = torch.cat([codes, new], dim=2)
+            remaining -= step
+        return codes
+
+    def generate_frames(self, prompt, max_new_tokens, sampler, streamer, attention_window=None):
+        """The decoding loop over delayed positions: prefill the prompt, then one position per step."""
+        batch, num_codebooks, prompt_frames = prompt.shape
+        total_frames = prompt_frames + max_new_tokens
+        num_positions = total_frames + num_codebooks  # start column + delayed frames
+        tokens = torch.cat(
+            [prompt.new_full((batch, num_codebooks, 1), self.config.bos_token_id),
+             apply_delay_pattern(F.pad(prompt, (0, max_new_tokens), value=self.config.pad_token_id), self.config.pad_token_id)],
+            dim=2,
+        )
+        # Codebook k at position p holds frame p - 1 - k: sampled when that frame is new, kept from the
+        # prompt (or pad) otherwise.
+        frame_of = torch.arange(num_positions, device=prompt.device)[None, :] - 1 - torch.arange(num_codebooks, device=prompt.device)[:, None]
+        sampled = (frame_of >= prompt_frames) & (frame_of < total_frames)
+
+        cache = MusicHybridCache(
+            self.config, batch, num_positions, prompt.device, self.dtype, attention_window=attention_window
+        )
+        prefill_length = prompt_frames + 1  # every codebook of these positions is known
+        hidden = self.model(tokens[:, :, :prefill_length], cache)
+        for position in range(prefill_length, num_positions):
+            logits = self.codebook_logits(hidden[:, -1:])[:, :, 0]
+            tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
+            complete_frame = position - num_codebooks
+            if streamer is not None and complete_frame >= prompt_frames:
+                streamer.put(undo_delay_pattern(tokens[:, :, position - num_codebooks + 1 : position + 1]))
+            if position + 1 < num_positions:
+                hidden = self.model(tokens[:, :, position : position + 1], cache)
+        return undo_delay_pattern(tokens[:, :, 1:])
+
+
+def default_generation_config(config):
+    """MusicGen's sampling defaults: greedy decoding of codec tokens loops, so sample with top-k 250."""
+    return GenerationConfig(
+        do_sample=True,
+        top_k=250,
+        temperature=1.0,
+        max_new_tokens=860,  # about 10 s of audio
+        num_return_sequences=1,
+        bos_token_id=config.bos_token_id,
+        pad_token_id=config.pad_token_id,
+    )
+
+
+PER_CODEBOOK_SETTINGS = ("temperature", "top_k", "top_p")
+
+
+def generation_config_with_overrides(generation_config, overrides):
+    """A copy of the generation config with keyword overrides; per-codebook lists kept aside from validation."""
+    config = copy.deepcopy(generation_config)
+    per_codebook = {name: overrides.pop(name) for name in PER_CODEBOOK_SETTINGS if name in overrides}
+    unused = config.update(**overrides)
+    if unused:
+        raise ValueError(f"generate() got unknown arguments {sorted(unused)}")
+    for name, value in per_codebook.items():
+        setattr(config, name, value)
+    return config
+
+
+def prepare_prompt(input_ids, config, device):
+    """Validate natural-layout prompt codes; None is an empty prompt of batch 1."""
+    if input_ids is None:
+        return torch.zeros((1, config.num_codebooks, 0), dtype=torch.long, device=device)
+    if not torch.is_tensor(input_ids):
+        input_ids = torch.as_tensor(input_ids)
+    if input_ids.dim() != 3 or input_ids.shape[1] != config.num_codebooks:
+        raise ValueError(
+            f"Prompt codes must have shape (batch, {config.num_codebooks}, frames), got {tuple(input_ids.shape)}"
+        )
+    if input_ids.is_floating_point():
+        raise ValueError("Prompt codes must be integers")
+    if input_ids.numel() and (input_ids.min() < 0 or input_ids.max() >= config.codebook_size):
+        raise ValueError(f"Prompt codes must lie in [0, {config.codebook_size}) (natural layout, no special tokens)")
+    return input_ids.to(device=device, dtype=torch.long)
+
+
+def check_context_window(context_window, limit, reserve):
+    if not isinstance(context_window, int) or not 0 < context_window < limit - reserve:
+        raise ValueError(f"context_window must be a number of frames in [1, {limit - reserve}), got {context_window!r}")
+    return context_window
+
+
+class CodebookSampler:
+    """Draws one code per codebook from logits (N, K, V), with per-codebook temperature / top-k / top-p.
+
+    Built from transformers' public logits warpers; codebooks sharing settings are processed together.
+    """
+
+    def __init__(self, generation_config, num_codebooks):
+        self.do_sample = bool(generation_config.do_sample)
+        settings = [
+            self.per_codebook(generation_config, name, num_codebooks) for name in PER_CODEBOOK_SETTINGS
+        ]
+        groups = {}
+        for k, (temperature, top_k, top_p) in enumerate(zip(*settings)):
+            groups.setdefault((temperature, top_k, top_p), []).append(k)
+        self.groups = [(torch.tensor(ks), self.warpers(*key)) for key, ks in groups.items()]
+
+    @staticmethod
+    def per_codebook(generation_config, name, num_codebooks):
+        value = getattr(generation_config, name)
+        values = list(value) if isinstance(value, (list, tuple)) else [value] * num_codebooks
+        if len(values) != num_codebooks:
+            raise ValueError(f"{name} needs one value or {num_codebooks} (one per codebook), got {len(values)}")
+        return values
+
+    @staticmethod
+    def warpers(temperature, top_k, top_p):
+        warpers = []
+        if temperature is not None and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(float(temperature)))
+        if top_k:
+            warpers.append(TopKLogitsWarper(int(top_k)))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(float(top_p)))
+        return warpers
+
+    def __call__(self, logits):
+        if not self.do_sample:
+            return logits.argmax(dim=-1)
+        batch, num_codebooks, vocab = logits.shape
+        scores = logits.float()
+        if len(self.groups) == 1:
+            scores = self.warp(scores.view(-1, vocab), self.groups[0][1]).view(batch, num_codebooks, vocab)
+        else:
+            scores = scores.clone()
+            for codebooks, warpers in self.groups:
+                codebooks = codebooks.to(scores.device)
+                scores[:, codebooks] = self.warp(scores[:, codebooks].reshape(-1, vocab), warpers).view(batch, -1, vocab)
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs.view(-1, vocab), 1).view(batch, num_codebooks)
+
+    @staticmethod
+    def warp(scores, warpers):
+        for warper in warpers:
+            scores = warper(None, scores)
+        return scores
+
+
+def check_token_ids(ids, config, name, upper, allow_ignore=False):
+    """Shape and range checks that turn user mistakes into ValueErrors instead of index errors deep inside."""
+    if not torch.is_tensor(ids) or ids.dim() != 3 or ids.shape[1] != config.num_codebooks:
+        shape = tuple(ids.shape) if torch.is_tensor(ids) else type(ids).__name__
+        raise ValueError(f"{name} must have shape (batch, {config.num_codebooks}, positions), got {shape}")
+    if ids.is_floating_point():
+        raise ValueError(f"{name} must be integers")
+    valid = ids.numel() == 0 or bool(((ids >= 0) & (ids < upper) | (allow_ignore & (ids == IGNORE_INDEX))).all())
+    if not valid:
+        ignore = " or -100" if allow_ignore else ""
+        raise ValueError(f"{name} must lie in [0, {upper}){ignore}")
+
+
+def per_codebook_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Mean cross entropy of each codebook over its valid (label != -100) positions: (K,)."""
+    num_codebooks, vocab = logits.shape[1], logits.shape[-1]
+    token_losses = F.cross_entropy(
+        logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=IGNORE_INDEX,
+        label_smoothing=label_smoothing, reduction="none",
+    ).view(labels.shape)
+    valid = (labels != IGNORE_INDEX).transpose(0, 1).reshape(num_codebooks, -1)
+    sums = token_losses.transpose(0, 1).reshape(num_codebooks, -1).sum(dim=1)
+    return sums / valid.sum(dim=1).clamp(min=1)
+
+
+def weighted_codebook_mean(codebook_losses, weights):
+    if weights is None:
+        return codebook_losses.mean()
+    weights = torch.tensor(weights, dtype=codebook_losses.dtype, device=codebook_losses.device)
+    return (codebook_losses * weights).sum() / weights.sum()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cache
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MusicHybridCache:
+    """Decoding state of every layer, allocated once for a whole generation.
+
+    Attention layers keep keys and values for `max_length` positions, or a ring of the last `attention_window`
+    positions in sliding-window mode. Mamba layers keep their last `d_conv` inputs and the SSM state (float32),
+    whose size does not grow with the sequence.
+    """
+
+    def __init__(self, config, batch_size, max_length, device, dtype, attention_window=None):
+        self.length = 0
+        self.attention_window = attention_window
+        capacity = max_length if attention_window is None else min(attention_window, max_length)
+        kv_shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
+        for i, layer_type in enumerate(config.layer_types):
+            if layer_type == ATTENTION:
+                self.keys[i] = torch.zeros(kv_shape, dtype=dtype, device=device)
+                self.values[i] = torch.zeros(kv_shape, dtype=dtype, device=device)
+            else:
+                d_inner = config.mamba_d_inner
+                self.conv_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_conv, dtype=dtype, device=device)
+                self.ssm_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_state, dtype=torch.float32, device=device)
+
+    def update_attention(self, layer_idx, key, value):
+        """Store the new keys/values (B, heads, T, head_dim); return those to attend over."""
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        start, new = self.length, key.shape[2]
+        capacity = keys.shape[2]
+        if self.attention_window is None:
+            if start + new > capacity:
+                raise ValueError(f"The cache holds {capacity} positions; {start + new} requested")
+            keys[:, :, start : start + new] = key
+            values[:, :, start : start + new] = value
+            return keys[:, :, : start + new], values[:, :, : start + new]
+        # Ring buffer: slot = position % capacity. Keys carry their positions (RoPE) and a single query attends
+        # to all of them, so their order in the buffer does not matter.
+        if new > 1 and start > 0:
+            raise ValueError("A sliding-window cache takes a multi-position input only as its first input")
+        kept = min(new, capacity)
+        slots = torch.arange(start + new - kept, start + new, device=key.device) % capacity
+        keys[:, :, slots] = key[:, :, -kept:]
+        values[:, :, slots] = value[:, :, -kept:]
+        if new > 1:
+            return key, value
+        filled = min(start + 1, capacity)
+        return keys[:, :, :filled], values[:, :, :filled]
+
+    def per_frame_bytes(self):
+        """Bytes added per generated position (attention K/V); the Mamba state is constant."""
+        return sum(2 * k[0, :, 0].numel() * k.shape[0] * k.element_size() for k in self.keys.values())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoder layer, attention, MLP, norm, positions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MusicHybridDecoderLayer(nn.Module):
+    """Pre-norm residual block: a mixer (attention or Mamba-1), then an MLP (attention layers always,
+    Mamba layers when `config.mamba_mlp`)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx]
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if self.layer_type == ATTENTION:
+            self.mixer = MusicHybridAttention(config, layer_idx)
+        else:
+            self.mixer = MambaMixer(config, layer_idx)
+        self.has_mlp = self.layer_type == ATTENTION or config.mamba_mlp
+        if self.has_mlp:
+            self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout)
+
+    def forward(self, hidden_states, rotary, attention_mask, cache):
+        if self.layer_type == ATTENTION:
+            mixed = self.mixer(self.input_norm(hidden_states), rotary, attention_mask, cache)
+        else:
+            mixed = self.mixer(self.input_norm(hidden_states), cache)
+        hidden_states = hidden_states + self.dropout(mixed)
+        if self.has_mlp:
+            hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states)))
+        return hidden_states
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Plain softmax attention: the fallback when sdpa / flash are not wanted."""
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask
+    weights = F.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
+def repeat_kv(states, groups):
+    if groups == 1:
+        return states
+    batch, heads, length, dim = states.shape
+    return states[:, :, None].expand(batch, heads, groups, length, dim).reshape(batch, heads * groups, length, dim)
+
+
+class MusicHybridAttention(nn.Module):
+    """Causal multi-head attention with optional grouped-query heads and RoPE, run through transformers'
+    attention interface (sdpa by default, eager fallback, flash when installed)."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = config.head_dim
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.num_key_value_groups = self.num_heads // self.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = True
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
+
+    def forward(self, hidden_states, rotary, attention_mask, cache):
+        batch, seq_length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
+        if cache is not None:
+            key, value = cache.update_attention(self.layer_idx, key, value)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, _ = attention(
+            self, query, key, value, attention_mask,
+            dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
+        )
+        return self.o_proj(output.reshape(batch, seq_length, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.fc_in = nn.Linear(config.hidden_size, config.intermediate_size, bias=config.mlp_bias)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, hidden_states):
+        return self.fc_out(self.act(self.fc_in(hidden_states)))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, hidden_size, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, hidden_states):
+        dtype = hidden_states.dtype
+        hidden_states = hidden_states.float()
+        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * hidden_states.to(dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos / sin tables of rotary position embeddings, computed for the positions at hand (any length)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.theta = config.rope_theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self):
+        return 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def forward(self, positions, dtype):
+        angles = positions.float()[:, None] * self.inv_freq[None, :]
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(states, cos, sin):
+    first, second = states.chunk(2, dim=-1)
+    return states * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Mamba-1 mixer
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def mamba_kernels():
+    """The mamba-ssm / causal-conv1d CUDA kernels as a dict, or None when they do not import."""
+    try:
+        from causal_conv1d import causal_conv1d_fn, causal_conv1d_update
+        from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn, selective_scan_fn
+        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+    except ImportError:
+        return None
+    return {
+        "causal_conv1d_fn": causal_conv1d_fn,
+        "causal_conv1d_update": causal_conv1d_update,
+        "mamba_inner_fn": mamba_inner_fn,
+        "selective_scan_fn": selective_scan_fn,
+        "selective_state_update": selective_state_update,
+    }
+
+
+def log_mamba_path_once(config):
+    if MAMBA not in config.layer_types:
+        return
+    if mamba_kernels() is not None and torch.cuda.is_available():
+        logger.info_once("Mamba layers run the mamba-ssm / causal-conv1d CUDA kernels on CUDA tensors")
+    else:
+        logger.info_once(
+            "Mamba layers run the PyTorch chunked selective scan (mamba-ssm and causal-conv1d kernels need CUDA: "
+            "pip install 'music-hybrid[cuda]')"
+        )
+
+
+class MambaMixer(nn.Module):
+    """The Mamba-1 selective SSM mixer, with mamba_ssm's `Mamba` parameter names, shapes and initialisation.
+
+    Three ways to run: the fused CUDA kernels (training), the kernels with a cache (prefill and per-step
+    decoding), and the PyTorch path (any device). `mamba_implementation` in the config picks: "auto" uses the
+    kernels on CUDA tensors when they import, "kernels" insists, "torch" never uses them.
+    """
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
+        self.d_inner = config.mamba_d_inner
+        self.d_state = config.mamba_d_state
+        self.d_conv = config.mamba_d_conv
+        self.dt_rank = config.mamba_dt_rank_value
+        self.in_proj = nn.Linear(config.hidden_size, 2 * self.d_inner, bias=config.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(
+            self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
+            padding=self.d_conv - 1, bias=config.mamba_conv_bias,
+        )
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, self.d_state))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.mamba_proj_bias)
+
+    def reset_ssm_parameters(self):
+        """mamba_ssm's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform draw."""
+        config = self.config
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
+        init.copy_(self.A_log, torch.log(A))
+        init.ones_(self.D)
+        dt_init_std = self.dt_rank**-0.5
+        init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+        log_min, log_max = math.log(config.mamba_dt_min), math.log(config.mamba_dt_max)
+        dt = torch.exp(torch.rand(self.d_inner) * (log_max - log_min) + log_min).clamp(min=config.mamba_dt_init_floor)
+        init.copy_(self.dt_proj.bias, dt + torch.log(-torch.expm1(-dt)))
+        init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
+        if self.conv1d.bias is not None:
+            init.zeros_(self.conv1d.bias)
+
+    def use_kernels(self, hidden_states):
+        choice = self.config.mamba_implementation
+        if choice == "torch":
+            return False
+        if choice == "kernels":
+            if mamba_kernels() is None:
+                raise ImportError("mamba_implementation='kernels' needs mamba-ssm and causal-conv1d installed")
+            return True
+        return hidden_states.is_cuda and mamba_kernels() is not None
+
+    def forward(self, hidden_states, cache=None):
+        """hidden_states (B, T, hidden) -> (B, T, hidden); with a cache, continue from and update its state."""
+        if self.use_kernels(hidden_states):
+            if cache is None:
+                return self.kernel_fused_forward(hidden_states)
+            if cache.length == 0 or hidden_states.shape[1] == 1:
+                return self.kernel_cached_forward(hidden_states, cache)
+        return self.torch_forward(hidden_states, cache)
+
+    def ssm_inputs(self, x):
+        """x (B, d_inner, T) after the conv -> dt (B, d_inner, T) before bias/softplus, B and C (B, d_state, T)."""
+        x_dbl = self.x_proj(x.transpose(1, 2))
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        return dt, B.transpose(1, 2), C.transpose(1, 2)
+
+    def torch_forward(self, hidden_states, cache):
+        seq_length = hidden_states.shape[1]
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        if cache is None:
+            x = self.conv1d(x)[..., :seq_length]
+            initial_state = None
+        else:
+            conv_state = cache.conv_states[self.layer_idx]
+            # The conv continues from the cached inputs (zeros at the start, the same as zero padding).
+            x_padded = torch.cat([conv_state[..., 1:].to(x.dtype), x], dim=-1)
+            conv_state.copy_(x_padded[..., -self.d_conv :])
+            x = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+            initial_state = cache.ssm_states[self.layer_idx] if cache.length else None
+        x = F.silu(x)
+        dt, B, C = self.ssm_inputs(x)
+        delta = F.softplus(dt + self.dt_proj.bias[:, None].to(dt.dtype))
+        A = -torch.exp(self.A_log.float())
+        y, last_state = selective_scan(x, delta, A, B, C, initial_state)
+        if cache is not None:
+            cache.ssm_states[self.layer_idx].copy_(last_state)
+        y = y.to(x.dtype) + x * self.D.to(x.dtype)[:, None]
+        y = y * F.silu(z)
+        return self.out_proj(y.transpose(1, 2))
+
+    def kernel_fused_forward(self, hidden_states):
+        """Training path: one fused kernel for conv, projections, scan and gate (as mamba_ssm's Mamba)."""
+        kernels = mamba_kernels()
+        xz = self.in_proj(hidden_states).transpose(1, 2)
+        return kernels["mamba_inner_fn"](
+            xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+            self.out_proj.weight, self.out_proj.bias, -torch.exp(self.A_log.float()), None, None,
+            self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        )
+
+    def kernel_cached_forward(self, hidden_states, cache):
+        """Prefill of an empty cache (causal_conv1d_fn + selective_scan_fn) or one decoding step
+        (causal_conv1d_update + selective_state_update), updating the cache in place."""
+        kernels = mamba_kernels()
+        conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
+        conv_weight = self.conv1d.weight.view(self.d_inner, self.d_conv)
+        A = -torch.exp(self.A_log.float())
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        if hidden_states.shape[1] == 1 and cache.length > 0:
+            x = kernels["causal_conv1d_update"](x[..., 0], conv_state, conv_weight, self.conv1d.bias, "silu")
+            dt, B, C = self.ssm_inputs(x[..., None])
+            y = kernels["selective_state_update"](
+                ssm_state, x, dt[..., 0], A, B[..., 0], C[..., 0], self.D.float(), z=z[..., 0],
+                dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+            )
+            return self.out_proj(y[:, None])
+        conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        x = kernels["causal_conv1d_fn"](x.contiguous(), conv_weight, self.conv1d.bias, activation="silu")
+        dt, B, C = self.ssm_inputs(x)
+        y, last_state = kernels["selective_scan_fn"](
+            x, dt.contiguous(), A, B.contiguous(), C.contiguous(), self.D.float(), z=z.contiguous(),
+            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+        )
+        ssm_state.copy_(last_state)
+        return self.out_proj(y.transpose(1, 2))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Selective scan in PyTorch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def selective_scan(u, delta, A, B, C, initial_state=None, chunk_size=32):
+    """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t;  y_t = <h_t, C_t>, in float32.
+
+    u, delta: (batch, d_inner, T); A: (d_inner, d_state); B, C: (batch, d_state, T); initial_state: (batch,
+    d_inner, d_state) or None. Returns y (batch, d_inner, T) and the last state. Memory stays bounded by the
+    chunk: the (T, d_inner, d_state) states are never held for the whole sequence, and the backward pass
+    recomputes each chunk's states from the state saved at its start.
+    """
+    if initial_state is None:
+        initial_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
+    return SelectiveScan.apply(u, delta, A, B, C, initial_state, chunk_size)
+
+
+class SelectiveScan(torch.autograd.Function):
+    """Chunked selective scan with a hand-written backward (the adjoint recurrence runs in reverse)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, initial_state, chunk_size):
+        with torch.autocast(u.device.type, enabled=False):
+            u, delta, A, B, C = (t.float() for t in (u, delta, A, B, C))
+            state = initial_state.float()
+            y = torch.empty_like(u)
+            chunk_starts = list(range(0, u.shape[-1], chunk_size))
+            start_states = u.new_empty((len(chunk_starts),) + tuple(state.shape))
+            for i, start in enumerate(chunk_starts):
+                span = slice(start, start + chunk_size)
+                start_states[i] = state
+                decay, states = chunk_states(state, u[..., span], delta[..., span], A, B[..., span])
+                y[..., span] = torch.einsum("tbdn,bnt->bdt", states, C[..., span])
+                state = states[-1].clone()
+        ctx.save_for_backward(u, delta, A, B, C, start_states)
+        ctx.chunk_size = chunk_size
+        return y, state
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_last_state):
+        u, delta, A, B, C, start_states = ctx.saved_tensors
+        chunk_size = ctx.chunk_size
+        with torch.autocast(u.device.type, enabled=False):
+            grad_y = grad_y.float()
+            grads = {name: torch.zeros_like(t) for name, t in (("u", u), ("delta", delta), ("B", B), ("C", C))}
+            grad_A = torch.zeros_like(A)
+            # Gradient reaching the state at the end of the current chunk from everything after it.
+            future = torch.zeros_like(start_states[0]) if grad_last_state is None else grad_last_state.float().clone()
+            for i in reversed(range(start_states.shape[0])):
+                span = slice(i * chunk_size, (i + 1) * chunk_size)
+                u_c, delta_c, B_c, C_c, grad_y_c = u[..., span], delta[..., span], B[..., span], C[..., span], grad_y[..., span]
+                decay, states = chunk_states(start_states[i], u_c, delta_c, A, B_c)
+                grads["C"][..., span] = torch.einsum("tbdn,bdt->bnt", states, grad_y_c)
+                # grad_states[t] = C_t grad_y_t + decay_{t+1} grad_states[t+1], run backwards in place.
+                grad_states = torch.einsum("bnt,bdt->tbdn", C_c, grad_y_c).contiguous()
+                for t in reversed(range(grad_states.shape[0])):
+                    grad_states[t] += future
+                    future = decay[t] * grad_states[t]
+                # Through decay_t = exp(delta_t A): d(delta_t A) = grad_states_t * h_{t-1} * decay_t.
+                previous = torch.cat([start_states[i][None], states[:-1]])
+                grad_exponent = grad_states * previous * decay
+                grads["delta"][..., span] = torch.einsum("tbdn,dn->bdt", grad_exponent, A)
+                grad_A += torch.einsum("tbdn,bdt->dn", grad_exponent, delta_c)
+                # Through the input term delta_t u_t B_t.
+                grad_input = torch.einsum("tbdn,bnt->bdt", grad_states, B_c)
+                grads["delta"][..., span] += grad_input * u_c
+                grads["u"][..., span] = grad_input * delta_c
+                grads["B"][..., span] = torch.einsum("tbdn,bdt->bnt", grad_states, delta_c * u_c)
+        return grads["u"], grads["delta"], grad_A, grads["B"], grads["C"], future, None
+
+
+def chunk_states(state, u, delta, A, B):
+    """States h_1..h_q of one chunk (q, batch, d_inner, d_state) from the state before it, and the decays."""
+    delta_t = delta.permute(2, 0, 1)
+    decay = torch.exp(delta_t[..., None] * A)
+    states = (delta_t * u.permute(2, 0, 1))[..., None] * B.permute(2, 0, 1)[:, :, None, :]
+    for t in range(states.shape[0]):
+        state = torch.addcmul(states[t], decay[t], state, out=states[t])
+    return decay, states
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Registration: save_pretrained writes auto_map and copies both files; local use needs no remote code.
+# --------------------------------------------------------------------------------------------------------------------
+
+MusicHybridConfig.register_for_auto_class()
+MusicHybridForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+AutoConfig.register(MusicHybridConfig.model_type, MusicHybridConfig, exist_ok=True)
+AutoModelForCausalLM.register(MusicHybridConfig, MusicHybridForCausalLM, exist_ok=True)
