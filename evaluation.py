@@ -1,0 +1,154 @@
+"""Validation metrics over deterministic segments, comparable across runs and models.
+
+Every validation track is cut into consecutive, non-overlapping windows of (segment_length - K) frames (the last
+one padded), ordered by (track_id, start frame). The segments depend only on the dataset and the segment length, so
+two checkpoints evaluated on them can be compared segment by segment (paired tests on `segment_codebook_loss`).
+
+Losses are plain cross entropy (no label smoothing, whatever the model was trained with), summed over every valid
+position of a codebook and divided by their count, so the numbers are token-weighted and independent of batching.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from training_data import CodesCollator, CodesWindows, frames_per_segment
+
+IGNORE_INDEX = -100
+TOP_K = 5
+
+
+@dataclass(frozen=True)
+class Segment:
+    track_id: str
+    start_frame: int  # in the track, so a track stored as several rows still gets one id per window
+    row: int
+    row_offset: int
+
+    @property
+    def segment_id(self) -> str:
+        return f"{self.track_id}:{self.start_frame}"
+
+
+def validation_segments(dataset, segment_length: int, num_codebooks: int, max_segments: int | None = None):
+    """The fixed evaluation windows of `dataset`, in (track_id, start frame) order; the first `max_segments` if given."""
+    frames = frames_per_segment(segment_length, num_codebooks)
+    columns = dataset.select_columns(["track_id", "start_frame", "num_frames"]).to_dict()
+    segments = [
+        Segment(str(track_id), int(row_start) + offset, row, offset)
+        for row, (track_id, row_start, num_frames) in enumerate(
+            zip(columns["track_id"], columns["start_frame"], columns["num_frames"])
+        )
+        for offset in range(0, int(num_frames), frames)
+    ]
+    segments.sort(key=lambda segment: (segment.track_id, segment.start_frame))
+    return segments if max_segments is None else segments[:max_segments]
+
+
+def evaluate_model(
+    model,
+    validation_dataset,
+    segment_length: int = 2048,
+    batch_size: int = 8,
+    max_segments: int | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> dict:
+    """Per-codebook loss, top-1 and top-5 accuracy of `model` on the validation segments, as a JSON-able dict.
+
+    With an accelerator, process r evaluates segments r, r + W, ... (padded to equal counts so that wrapped models
+    run the same number of forward passes everywhere) and the per-segment sums are gathered on every process.
+    """
+    config = (accelerator.unwrap_model(model) if accelerator else model).config
+    num_codebooks = config.num_codebooks
+    segments = validation_segments(validation_dataset, segment_length, num_codebooks, max_segments)
+    if not segments:
+        raise ValueError("the validation split has no frames to evaluate")
+    num_processes = accelerator.num_processes if accelerator else 1
+    process_index = accelerator.process_index if accelerator else 0
+    device = accelerator.device if accelerator else next(model.parameters()).device
+
+    per_process = math.ceil(len(segments) / num_processes)
+    local_indices = [process_index + num_processes * i for i in range(per_process)]
+    keys = [(segments[i].row, segments[i].row_offset) if i < len(segments) else (segments[0].row, 0) for i in local_indices]
+    windows = CodesWindows(validation_dataset, frames_per_segment(segment_length, num_codebooks), config.pad_token_id)
+    loader = DataLoader(windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config))
+
+    was_training = model.training
+    model.eval()
+    local_sums = []
+    is_main = accelerator.is_main_process if accelerator else True
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="evaluating", disable=not (progress and is_main)):
+            logits = model(input_ids=batch["input_ids"].to(device)).logits
+            local_sums.append(segment_sums(logits, batch["labels"].to(device)))
+    model.train(was_training)
+
+    sums = torch.cat(local_sums)  # (per_process, 4, K)
+    if accelerator:
+        sums = accelerator.gather(sums.contiguous())
+    # gathered rows are process-major: row r * per_process + i is segment r + num_processes * i
+    order = [r + num_processes * i for r in range(num_processes) for i in range(per_process)]
+    by_segment = torch.empty_like(sums)
+    by_segment[order] = sums
+    return metrics_from_sums(by_segment[: len(segments)].double().cpu(), segments, segment_length)
+
+
+def segment_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, 4, K): summed cross entropy, valid-token count, top-1 hits and top-k hits of each segment and codebook.
+
+    logits (B, K, S, V) at position i predict the input at i + 1, so they are compared with labels shifted by one.
+    """
+    logits = logits[:, :, :-1].float()
+    targets = labels[:, :, 1:]
+    valid = targets != IGNORE_INDEX
+    safe_targets = targets.clamp(min=0)
+    cross_entropy = F.cross_entropy(logits.transpose(1, -1), safe_targets.transpose(1, -1), reduction="none")
+    cross_entropy = cross_entropy.transpose(1, -1) * valid
+    top = logits.topk(TOP_K, dim=-1).indices
+    hits = top == safe_targets.unsqueeze(-1)
+    top1 = hits[..., 0] & valid
+    topk = hits.any(dim=-1) & valid
+    return torch.stack([cross_entropy.sum(-1), valid.sum(-1), top1.sum(-1), topk.sum(-1)], dim=1).float()
+
+
+def metrics_from_sums(sums: torch.Tensor, segments: list[Segment], segment_length: int) -> dict:
+    loss_sum, count, top1, topk = sums.unbind(dim=1)  # each (num_segments, K)
+    total = count.sum(0)
+    codebook_loss = loss_sum.sum(0) / total
+    mean_loss = codebook_loss.mean().item()
+    return {
+        "segment_length": segment_length,
+        "num_segments": len(segments),
+        "segment_ids": [segment.segment_id for segment in segments],
+        "codebook_loss": codebook_loss.tolist(),
+        "codebook_top1": (top1.sum(0) / total).tolist(),
+        f"codebook_top{TOP_K}": (topk.sum(0) / total).tolist(),
+        "mean_loss": mean_loss,
+        "mean_top1": (top1.sum(0) / total).mean().item(),
+        f"mean_top{TOP_K}": (topk.sum(0) / total).mean().item(),
+        "perplexity": math.exp(mean_loss),
+        "num_tokens": int(total.sum().item()),
+        "segment_codebook_loss": (loss_sum / count).tolist(),
+    }
+
+
+def format_metrics_table(result: dict) -> str:
+    """The published table: one row per codebook plus the mean, columns loss / top-1 / top-5 (markdown)."""
+    lines = ["| codebook | loss | top-1 | top-5 |", "|---:|---:|---:|---:|"]
+    rows = zip(result["codebook_loss"], result["codebook_top1"], result["codebook_top5"])
+    for codebook, (loss, top1, top5) in enumerate(rows):
+        lines.append(f"| {codebook} | {loss:.3f} | {top1:.1%} | {top5:.1%} |")
+    lines.append(f"| mean | {result['mean_loss']:.3f} | {result['mean_top1']:.1%} | {result['mean_top5']:.1%} |")
+    lines.append("")
+    lines.append(
+        f"Perplexity exp(mean loss) = {result['perplexity']:.2f} over {result['num_segments']} segments of "
+        f"{result['segment_length']} positions (cross entropy without label smoothing)."
+    )
+    return "\n".join(lines)
