@@ -151,6 +151,7 @@ class AudioTrainingArguments:
     push_to_hub: bool = field(default=False, metadata={"help": "Upload the final model folder to the Hub."})
     hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository (default: output_dir's name)."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    use_cpu: bool = field(default=False, metadata={"help": "Train on CPU even where an accelerator is available."})
 
     def __post_init__(self):
         positive = ["per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
@@ -276,7 +277,10 @@ class Run:
 def setup_run(model_args, data_args, training_args) -> Run:
     log_with = [tracker for tracker in training_args.report_to if tracker != "none"] or None
     accelerator = Accelerator(
-        mixed_precision=training_args.mixed_precision, log_with=log_with, project_dir=training_args.output_dir
+        cpu=training_args.use_cpu or not has_accelerator_device(),
+        mixed_precision=training_args.mixed_precision,
+        log_with=log_with,
+        project_dir=training_args.output_dir,
     )
     if training_args.do_eval and not training_args.do_train and model_args.model_name_or_path is None:
         raise ValueError("evaluation alone needs --model_name_or_path (a trained model folder or Hub id)")
@@ -303,6 +307,15 @@ def setup_run(model_args, data_args, training_args) -> Run:
         model_args, data_args, training_args, accelerator, config,
         splits.get(data_args.train_split_name), splits.get(data_args.validation_split_name), resume_checkpoint,
     )
+
+
+def has_accelerator_device() -> bool:
+    """Whether torch sees a GPU-like device. Without one, Accelerate must be told `cpu=True`, or processes started by
+    `accelerate launch --multi_gpu` on a CPU machine would each train alone instead of joining one gloo group."""
+    device_api = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if device_api is not None:
+        return device_api.is_available()
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
 
 
 def load_dataset_splits(data_args, training_args):
