@@ -1,0 +1,167 @@
+"""Audio in: decode with soundfile (path or bytes), downmix to mono, resample to 44.1 kHz with
+soxr, check for silence and shortness, normalise loudness, and cut tracks into segments."""
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import soundfile
+import soxr
+
+from .codec import HOP_LENGTH, SAMPLE_RATE, num_frames_for
+from .rejects import RejectedInput
+
+SEGMENT_MODES = ("whole", "first", "chunks")
+
+# Leading bytes of containers libsndfile can read; a failing file that starts with one of
+# these is a damaged audio file ("unreadable"), anything else is "not_audio".
+_AUDIO_SIGNATURES = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"caff", b".snd", b"wvpk")
+
+
+def read_track(payload, min_seconds=1.0, silence_db=-60.0, loudness_lufs=None, max_seconds=None):
+    """Mono float32 samples at 44.1 kHz from a file path, encoded bytes, or (samples, rate).
+
+    Crops to `max_seconds` when given, then raises RejectedInput for empty, silent or
+    too short audio, and normalises the integrated loudness to `loudness_lufs` when given."""
+    samples, rate = payload if isinstance(payload, tuple) else decode_audio(payload, max_seconds)
+    samples = to_mono_44k(samples, rate)
+    if max_seconds is not None:
+        samples = samples[: round(max_seconds * SAMPLE_RATE)]
+    if samples.size == 0:
+        raise RejectedInput("empty", "decoded to 0 samples")
+    if samples.size < min_seconds * SAMPLE_RATE:
+        raise RejectedInput("too_short", f"{samples.size / SAMPLE_RATE:.3f} s < {min_seconds} s")
+    level = rms_dbfs(samples)
+    if level < silence_db:
+        raise RejectedInput("silent", f"RMS {level:.1f} dBFS < {silence_db} dBFS")
+    return samples if loudness_lufs is None else normalize_loudness(samples, loudness_lufs)
+
+
+def decode_audio(source, max_seconds=None):
+    """(samples (n, channels) float32, rate) from a path or encoded bytes, reading only the
+    first `max_seconds` when given. Failures become RejectedInput with a reason."""
+    if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise RejectedInput("empty", "0 bytes")
+        head, opened = bytes(source[:12]), io.BytesIO(source)
+    else:
+        if not os.path.exists(source):
+            raise RejectedInput("missing", "no such file")
+        if os.path.getsize(source) == 0:
+            raise RejectedInput("empty", "0 bytes")
+        try:
+            with open(source, "rb") as file:
+                head = file.read(12)
+        except OSError as error:
+            raise RejectedInput("unreadable", str(error)) from error
+        opened = source
+    try:
+        with soundfile.SoundFile(opened) as file:
+            frames = -1 if max_seconds is None else math.ceil(max_seconds * file.samplerate)
+            return file.read(frames, dtype="float32", always_2d=True), file.samplerate
+    except Exception as error:  # libsndfile reports damaged and foreign files alike
+        reason = "unreadable" if _looks_like_audio(head) else "not_audio"
+        raise RejectedInput(reason, f"{type(error).__name__}: {error}") from error
+
+
+def _looks_like_audio(head):
+    mpeg_frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return head.startswith(_AUDIO_SIGNATURES) or mpeg_frame_sync
+
+
+def to_mono_44k(samples, rate):
+    """Average the channels and resample to 44.1 kHz (soxr, high quality)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
+    if rate != SAMPLE_RATE and mono.size:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def rms_dbfs(samples):
+    rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+    return 20 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def integrated_loudness(samples, rate=SAMPLE_RATE):
+    """ITU-R BS.1770-4 integrated loudness (LUFS) of a mono signal: K-weighting, 400 ms
+    blocks every 100 ms, absolute gate at -70 LUFS, relative gate 10 LU below."""
+    from scipy.signal import lfilter
+
+    weighted = samples.astype(np.float64)
+    for numerator, denominator in _k_weighting(rate):
+        weighted = lfilter(numerator, denominator, weighted)
+    block, step = round(0.4 * rate), round(0.1 * rate)
+    energy = np.concatenate([[0.0], np.cumsum(weighted**2)])
+    starts = np.arange(0, max(weighted.size - block, 0) + 1, step)
+    block = min(block, weighted.size)
+    powers = (energy[starts + block] - energy[starts]) / block
+    with np.errstate(divide="ignore"):
+        levels = -0.691 + 10 * np.log10(powers)
+    gated = powers[levels > -70.0]
+    if gated.size == 0:
+        return -math.inf
+    relative_gate = -0.691 + 10 * np.log10(gated.mean()) - 10.0
+    gated = powers[(levels > -70.0) & (levels > relative_gate)]
+    return float(-0.691 + 10 * np.log10(gated.mean()))
+
+
+def _k_weighting(rate):
+    """The two biquads of BS.1770 (high shelf, then high pass) for any sample rate, from the
+    analogue prototypes that reproduce the standard's 48 kHz coefficients."""
+    shelf_k = math.tan(math.pi * 1681.974450955533 / rate)
+    shelf_q, high_gain = 0.7071752369554196, 10 ** (3.999843853973347 / 20)
+    band_gain = high_gain**0.4996667741545416
+    norm = 1 + shelf_k / shelf_q + shelf_k**2
+    shelf = (
+        [
+            (high_gain + band_gain * shelf_k / shelf_q + shelf_k**2) / norm,
+            2 * (shelf_k**2 - high_gain) / norm,
+            (high_gain - band_gain * shelf_k / shelf_q + shelf_k**2) / norm,
+        ],
+        [1.0, 2 * (shelf_k**2 - 1) / norm, (1 - shelf_k / shelf_q + shelf_k**2) / norm],
+    )
+    pass_k, pass_q = math.tan(math.pi * 38.13547087602444 / rate), 0.5003270373238773
+    norm = 1 + pass_k / pass_q + pass_k**2
+    highpass = ([1.0, -2.0, 1.0], [1.0, 2 * (pass_k**2 - 1) / norm, (1 - pass_k / pass_q + pass_k**2) / norm])
+    return [shelf, highpass]
+
+
+def normalize_loudness(samples, target_lufs):
+    """Scale to `target_lufs`; if that would clip, scale down to a 0.999 peak instead (the codec
+    expects [-1, 1]), leaving the track quieter than the target."""
+    loudness = integrated_loudness(samples)
+    if not math.isfinite(loudness):
+        return samples
+    scaled = samples * np.float32(10 ** ((target_lufs - loudness) / 20))
+    peak = float(np.max(np.abs(scaled)))
+    return scaled * np.float32(0.999 / peak) if peak > 0.999 else scaled
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A row of the dataset: frames [start_frame, start_frame + num_frames) of a track's codes."""
+
+    start_frame: int
+    num_frames: int
+    duration: float
+
+
+def plan_segments(num_samples, mode="whole", segment_seconds=None, min_seconds=1.0):
+    """The segments a track of `num_samples` (44.1 kHz) yields.
+
+    whole / first: one segment (for "first" the audio was already cropped to N seconds);
+    chunks: consecutive N-second chunks on frame boundaries; a last chunk shorter than
+    `min_seconds` is dropped."""
+    if mode != "chunks":
+        return [Segment(0, num_frames_for(num_samples), num_samples / SAMPLE_RATE)]
+    chunk_samples = max(1, round(segment_seconds * SAMPLE_RATE / HOP_LENGTH)) * HOP_LENGTH
+    segments = []
+    for start in range(0, num_samples, chunk_samples):
+        length = min(chunk_samples, num_samples - start)
+        if length < min_seconds * SAMPLE_RATE and start > 0:
+            break
+        segments.append(Segment(start // HOP_LENGTH, num_frames_for(length), length / SAMPLE_RATE))
+    return segments

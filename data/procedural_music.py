@@ -1,0 +1,116 @@
+"""A small seeded music generator: chords, bass, melody and drums in a random key, mode and tempo.
+
+It gives the pipeline (and the demo) real musical structure to tokenize with no download:
+the same (seed, index) always renders the same track."""
+
+import numpy as np
+
+from .codec import SAMPLE_RATE
+
+# tempo range (BPM), bass notes and hats per beat, melody note probability per eighth, kick on every beat
+STYLES = {
+    "Ballad": {"tempo": (66, 84), "bass_per_beat": 1, "hats_per_beat": 1, "melody_density": 0.45, "kick_all": 0},
+    "Pop": {"tempo": (96, 124), "bass_per_beat": 2, "hats_per_beat": 2, "melody_density": 0.6, "kick_all": 0},
+    "Rock": {"tempo": (108, 150), "bass_per_beat": 2, "hats_per_beat": 2, "melody_density": 0.55, "kick_all": 0},
+    "Electronic": {"tempo": (118, 134), "bass_per_beat": 4, "hats_per_beat": 4, "melody_density": 0.7, "kick_all": 1},
+}
+# harmonic amplitudes and envelope (attack, decay, sustain, release) of the three pitched parts
+PAD = {"harmonics": [1, 0.3, 0.1], "attack": 0.15, "decay": 0.3, "sustain": 0.8, "release": 0.6}
+BASS = {"harmonics": [1, 0, 0.11, 0, 0.04], "attack": 0.005, "decay": 0.2, "sustain": 0.5, "release": 0.03}
+LEAD = {"harmonics": [1, 0.5, 0.33, 0.25, 0.2, 0.17], "attack": 0.01, "decay": 0.15, "sustain": 0.6, "release": 0.05}
+SCALES = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
+# Chord roots as scale degrees, one chord per bar (I-V-vi-IV and friends).
+PROGRESSIONS = [[0, 4, 5, 3], [0, 5, 3, 4], [5, 3, 0, 4], [0, 3, 4, 4], [0, 3, 0, 4]]
+
+
+def generate_track(seed, index, seconds=8.0):
+    """(mono float32 samples at 44.1 kHz, style name) of track `index` for `seed`."""
+    rng = np.random.default_rng([seed, index])
+    style_name = list(STYLES)[rng.integers(len(STYLES))]
+    style = STYLES[style_name]
+    beat = 60.0 / rng.uniform(*style["tempo"])
+    tonic = int(rng.integers(45, 57))  # A2..G#3
+    scale = SCALES[rng.choice(list(SCALES))]
+    progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
+    mix = np.zeros(round(seconds * SAMPLE_RATE) + SAMPLE_RATE, dtype=np.float64)  # room for release tails
+
+    def pitch(degree, octave=0):
+        return tonic + 12 * (octave + degree // 7) + scale[degree % 7]
+
+    melody_degree = 7 + int(rng.integers(7))
+    for bar in range(int(seconds / (4 * beat)) + 1):
+        bar_start = bar * 4 * beat
+        root = progression[bar % len(progression)]
+        chord = [root, root + 2, root + 4]
+        for degree in chord:
+            _add(mix, bar_start, _tone(pitch(degree, 1), 4 * beat, PAD), 0.07)
+        bass_length = beat / style["bass_per_beat"]
+        for step in range(4 * style["bass_per_beat"]):
+            _add(mix, bar_start + step * bass_length, _tone(pitch(root, -1), bass_length * 0.9, BASS), 0.3)
+        for eighth in range(8):
+            if rng.random() > style["melody_density"]:
+                continue
+            on_strong_beat = eighth % 2 == 0
+            melody_degree += int(rng.integers(-2, 3))
+            melody_degree = min(max(melody_degree, 5), 14)
+            if on_strong_beat:  # land on the nearest chord tone
+                chord_tones = [degree + 7 * octave for degree in chord for octave in (0, 1, 2)]
+                melody_degree = min(chord_tones, key=lambda degree: abs(degree - melody_degree))
+            length = beat / 2 * (2 if rng.random() < 0.25 else 1)
+            _add(mix, bar_start + eighth * beat / 2, _tone(pitch(melody_degree, 1), length * 0.95, LEAD), 0.12)
+        for beat_index in range(4):
+            time = bar_start + beat_index * beat
+            if style["kick_all"] or beat_index in (0, 2):
+                _add(mix, time, _kick(), 0.7)
+            if beat_index in (1, 3):
+                _add(mix, time, _snare(rng), 0.35)
+            for hat in range(style["hats_per_beat"]):
+                _add(mix, time + hat * beat / style["hats_per_beat"], _hat(rng), 0.12)
+    track = mix[: round(seconds * SAMPLE_RATE)]
+    return (0.8 * track / max(np.max(np.abs(track)), 1e-9)).astype(np.float32), style_name
+
+
+def _add(mix, time, sound, gain):
+    start = round(time * SAMPLE_RATE)
+    if start < mix.size:
+        end = min(mix.size, start + sound.size)
+        mix[start:end] += gain * sound[: end - start]
+
+
+def _envelope(num_samples, attack, decay, sustain, release):
+    """Attack to 1, exponential decay towards `sustain`, linear release over the last `release` seconds."""
+    time = np.arange(num_samples) / SAMPLE_RATE
+    shape = sustain + (1 - sustain) * np.exp(-time / decay)
+    shape *= np.minimum(1.0, time / attack)
+    release_samples = min(num_samples, int(release * SAMPLE_RATE))
+    shape[num_samples - release_samples :] *= np.linspace(1, 0, release_samples)
+    return shape
+
+
+def _tone(midi_pitch, seconds, instrument):
+    frequency = 440.0 * 2 ** ((midi_pitch - 69) / 12)
+    time = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    wave = np.zeros_like(time)
+    for harmonic, amplitude in enumerate(instrument["harmonics"], start=1):
+        wave += amplitude * np.sin(2 * np.pi * frequency * harmonic * time)
+    shape = [instrument[key] for key in ("attack", "decay", "sustain", "release")]
+    return wave * _envelope(time.size, *shape)
+
+
+def _kick():
+    time = np.arange(int(0.35 * SAMPLE_RATE)) / SAMPLE_RATE
+    frequency = 45 + 110 * np.exp(-time / 0.04)  # the falling pitch that makes a kick
+    phase = 2 * np.pi * np.cumsum(frequency) / SAMPLE_RATE
+    return np.sin(phase) * np.exp(-time / 0.12)
+
+
+def _snare(rng):
+    time = np.arange(int(0.25 * SAMPLE_RATE)) / SAMPLE_RATE
+    noise = rng.standard_normal(time.size) * np.exp(-time / 0.05)
+    return 0.6 * noise + np.sin(2 * np.pi * 185 * time) * np.exp(-time / 0.03)
+
+
+def _hat(rng):
+    time = np.arange(int(0.06 * SAMPLE_RATE)) / SAMPLE_RATE
+    noise = np.diff(rng.standard_normal(time.size + 1))  # differencing tilts white noise to the highs
+    return noise * np.exp(-time / 0.015)
