@@ -136,6 +136,7 @@ def metrics_from_sums(sums: torch.Tensor, segments: list[Segment], segment_lengt
         "perplexity": math.exp(mean_loss),
         "num_tokens": int(total.sum().item()),
         "segment_codebook_loss": (loss_sum / count).tolist(),
+        "segment_num_frames": count[:, 0].long().tolist(),  # every codebook predicts each real frame once
     }
 
 

@@ -1,0 +1,73 @@
+"""Deterministic validation segments and the metrics computed on them."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from configuration_music_hybrid import MusicHybridConfig
+from evaluation import evaluate_model, format_metrics_table, validation_segments
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
+from training_helpers import synthetic_split
+
+LENGTHS = [70, 130, 45]  # with 55-frame segments: 2 + 3 + 1 windows, the last one of each track padded
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return MusicHybridForCausalLM(MusicHybridConfig.from_preset("hybrid-tiny", label_smoothing=0.1)).eval()
+
+
+def test_segments_are_fixed_windows_ordered_by_track_and_start():
+    dataset = synthetic_split(LENGTHS, "valid-")
+    segments = validation_segments(dataset, segment_length=64, num_codebooks=9)
+    assert [s.segment_id for s in segments] == [
+        "valid-000:0", "valid-000:55", "valid-001:0", "valid-001:55", "valid-001:110", "valid-002:0",
+    ]
+    shuffled = dataset.select([2, 0, 1])
+    assert [s.segment_id for s in validation_segments(shuffled, 64, 9)] == [s.segment_id for s in segments]
+    assert [s.segment_id for s in validation_segments(dataset, 64, 9, max_segments=2)] == ["valid-000:0", "valid-000:55"]
+
+
+def test_metrics_match_the_model_loss_without_smoothing_and_do_not_depend_on_batching(model):
+    dataset = synthetic_split(LENGTHS, "valid-")
+    result = evaluate_model(model, dataset, segment_length=64, batch_size=4, progress=False)
+    assert json.loads(json.dumps(result)) == result
+    assert result["num_segments"] == 6 and len(result["segment_ids"]) == 6
+    assert len(result["codebook_loss"]) == len(result["codebook_top1"]) == len(result["codebook_top5"]) == 9
+    assert len(result["segment_codebook_loss"]) == 6 and all(len(row) == 9 for row in result["segment_codebook_loss"])
+    assert result["segment_num_frames"] == [55, 15, 55, 55, 20, 45]
+    assert result["num_tokens"] == 9 * sum(LENGTHS)
+    assert result["perplexity"] == pytest.approx(math.exp(result["mean_loss"]))
+    for top1, top5 in zip(result["codebook_top1"], result["codebook_top5"]):
+        assert 0.0 <= top1 <= top5 <= 1.0
+
+    # The loss is plain, token-weighted cross entropy: the model's own loss without label smoothing over the
+    # whole tracks (each fits in one sequence here) gives the same per-codebook numbers.
+    plain = MusicHybridForCausalLM(MusicHybridConfig.from_preset("hybrid-tiny"))
+    plain.load_state_dict(model.state_dict())
+    sums = torch.zeros(9, dtype=torch.float64)
+    for track, length in enumerate(LENGTHS):
+        inputs = codes_to_model_inputs(torch.tensor(dataset[track]["codes"]).unsqueeze(0), plain.config)
+        with torch.no_grad():
+            sums += plain(**inputs).codebook_losses.double() * length
+    rebatched = evaluate_model(model, dataset, segment_length=64, batch_size=1, progress=False)
+    assert rebatched["codebook_loss"] == pytest.approx(result["codebook_loss"], rel=1e-5)
+    torch.testing.assert_close(
+        torch.tensor(rebatched["segment_codebook_loss"]), torch.tensor(result["segment_codebook_loss"]), rtol=1e-5, atol=0
+    )
+    long_segments = evaluate_model(model, dataset, segment_length=200, batch_size=2, progress=False)
+    assert long_segments["num_segments"] == 3  # one segment of 200 positions holds a whole track
+    assert long_segments["codebook_loss"] == pytest.approx((sums / sum(LENGTHS)).tolist(), rel=1e-4)
+
+
+def test_table_has_one_row_per_codebook_and_the_mean(model):
+    result = evaluate_model(model, synthetic_split([60], "v"), segment_length=64, batch_size=2, progress=False)
+    table = format_metrics_table(result)
+    lines = table.splitlines()
+    assert lines[0] == "| codebook | loss | top-1 | top-5 |"
+    assert [line.split("|")[1].strip() for line in lines[2:11]] == [str(k) for k in range(9)]
+    assert lines[11].startswith("| mean | ")
+    assert "Perplexity" in table
