@@ -138,6 +138,9 @@ class MusicHybridConfig(PretrainedConfig):
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
         self.codec = codec
         self.use_cache = use_cache
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
+        # Our checks run first so that errors name our fields (PretrainedConfig checks layer_types too).
+        self.validate_fields()
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -145,7 +148,6 @@ class MusicHybridConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
-        self.validate_fields()
 
     @staticmethod
     def periodic_layer_types(num_layers, attention_period, attention_offset):

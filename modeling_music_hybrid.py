@@ -256,7 +256,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         if long_form == "sliding":
             if self.config.position_embedding_type == "learned":
                 raise ValueError('long_form="sliding" needs a model without learned positions; use long_form="window"')
-            window = check_context_window(context_window, position_limit, num_codebooks)
+            window = check_context_window(context_window)
             codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer, attention_window=window)
         elif long_form == "window":
             codes = self.generate_windowed(prompt, max_new_tokens, sampler, streamer, context_window)
@@ -278,7 +278,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         """Windowed continuation: generate while the positions last, then restart from the last frames."""
         num_codebooks = self.config.num_codebooks
         frames_per_context = self.config.max_position_embeddings - num_codebooks
-        window = check_context_window(context_window, frames_per_context, 0)
+        window = check_context_window(context_window, frames_per_context)
         codes = prompt
         remaining = max_new_tokens
         while remaining:
@@ -365,9 +365,11 @@ def prepare_prompt(input_ids, config, device):
     return input_ids.to(device=device, dtype=torch.long)
 
 
-def check_context_window(context_window, limit, reserve):
-    if not isinstance(context_window, int) or not 0 < context_window < limit - reserve:
-        raise ValueError(f"context_window must be a number of frames in [1, {limit - reserve}), got {context_window!r}")
+def check_context_window(context_window, limit=None):
+    """A window of frames, below `limit` when there is one (windowed continuation needs room for new frames)."""
+    if not isinstance(context_window, int) or context_window <= 0 or (limit is not None and context_window >= limit):
+        bound = "" if limit is None else f" below {limit}"
+        raise ValueError(f"context_window must be a positive number of frames{bound}, got {context_window!r}")
     return context_window
 
 
