@@ -91,7 +91,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--output-dir", required=True, help="folder for comparison.md/.json and the plots")
     parser.add_argument("--names", nargs="+", help="display names, one per model (default: folder names)")
-    parser.add_argument("--validation-data", help="codes dataset (save_to_disk folder or Hub id) to evaluate checkpoints on")
+    parser.add_argument(
+        "--validation-data", help="codes dataset (save_to_disk folder or Hub id) to evaluate checkpoints on"
+    )
     parser.add_argument("--split", default="validation", help="dataset split to evaluate on (default: validation)")
     parser.add_argument("--segment-length", type=int, default=2048, help="positions per validation segment")
     parser.add_argument("--batch-size", type=int, default=8, help="segments per evaluation batch")
@@ -101,7 +103,9 @@ def parse_args(argv=None):
     )
     parser.add_argument("--num-resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval confidence level (default: 0.95)")
-    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate over codebooks (default: 0.05)")
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, help="family-wise error rate over codebooks (default: 0.05)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser.parse_args(argv)
 
@@ -127,9 +131,7 @@ def compare_models(
         raise ValueError(f"--reference must index one of the {len(models)} models, got {reference}")
     if num_resamples < 100:
         raise ValueError(f"--num-resamples must be at least 100, got {num_resamples}")
-    evaluated = load_or_evaluate(
-        models, names, validation_data, split, segment_length, batch_size, max_segments
-    )
+    evaluated = load_or_evaluate(models, names, validation_data, split, segment_length, batch_size, max_segments)
     report = build_report(evaluated, reference, num_resamples, confidence, alpha, seed)
     write_report(report, Path(output_dir))
     return report
@@ -246,7 +248,7 @@ def _summary_sentence(comparison, num_codebooks):
         f"{comparison['codebooks_significantly_higher']}."
     )
     if comparison["codebooks_significantly_lower"] == num_codebooks:
-        sentence += f" The claim \"{candidate} wins on every codebook\" holds."
+        sentence += f' The claim "{candidate} wins on every codebook" holds.'
     return sentence
 
 
@@ -275,11 +277,15 @@ def render_markdown(report):
     for model in report["models"]:
         lines.append(
             f"| {model['name']} | {_format_parameters(model['num_parameters'])} | {model['mean_loss']:.3f} | "
-            f"{model['perplexity']:.1f} | {_format_percent(model['mean_top1'])} | {_format_percent(model['mean_top5'])} |"
+            f"{model['perplexity']:.1f} | {_format_percent(model['mean_top1'])} | "
+            f"{_format_percent(model['mean_top5'])} |"
         )
     models = {model["name"]: model for model in report["models"]}
     for comparison in report["comparisons"]:
-        lines += ["", *_pair_tables(models[comparison["reference"]], models[comparison["candidate"]], comparison, percent)]
+        lines += [
+            "",
+            *_pair_tables(models[comparison["reference"]], models[comparison["candidate"]], comparison, percent),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -296,7 +302,7 @@ def _pair_tables(reference, candidate, comparison, percent):
     for k in range(num_codebooks):
         lines.append(
             f"| {_codebook_label(k, num_codebooks)} | {reference['codebook_loss'][k]:.3f} | "
-            f"{candidate['codebook_loss'][k]:.3f} | {test['difference'][k]:+.3f}{'*' if test['significant'][k] else ''} | "
+            f"{candidate['codebook_loss'][k]:.3f} | {test['difference'][k]:+.3f}{_significance_mark(test, k)} | "
             f"[{test['ci_low'][k]:+.3f}, {test['ci_high'][k]:+.3f}] | {_format_p(test['p_value_holm'][k])} |"
         )
     mean = comparison["mean_loss_difference"]
@@ -313,7 +319,8 @@ def _pair_tables(reference, candidate, comparison, percent):
     for k in range(num_codebooks):
         lines.append(
             f"| {_codebook_label(k, num_codebooks)} | {_format_percent(reference['codebook_top1'][k])} | "
-            f"{_format_percent(candidate['codebook_top1'][k])} | {_format_percent(comparison['top1_difference'][k], sign=True)} | "
+            f"{_format_percent(candidate['codebook_top1'][k])} | "
+            f"{_format_percent(comparison['top1_difference'][k], sign=True)} | "
             f"{_format_percent(reference['codebook_top5'][k])} | {_format_percent(candidate['codebook_top5'][k])} | "
             f"{_format_percent(comparison['top5_difference'][k], sign=True)} |"
         )
@@ -474,7 +481,9 @@ def _check_same_segments(evaluated):
     for model in evaluated:
         losses = np.asarray(model.results["segment_codebook_loss"])
         if losses.shape != (len(model.results["segment_ids"]), len(model.results["codebook_loss"])):
-            raise ValueError(f"{model.name}: segment_codebook_loss has shape {losses.shape}, inconsistent with its segments")
+            raise ValueError(
+                f"{model.name}: segment_codebook_loss has shape {losses.shape}, inconsistent with its segments"
+            )
 
 
 def _segment_weights(model):
@@ -502,6 +511,10 @@ def _format_parameters(count):
 
 def _format_percent(fraction, sign=False):
     return f"{100 * fraction:+.2f}%" if sign else f"{100 * fraction:.2f}%"
+
+
+def _significance_mark(test, k):
+    return "*" if test["significant"][k] else ""
 
 
 def _format_p(p_value):

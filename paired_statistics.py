@@ -56,12 +56,11 @@ def compare_losses(
     losses_a, weights_a = _validated_losses(losses_a, weights, "losses_a")
     losses_b, weights_b = _validated_losses(losses_b, weights, "losses_b")
     if losses_a.shape[1] != losses_b.shape[1]:
-        raise ValueError(
-            f"the two models have different codebook counts: {losses_a.shape[1]} and {losses_b.shape[1]}"
-        )
+        raise ValueError(f"the two models have different codebook counts: {losses_a.shape[1]} and {losses_b.shape[1]}")
     if paired and losses_a.shape != losses_b.shape:
         raise ValueError(
-            f"a paired comparison needs the same segments for both models, got shapes {losses_a.shape} and {losses_b.shape}"
+            "a paired comparison needs the same segments for both models, "
+            f"got shapes {losses_a.shape} and {losses_b.shape}"
         )
     rng = np.random.default_rng(seed)
     difference = _weighted_mean(losses_b, weights_b) - _weighted_mean(losses_a, weights_a)

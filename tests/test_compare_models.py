@@ -60,8 +60,10 @@ def test_report_tables_intervals_and_plots(three_runs, tmp_path, capsys):
     assert (hybrid["candidate"], hybrid["reference"]) == ("hybrid", "transformer")
     assert hybrid["codebooks_significantly_lower"] == NUM_CODEBOOKS
     assert np.allclose(hybrid["loss_difference"]["difference"], -0.03, atol=0.01)
-    assert all(low < -0.03 + 0.01 and high > -0.03 - 0.01 for low, high in zip(
-        hybrid["loss_difference"]["ci_low"], hybrid["loss_difference"]["ci_high"]))
+    assert all(
+        low < -0.03 + 0.01 and high > -0.03 - 0.01
+        for low, high in zip(hybrid["loss_difference"]["ci_low"], hybrid["loss_difference"]["ci_high"])
+    )
     assert mamba["codebooks_significantly_lower"] + mamba["codebooks_significantly_higher"] <= 1
     assert "wins on every codebook" in capsys.readouterr().out
 

@@ -15,10 +15,7 @@ def correlated_models(rng, true_difference):
     segment_effect = rng.normal(0.0, 0.5, size=(NUM_SEGMENTS, 1))
     losses_a = codebook_level + segment_effect + rng.normal(0.0, 0.05, size=(NUM_SEGMENTS, NUM_CODEBOOKS))
     losses_b = (
-        codebook_level
-        + true_difference
-        + segment_effect
-        + rng.normal(0.0, 0.05, size=(NUM_SEGMENTS, NUM_CODEBOOKS))
+        codebook_level + true_difference + segment_effect + rng.normal(0.0, 0.05, size=(NUM_SEGMENTS, NUM_CODEBOOKS))
     )
     return losses_a, losses_b
 
