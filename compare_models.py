@@ -187,6 +187,8 @@ def build_report(evaluated, reference, num_resamples, confidence, alpha, seed):
         "segment_weighting": "frames" if _segment_weights(evaluated[reference]) else "equal",
         "models": [_model_summary(model, num_resamples, confidence, seed) for model in evaluated],
         "comparisons": [],
+        # Each model's full evaluation (with per-segment losses), so the comparison can be redone from this file.
+        "evaluations": {model.name: model.results for model in evaluated},
     }
     for index, candidate in enumerate(evaluated):
         if index != reference:

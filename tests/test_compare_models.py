@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +114,72 @@ def test_missing_results_file_and_missing_validation_data(tmp_path, three_runs, 
     assert "does not exist" in capsys.readouterr().err
     assert main([str(three_runs[0]), str(tmp_path / "some_checkpoint"), "--output-dir", str(tmp_path)]) == 2
     assert "--validation-data is required" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_checkpoints(tmp_path):
+    """A tiny Transformer and hybrid (random weights) and a small validation set, all on the small random codec."""
+    import torch
+
+    from configuration_music_hybrid import MusicHybridConfig
+    from modeling_music_hybrid import MusicHybridForCausalLM
+    from training_helpers import make_codes_dataset, random_codec
+
+    folders = []
+    for preset in ("transformer-tiny", "hybrid-tiny"):
+        torch.manual_seed(0)
+        model = MusicHybridForCausalLM(MusicHybridConfig.from_preset(preset, codec=random_codec()))
+        model.save_pretrained(tmp_path / preset)
+        folders.append((tmp_path / preset, model.num_parameters()))
+    dataset = make_codes_dataset(tmp_path / "codes", train_lengths=(30,), validation_lengths=(70, 130, 45))
+    return folders, dataset
+
+
+def test_checkpoints_are_evaluated_on_the_same_segments(tiny_checkpoints, tmp_path):
+    (transformer, transformer_size), (hybrid, hybrid_size) = tiny_checkpoints[0]
+    output_dir = tmp_path / "report"
+    arguments = [
+        str(transformer),
+        str(hybrid),
+        "--validation-data",
+        tiny_checkpoints[1],
+        "--output-dir",
+        str(output_dir),
+    ]
+    assert main([*arguments, "--segment-length", "41", "--num-resamples", "200"]) == 0
+    report = json.loads((output_dir / "comparison.json").read_text())
+    # 70, 130 and 45 frames in windows of 41 - 9 = 32 frames: 3 + 5 + 2 segments.
+    assert report["num_segments"] == 10 and report["segment_length"] == 41
+    assert [model["num_parameters"] for model in report["models"]] == [transformer_size, hybrid_size]
+    assert f"{hybrid_size / 1e6:.2f}M" in (output_dir / "comparison.md").read_text()
+    for model in report["models"]:  # random weights over 1024 codes: loss near log(1024)
+        assert all(abs(loss - np.log(1024)) < 0.5 for loss in model["codebook_loss"])
+
+    # The saved per-model results can be compared again without re-evaluating; sizes come from the configs.
+    for model in report["models"]:
+        results_path = Path(model["source"]) / "eval_results.json"
+        results_path.write_text(json.dumps(report["evaluations"][model["name"]]))
+    results_files = [str(transformer / "eval_results.json"), str(hybrid / "eval_results.json")]
+    assert main([*results_files, "--output-dir", str(tmp_path / "again"), "--num-resamples", "200"]) == 0
+    again = json.loads((tmp_path / "again" / "comparison.json").read_text())
+    assert again["comparisons"] == report["comparisons"]
+    assert [model["num_parameters"] for model in again["models"]] == [transformer_size, hybrid_size]
+
+
+def test_checkpoint_trained_on_another_codec_is_refused(tiny_checkpoints, tmp_path, capsys):
+    from training_helpers import make_codes_dataset, random_codec
+
+    other_codec_data = make_codes_dataset(
+        tmp_path / "other", train_lengths=(30,), validation_lengths=(40,), codec=random_codec(seed=5)
+    )
+    (transformer, _), (hybrid, _) = tiny_checkpoints[0]
+    arguments = [
+        str(transformer),
+        str(hybrid),
+        "--validation-data",
+        other_codec_data,
+        "--output-dir",
+        str(tmp_path / "out"),
+    ]
+    assert main(arguments) == 2
+    assert "validation data uses" in capsys.readouterr().err
