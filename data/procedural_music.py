@@ -26,7 +26,7 @@ PROGRESSIONS = [[0, 4, 5, 3], [0, 5, 3, 4], [5, 3, 0, 4], [0, 3, 4, 4], [0, 3, 0
 def generate_track(seed, index, seconds=8.0):
     """(mono float32 samples at 44.1 kHz, style name) of track `index` for `seed`."""
     rng = np.random.default_rng([seed, index])
-    style_name = list(STYLES)[rng.integers(len(STYLES))]
+    style_name = _draw_style(rng)
     style = STYLES[style_name]
     beat = 60.0 / rng.uniform(*style["tempo"])
     tonic = int(rng.integers(45, 57))  # A2..G#3
@@ -68,6 +68,15 @@ def generate_track(seed, index, seconds=8.0):
                 _add(mix, time + hat * beat / style["hats_per_beat"], _hat(rng), 0.12)
     track = mix[: round(seconds * SAMPLE_RATE)]
     return (0.8 * track / max(np.max(np.abs(track)), 1e-9)).astype(np.float32), style_name
+
+
+def track_style(seed, index):
+    """The style (genre label) of track `index` without rendering it."""
+    return _draw_style(np.random.default_rng([seed, index]))
+
+
+def _draw_style(rng):
+    return list(STYLES)[rng.integers(len(STYLES))]
 
 
 def _add(mix, time, sound, gain):

@@ -136,8 +136,8 @@ def test_user_mistakes_are_refused_before_training(dataset, tmp_path, capsys):
     missing = str(tmp_path / "no-such-dataset")
     assert "not found" in error_of(training_argv(missing, tmp_path / "a"), capsys)
 
-    eight_codebooks = make_codes_dataset(tmp_path / "eight", num_codebooks=8)
-    assert "8 codebooks per frame but the model has 9" in error_of(training_argv(eight_codebooks, tmp_path / "b"), capsys)
+    eight_codebook_model = training_argv(dataset, tmp_path / "b", config_overrides="num_codebooks=8")
+    assert "9 codebooks per frame but the model has 8" in error_of(eight_codebook_model, capsys)
     assert "nothing to do" in error_of(["--output_dir", str(tmp_path / "c"), "--dataset_name", dataset], capsys)
     assert "--model_name_or_path" in error_of(["--output_dir", str(tmp_path / "c"), "--dataset_name", dataset,
                                                "--do_eval"], capsys)

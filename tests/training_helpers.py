@@ -7,20 +7,11 @@ import os
 import sys
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Dataset, DatasetDict
+
+from data.dataset_io import CODES_FEATURES, save_codes_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FEATURES = Features(
-    {
-        "codes": List(List(Value("int16"))),
-        "track_id": Value("string"),
-        "start_frame": Value("int64"),
-        "num_frames": Value("int64"),
-        "duration": Value("float32"),
-        "genre": Value("string"),
-        "source": Value("string"),
-    }
-)
 
 
 def random_codec(seed: int = 0) -> dict:
@@ -29,10 +20,10 @@ def random_codec(seed: int = 0) -> dict:
     return random_codec_identity(seed=seed, small=True)
 
 
-def synthetic_split(lengths, prefix: str, num_codebooks: int = 9) -> Dataset:
+def synthetic_split(lengths, prefix: str) -> Dataset:
     """Tracks of learnable codes: codebook k of track i counts up with stride k + 1 from i, modulo 32."""
     codes = [
-        np.stack([(np.arange(length) * (k + 1) + i) % 32 for k in range(num_codebooks)]).astype(np.int16)
+        np.stack([(np.arange(length) * (k + 1) + i) % 32 for k in range(9)]).astype(np.int16)
         for i, length in enumerate(lengths)
     ]
     return Dataset.from_dict(
@@ -45,23 +36,17 @@ def synthetic_split(lengths, prefix: str, num_codebooks: int = 9) -> Dataset:
             "genre": ["Electronic"] * len(lengths),
             "source": ["synthetic"] * len(lengths),
         },
-        features=FEATURES,
+        features=CODES_FEATURES,
     )
 
 
 def make_codes_dataset(path, train_lengths=(40, 90, 70, 120, 25, 60, 100, 80), validation_lengths=(70, 130, 45),
-                       codec=None, num_codebooks: int = 9) -> str:
+                       codec=None) -> str:
     """Save a train/validation codes dataset with its codec identity the way the data pipeline does."""
-    from data.dataset_io import save_codes_dataset
-
     splits = DatasetDict(
-        train=synthetic_split(train_lengths, "train-", num_codebooks),
-        validation=synthetic_split(validation_lengths, "valid-", num_codebooks),
+        train=synthetic_split(train_lengths, "train-"), validation=synthetic_split(validation_lengths, "valid-")
     )
-    identity = codec if codec is not None else random_codec()
-    if num_codebooks != identity["num_codebooks"]:
-        identity = {**identity, "num_codebooks": num_codebooks}
-    save_codes_dataset(splits, str(path), identity)
+    save_codes_dataset(splits, str(path), codec if codec is not None else random_codec())
     return str(path)
 
 

@@ -1,0 +1,122 @@
+"""The work folder of a build (OUTPUT_DIR/_build): what is finished survives a kill.
+
+Each process appends parts: an Arrow file of rows, then a JSON commit naming the tracks it
+finished (encoded or rejected) and the rejects. Only committed parts count, so a rerun
+skips exactly the finished tracks. A process that finishes its shard writes a marker with
+a fingerprint of that shard; the merge reads every committed part, from any process."""
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+
+from .dataset_io import codes_table
+from .rejects import Reject
+
+
+def _write_atomically(path, write):
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as file:
+        write(file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def shard_fingerprint(track_ids):
+    return hashlib.sha256("\n".join(sorted(track_ids)).encode()).hexdigest()
+
+
+class WorkDir:
+    def __init__(self, root):
+        self.root = Path(root)
+        self.parts = self.root / "parts"
+
+    def claim(self, run_config):
+        """Create the folder for `run_config`, or check an existing one was made with the same
+        settings (those that change the codes); a mismatch would mix incompatible parts."""
+        path = self.root / "config.json"
+        output_dir = self.root.parent
+        if not path.exists() and output_dir.is_dir() and any(output_dir.iterdir()) and not self.root.exists():
+            raise ValueError(f"--output_dir {output_dir} is not empty and holds no earlier build; use an empty one")
+        self.parts.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            _write_atomically(path, lambda file: file.write(json.dumps(run_config, indent=2).encode()))
+            return
+        previous = json.loads(path.read_text())
+        changed = sorted(key for key in previous.keys() | run_config.keys() if previous.get(key) != run_config.get(key))
+        if changed:
+            details = ", ".join(f"{key}: {previous.get(key)!r} -> {run_config.get(key)!r}" for key in changed)
+            raise ValueError(
+                f"{self.root} holds work made with other settings ({details}); "
+                "use another --output_dir, or --overwrite to discard that work"
+            )
+
+    def run_config(self):
+        return json.loads((self.root / "config.json").read_text())
+
+    def write_part(self, rank, rows, finished_track_ids, rejects):
+        """Commit rows and the finished tracks (arrow first, then the JSON that makes it count)."""
+        name = f"rank{rank:03d}-{uuid.uuid4().hex[:12]}"
+        arrow_name = None
+        if rows:
+            arrow_name = f"{name}.arrow"
+            table = codes_table(rows)
+
+            def write_arrow(file):
+                with pa.ipc.new_stream(file, table.schema) as writer:
+                    writer.write_table(table)
+
+            _write_atomically(self.parts / arrow_name, write_arrow)
+        commit = {"arrow": arrow_name, "tracks": list(finished_track_ids), "rejects": [vars(r) for r in rejects]}
+        _write_atomically(self.parts / f"{name}.json", lambda file: file.write(json.dumps(commit).encode()))
+
+    def committed_parts(self):
+        """The commits, in name order (the order of parts does not change the merged result)."""
+        return [json.loads(path.read_text()) for path in sorted(self.parts.glob("*.json"))]
+
+    def finished_track_ids(self):
+        return {track_id for part in self.committed_parts() for track_id in part["tracks"]}
+
+    def arrow_files(self):
+        return [str(self.parts / part["arrow"]) for part in self.committed_parts() if part["arrow"]]
+
+    def rejects(self):
+        return [Reject(**reject) for part in self.committed_parts() for reject in part["rejects"]]
+
+    def save_codec_identity(self, identity):
+        _write_atomically(self.root / "codec.json", lambda file: file.write(json.dumps(identity, indent=2).encode()))
+
+    def codec_identity(self):
+        path = self.root / "codec.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save_notes(self, notes):
+        """Facts about the source (counts, anomalies) for the dataset card."""
+        _write_atomically(self.root / "notes.json", lambda file: file.write(json.dumps(notes).encode()))
+
+    def notes(self):
+        path = self.root / "notes.json"
+        return json.loads(path.read_text()) if path.exists() else []
+
+    def mark_shard_done(self, rank, world_size, shard_track_ids):
+        marker = {"rank": rank, "world_size": world_size, "tracks": len(shard_track_ids)}
+        marker["fingerprint"] = shard_fingerprint(shard_track_ids)
+        path = self.root / f"done-rank{rank:03d}-of{world_size:03d}.json"
+        _write_atomically(path, lambda file: file.write(json.dumps(marker).encode()))
+
+    def shard_markers(self, world_size):
+        """{rank: marker} of the processes of a `world_size`-process run that finished."""
+        markers = {}
+        for path in self.root.glob(f"done-rank*-of{world_size:03d}.json"):
+            marker = json.loads(path.read_text())
+            markers[marker["rank"]] = marker
+        return markers
+
+    def latest_world_size(self):
+        """The process count of the most recent marker, or None when no shard ever finished."""
+        paths = sorted(self.root.glob("done-rank*-of*.json"), key=lambda path: path.stat().st_mtime)
+        return json.loads(paths[-1].read_text())["world_size"] if paths else None

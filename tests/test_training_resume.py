@@ -1,0 +1,49 @@
+"""SIGKILL during training, then --resume_from_checkpoint latest: the same run, bit for bit, as an uninterrupted one."""
+
+import signal
+import subprocess
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from training_helpers import PYTHON, REPO_ROOT, make_codes_dataset, read_log, subprocess_env, training_argv
+
+KILL_AFTER = "checkpoint-4"
+
+
+def start(argv, log_path):
+    log = open(log_path, "w")
+    return subprocess.Popen([PYTHON, "run_clm_audio.py", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path):
+    dataset = make_codes_dataset(tmp_path / "codes")
+    # Accumulation included: resuming must skip whole optimizer steps' worth of micro-batches.
+    options = dict(max_steps=24, save_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    reference = start(training_argv(dataset, uninterrupted, **options), tmp_path / "reference.log")
+    victim = start(training_argv(dataset, interrupted, **options), tmp_path / "victim.log")
+
+    deadline = time.time() + 120
+    while not (interrupted / KILL_AFTER).is_dir():  # the rename makes it appear complete, never half-written
+        assert victim.poll() is None and time.time() < deadline, (tmp_path / "victim.log").read_text()
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    assert victim.wait() == -signal.SIGKILL
+    assert not (interrupted / "train_results.json").exists()  # it really died mid-run
+    assert reference.wait() == 0, (tmp_path / "reference.log").read_text()
+
+    resumed = start(training_argv(dataset, interrupted, resume_from_checkpoint="latest", **options),
+                    tmp_path / "resumed.log")
+    assert resumed.wait() == 0, (tmp_path / "resumed.log").read_text()
+    assert "Resumed from" in (tmp_path / "resumed.log").read_text()
+
+    expected = read_log(uninterrupted)
+    assert [entry["step"] for entry in expected] == list(range(1, 25))
+    assert read_log(interrupted) == expected  # losses, per-codebook losses, learning rates, gradient norms
+    final_reference = load_file(uninterrupted / "model.safetensors")
+    final_resumed = load_file(interrupted / "model.safetensors")
+    assert final_reference.keys() == final_resumed.keys()
+    assert all(torch.equal(final_reference[name], final_resumed[name]) for name in final_reference)
