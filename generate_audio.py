@@ -58,7 +58,6 @@ class GenerationResult:
 class Plan:
     """Everything checked before any work: settings, lengths, codec and prompt."""
 
-    config: object
     codec_identity: dict
     prompt_audio: np.ndarray | None  # mono, 44.1 kHz, cut to whole codec frames
     new_frames: int
@@ -94,6 +93,10 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        finished = "the files written so far are valid WAVs" if args.stream else "finished files are complete"
+        print(f"interrupted: {finished}", file=sys.stderr)
+        return 130
     print(
         f"Wrote {len(result.paths)} file(s) to {args.output_dir}: {result.audio_seconds:.1f} s of new audio in "
         f"{result.elapsed_seconds:.1f} s, real-time factor {result.real_time_factor:.2f} "
@@ -181,21 +184,9 @@ def generate_audio(
     from data.codec import load_codec
     from modeling_music_hybrid import MusicHybridForCausalLM
 
-    plan = plan_generation(
-        model_name_or_path,
-        num_samples,
-        duration,
-        prompt,
-        temperature,
-        top_k,
-        top_p,
-        batch_size,
-        long_form,
-        context_window,
-        chunk_seconds,
-        codec,
-        dtype,
-    )
+    _check_run_settings(num_samples, batch_size, chunk_seconds, dtype)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    plan = plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -250,61 +241,31 @@ def generate_audio(
     return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
 
 
-def plan_generation(
-    model_name_or_path,
-    num_samples,
-    duration,
-    prompt,
-    temperature,
-    top_k,
-    top_p,
-    batch_size,
-    long_form,
-    context_window,
-    chunk_seconds,
-    codec,
-    dtype,
-):
-    """Check every user input and the checkpoint's config (not its weights); raise ValueError on the first problem."""
+def plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec):
+    """Check the request against the checkpoint's config (not its weights); raise ValueError on the first problem."""
     from configuration_music_hybrid import MusicHybridConfig
 
     if not duration or duration <= 0 or not math.isfinite(duration):
         raise ValueError(f"--duration must be a positive number of seconds, got {duration}")
-    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    if chunk_seconds <= 0:
-        raise ValueError(f"--chunk-seconds must be positive, got {chunk_seconds}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if long_form not in (None, *LONG_FORM_MODES):
         raise ValueError(f"--long-form must be one of {LONG_FORM_MODES}, got {long_form!r}")
-    prompt_audio = None if prompt is None else load_prompt_audio(prompt)
     try:
         config = MusicHybridConfig.from_pretrained(model_name_or_path)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot load the checkpoint config of {model_name_or_path}: {error}") from None
     codec_identity = resolve_codec_identity(config, codec)
-    hop_length = codec_identity["hop_length"]
-    new_samples = round(duration * codec_identity["sample_rate"])
+    sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
+    prompt_audio = None if prompt is None else load_prompt_audio(prompt, sample_rate, hop_length)
+    new_samples = round(duration * sample_rate)
     new_frames = math.ceil(new_samples / hop_length)
     prompt_frames = 0 if prompt_audio is None else len(prompt_audio) // hop_length
-    sampling = {
-        name: _check_per_codebook(name, value, config.num_codebooks)
-        for name, value in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
-    }
-    context_window = check_context(
-        config,
-        prompt_frames,
-        new_frames,
-        long_form,
-        context_window,
-        frame_seconds=hop_length / codec_identity["sample_rate"],
-    )
-    return Plan(config, codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window)
+    sampling = {name: _check_per_codebook(name, value, config.num_codebooks) for name, value in sampling.items()}
+    frame_seconds = hop_length / sample_rate
+    context_window = check_context(config, prompt_frames, new_frames, long_form, context_window, frame_seconds)
+    return Plan(codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window)
 
 
-def load_prompt_audio(path, sample_rate=44100, hop_length=512):
+def load_prompt_audio(path, sample_rate, hop_length):
     """Read any soundfile-readable file, downmix to mono, resample; cut to whole codec frames (at most 11.6 ms)."""
     try:
         audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
@@ -437,6 +398,16 @@ class WavStreamer:
             if kept.size:
                 writer.append(kept)
                 self.remaining[row] -= kept.size
+
+
+def _check_run_settings(num_samples, batch_size, chunk_seconds, dtype):
+    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if chunk_seconds <= 0:
+        raise ValueError(f"--chunk-seconds must be positive, got {chunk_seconds}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
 def _check_per_codebook(name, value, num_codebooks):

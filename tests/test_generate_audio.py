@@ -105,7 +105,7 @@ def test_written_audio_matches_a_one_shot_decode(hybrid, codec, tmp_path):
 
 
 def test_continuation_starts_with_the_prompt_audio(hybrid, codec, prompt_file, tmp_path):
-    prompt_audio = load_prompt_audio(prompt_file)
+    prompt_audio = load_prompt_audio(prompt_file, SAMPLE_RATE, HOP)
     assert prompt_audio.size == int(0.2 * SAMPLE_RATE) // HOP * HOP  # resampled, cut to whole frames
     result = generate_audio(hybrid, tmp_path, num_samples=2, duration=0.25, prompt=prompt_file, progress=False)
     prompt_codes = codec.encode([prompt_audio])[0]
@@ -251,6 +251,8 @@ def test_checkpoint_whose_codebooks_differ_from_the_codec_is_refused(checkpoint,
     four_codebooks = checkpoint("hybrid-tiny", num_codebooks=4)
     assert main([str(four_codebooks), "--output-dir", str(tmp_path / "out"), "--duration", "0.1"]) == 2
     assert "the model predicts 4 codebooks" in capsys.readouterr().err
+    assert main([str(tmp_path / "no_such_checkpoint"), "--output-dir", str(tmp_path / "out"), "--duration", "1"]) == 2
+    assert "cannot load the checkpoint config" in capsys.readouterr().err
 
 
 def test_cli_writes_files_and_reports_the_real_time_factor(hybrid, tmp_path, capsys):
