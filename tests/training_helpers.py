@@ -7,6 +7,8 @@ import os
 import sys
 
 import numpy as np
+import pytest
+import torch
 from datasets import Dataset, DatasetDict
 
 from data.dataset_io import CODES_FEATURES, save_codes_dataset
@@ -80,9 +82,20 @@ def read_log(output_dir) -> list[dict]:
         return [json.loads(line) for line in file]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine busy threads make them several times
+    slower. Import this fixture into a test module to run its tests with one torch thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def subprocess_env() -> dict:
-    """Environment for child processes: the repository importable, no network, the same thread count."""
+    """Environment for child processes: the repository importable, no network, one thread (see one_torch_thread)."""
     env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
