@@ -1,0 +1,36 @@
+"""Print the model presets as a markdown table with their parameter counts (the README's table).
+
+    python presets_table.py
+"""
+
+import torch
+
+from configuration_music_hybrid import ATTENTION, PRESETS, MusicHybridConfig
+from modeling_music_hybrid import MusicHybridForCausalLM
+
+PUBLISHED = {"transformer-162m": "162.08M", "hybrid-116m": "115.78M"}
+
+
+def parameter_count(config):
+    with torch.device("meta"):  # counts shapes without allocating weights
+        return sum(p.numel() for p in MusicHybridForCausalLM(config).parameters())
+
+
+def presets_table():
+    rows = [
+        "| preset | layers (attention + Mamba) | d_model | parameters | published | description |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, preset in PRESETS.items():
+        config = MusicHybridConfig.from_preset(name)
+        attention = config.layer_types.count(ATTENTION)
+        layers = f"{config.num_hidden_layers} ({attention} + {config.num_hidden_layers - attention})"
+        parameters = f"{parameter_count(config) / 1e6:.2f}M"
+        rows.append(
+            f"| `{name}` | {layers} | {config.hidden_size} | {parameters} | {PUBLISHED.get(name, '')} | {preset['description']} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(presets_table())
