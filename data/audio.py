@@ -161,7 +161,7 @@ def plan_segments(num_samples, mode="whole", segment_seconds=None, min_seconds=1
     segments = []
     for start in range(0, num_samples, chunk_samples):
         length = min(chunk_samples, num_samples - start)
-        if length < min_seconds * SAMPLE_RATE and start > 0:
+        if start > 0 and length < min(chunk_samples, min_seconds * SAMPLE_RATE):  # a short tail
             break
         segments.append(Segment(start // HOP_LENGTH, num_frames_for(length), length / SAMPLE_RATE))
     return segments

@@ -18,7 +18,7 @@ from .rejects import Reject
 
 
 def _write_atomically(path, write):
-    temporary = path.with_name(f".{path.name}.tmp")
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may write the same file
     with open(temporary, "wb") as file:
         write(file)
         file.flush()

@@ -81,7 +81,7 @@ def read_fma_metadata(path):
 
 
 def fma_tracks(fma_dir, metadata_path=None, subset=None):
-    """(tracks, counts) for an FMA archive folder (NNN/NNNNNN.mp3).
+    """(tracks, counts) for an FMA archive folder (NNN/NNNNNN.mp3; other audio extensions too).
 
     With metadata, tracks of the archive's subset that are absent on disk are listed too
     (they are rejected as "missing"), and files absent from the metadata are kept with no
@@ -91,7 +91,7 @@ def fma_tracks(fma_dir, metadata_path=None, subset=None):
         raise ValueError(f"--fma_dir {fma_dir} is not a directory")
     metadata_path = metadata_path or default_fma_metadata(fma_dir)
     metadata = read_fma_metadata(metadata_path) if metadata_path else {}
-    on_disk = {path.stem: path for path in fma_dir.rglob("*.mp3")}
+    on_disk = {path.stem: path for path in sorted(fma_dir.rglob("*")) if path.suffix.lower() in AUDIO_EXTENSIONS}
     expected = set()
     if metadata:
         subset = subset or fma_dir.name.removeprefix("fma_")

@@ -1,0 +1,110 @@
+"""Shared fixtures: the small random DAC codec and a synthesized FMA-like audio tree."""
+
+import csv
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from data.codec import load_codec, random_codec_identity
+
+SOUNDFILE_FORMATS = {".mp3": ("MP3", "MPEG_LAYER_III"), ".ogg": ("OGG", "VORBIS"), ".flac": ("FLAC", None), ".wav": ("WAV", None)}
+
+
+def synthesize(seconds, rate=44100, channels=1, seed=0):
+    """A few seconds of tones and noise, shape (samples, channels), float32 in [-1, 1]."""
+    rng = np.random.default_rng(seed)
+    time = np.arange(round(seconds * rate)) / rate
+    voices = [
+        0.3 * np.sin(2 * np.pi * rng.uniform(110, 880) * time + rng.uniform(0, 6)) for _ in range(channels)
+    ]
+    audio = np.stack(voices, axis=1) + 0.03 * rng.standard_normal((time.size, channels))
+    return audio.astype(np.float32)
+
+
+def write_audio(path, audio, rate):
+    audio_format, subtype = SOUNDFILE_FORMATS[Path(path).suffix]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, audio, rate, format=audio_format, subtype=subtype)
+
+
+@dataclass(frozen=True)
+class AudioTree:
+    fma_dir: Path  # fma_small/NNN/NNNNNN.ext
+    metadata: Path  # fma_metadata/tracks.csv beside it
+    good: dict  # track_id -> (genre or None, FMA split or None) of every file that should encode
+    rejects: dict  # track_id -> expected reject reason
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread: on a loaded 2-core machine two threads spin against each other
+    (the small codec encodes about 7x slower, measured)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def small_codec():
+    """The small random DAC (44.1 kHz, hop 512, 9 x 1024 codes, shrunk channels)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_codec(random_codec_identity(seed=0, small=True), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def audio_tree(tmp_path_factory):
+    """An FMA-like tree in all four formats, with multi-channel, 22.05 and 48 kHz files, broken
+    files of every kind, a track listed but missing, and a file absent from tracks.csv."""
+    root = tmp_path_factory.mktemp("fma")
+    fma_dir = root / "fma_small"
+    good = {
+        "000002": ("Hip-Hop", "training", ".mp3", 44100, 2),
+        "000003": ("Rock", "validation", ".ogg", 48000, 1),
+        "000005": ("Pop", "test", ".flac", 22050, 3),
+        "000010": ("Folk", "training", ".wav", 44100, 1),
+        "000011": ("Rock", "training", ".wav", 48000, 2),
+    }
+    for index, (track_id, (_, _, extension, rate, channels)) in enumerate(good.items()):
+        write_audio(fma_dir / track_id[:3] / f"{track_id}{extension}", synthesize(1.4, rate, channels, index), rate)
+    write_audio(fma_dir / "001" / "001000.wav", synthesize(1.3, seed=9), 44100)  # not in tracks.csv
+
+    broken = fma_dir / "000"
+    (broken / "000030.mp3").write_bytes(b"")
+    write_audio(broken / "000031.flac", synthesize(1.5, seed=3), 44100)
+    flac = (broken / "000031.flac").read_bytes()
+    (broken / "000031.flac").write_bytes(flac[: len(flac) // 2])
+    (broken / "000032.mp3").write_text("this is a text file, not an mp3\n" * 20)
+    write_audio(broken / "000033.wav", np.zeros((44100 * 2, 1), np.float32), 44100)
+    write_audio(broken / "000034.wav", synthesize(0.3, seed=4), 44100)
+    rejects = {
+        "000030": "empty",
+        "000031": "unreadable",
+        "000032": "not_audio",
+        "000033": "silent",
+        "000034": "too_short",
+        "000040": "missing",
+    }
+
+    metadata = root / "fma_metadata" / "tracks.csv"
+    metadata.parent.mkdir()
+    listed = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
+    listed |= {track_id: ("Experimental", "training") for track_id in rejects}
+    with open(metadata, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["", "set", "set", "track", "track"])
+        writer.writerow(["", "split", "subset", "genre_top", "title"])
+        writer.writerow(["track_id", "", "", "", ""])
+        for track_id, (genre, split) in listed.items():
+            writer.writerow([int(track_id), split, "small", genre, f"Title of {track_id},\nwith a second line"])
+        writer.writerow([99999, "training", "large", "Rock", "in fma_large only: not expected in fma_small"])
+    expected_good = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
+    expected_good["001000"] = (None, None)
+    return AudioTree(fma_dir, metadata, expected_good, rejects)

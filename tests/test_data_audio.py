@@ -1,0 +1,115 @@
+"""Audio decoding, downmix/resample, reject reasons, loudness, segments, procedural music."""
+
+import math
+
+import numpy as np
+import pytest
+
+from data.audio import decode_audio, integrated_loudness, normalize_loudness, plan_segments, read_track
+from data.procedural_music import generate_track, track_style
+from data.rejects import RejectedInput
+from data.sources import fma_tracks, folder_tracks
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
+def _path(tree, track_id):
+    return next(tree.fma_dir.rglob(f"{track_id}.*"))
+
+
+def test_every_format_decodes_to_mono_44k_from_path_and_bytes(audio_tree):
+    for track_id in ["000002", "000003", "000005", "000010", "000011"]:
+        path = _path(audio_tree, track_id)
+        from_path = read_track(str(path))
+        from_bytes = read_track(path.read_bytes())
+        assert from_path.dtype == np.float32 and from_path.ndim == 1
+        np.testing.assert_array_equal(from_path, from_bytes)
+        # 1.4 s at any source rate (22.05 / 44.1 / 48 kHz, 1-3 channels) becomes ~1.4 s at 44.1 kHz
+        assert abs(from_path.size - 1.4 * 44100) < 0.01 * 44100, (path.name, from_path.size)
+
+
+def test_multichannel_is_averaged_and_resampled():
+    samples, rate = decode_audio(_write_stereo_48k())
+    assert samples.shape[1] == 2 and rate == 48000
+    mono = read_track((samples, rate))
+    assert mono.size == 44100
+    assert np.abs(mono).max() == pytest.approx(0.375, abs=0.01)  # mean of a 0.5 and a 0.25 sine
+
+
+def _write_stereo_48k():
+    import io
+
+    import soundfile
+
+    time = np.arange(48000) / 48000
+    left = 0.5 * np.sin(2 * np.pi * 440 * time)
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.stack([left, left / 2], axis=1), 48000, format="WAV")
+    return buffer.getvalue()
+
+
+def test_broken_inputs_get_their_reason(audio_tree):
+    for track_id, reason in audio_tree.rejects.items():
+        path = next(audio_tree.fma_dir.rglob(f"{track_id}.*"), audio_tree.fma_dir / "000" / f"{track_id}.mp3")
+        with pytest.raises(RejectedInput) as rejected:
+            read_track(str(path))
+        assert rejected.value.reason == reason, (track_id, rejected.value)
+    with pytest.raises(RejectedInput, match="empty"):
+        read_track(b"")
+
+
+def test_fma_listing_counts_missing_and_unlisted(audio_tree):
+    tracks, counts = fma_tracks(audio_tree.fma_dir)  # metadata found beside the archive
+    ids = [track.track_id for track in tracks]
+    assert ids == sorted(ids) and "000040" in ids and "099999" not in ids  # fma_large-only track not expected
+    assert counts == {"files": 11, "in_metadata": 10, "not_in_metadata": 1, "listed_but_missing": 1}
+    genres = {track.track_id: track.genre for track in tracks}
+    assert genres["000002"] == "Hip-Hop" and genres["001000"] is None
+    with pytest.raises(ValueError, match="fma_subset"):
+        renamed = audio_tree.fma_dir.parent / "my_copy"
+        renamed.mkdir(exist_ok=True)
+        fma_tracks(renamed, audio_tree.metadata)
+
+
+def test_folder_listing_is_recursive_and_keeps_only_audio(audio_tree):
+    (audio_tree.fma_dir / "notes.txt").write_text("not listed")
+    ids = [track.track_id for track in folder_tracks(audio_tree.fma_dir)]
+    assert "000/000002.mp3" in ids and "001/001000.wav" in ids and "notes.txt" not in ids
+    assert len(ids) == 11
+
+
+def test_loudness_matches_bs1770_and_normalizes():
+    time = np.arange(5 * 44100) / 44100
+    sine = np.sin(2 * np.pi * 997 * time)
+    assert integrated_loudness(sine) == pytest.approx(-3.01, abs=0.05)  # the standard's reference value
+    quiet = (0.05 * sine).astype(np.float32)
+    assert integrated_loudness(normalize_loudness(quiet, -20.0)) == pytest.approx(-20.0, abs=0.01)
+    loud = normalize_loudness(quiet, 0.0)  # would clip: limited to a 0.999 peak instead
+    assert np.abs(loud).max() == pytest.approx(0.999, abs=1e-4)
+
+
+def test_segments_whole_first_and_chunks():
+    rate, hop = 44100, 512
+    [whole] = plan_segments(10 * rate + 5)
+    assert (whole.start_frame, whole.num_frames) == (0, math.ceil((10 * rate + 5) / hop))
+    chunks = plan_segments(10 * rate, "chunks", 4.0, min_seconds=1.0)
+    assert [chunk.start_frame for chunk in chunks] == [0, 345, 690]
+    assert chunks[-1].duration == pytest.approx(10 - 2 * 345 * hop / rate)
+    dropped = plan_segments(int(8.5 * rate), "chunks", 4.0, min_seconds=1.0)  # a 0.5 s tail is dropped
+    assert len(dropped) == 2
+
+
+def test_first_seconds_crop_reads_only_what_it_needs(audio_tree):
+    samples = read_track(str(_path(audio_tree, "000010")), max_seconds=1.0)
+    assert samples.size == 44100
+
+
+def test_procedural_music_is_deterministic_and_varied():
+    first, style = generate_track(seed=3, index=1, seconds=2.0)
+    again, _ = generate_track(seed=3, index=1, seconds=2.0)
+    other, _ = generate_track(seed=3, index=2, seconds=2.0)
+    np.testing.assert_array_equal(first, again)
+    assert first.shape == (88200,) and first.dtype == np.float32 and np.abs(first).max() <= 0.8 + 1e-6
+    assert not np.allclose(first, other)
+    assert style == track_style(3, 1)
+    assert len({track_style(0, index) for index in range(20)}) > 1

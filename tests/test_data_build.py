@@ -1,0 +1,234 @@
+"""The build command end to end with the small random codec: schema, rejects, splits, sources,
+resume after SIGKILL, two processes under accelerate, and the command line."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.build_dataset import build_dataset, main
+from data.codec import Codec
+from data.dataset_io import CODES_FEATURES, load_codes_dataset
+from data.rejects import read_rejects
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CODEC = {"codec": "random", "codec_small": True}
+PROCEDURAL = {"procedural_tracks": 8, "procedural_seconds": 1.2, "part_tracks": 1, "batch_size": 1, **CODEC}
+
+
+def _cli_options(options):
+    argv = []
+    for name, value in options.items():
+        argv += [f"--{name}"] if value is True else [f"--{name}", str(value)]
+    return argv
+
+
+def _as_rows(dataset_dict):
+    return {name: split.to_dict() for name, split in dataset_dict.items()}
+
+
+@pytest.fixture
+def count_encoded(monkeypatch):
+    """Counts the clips given to Codec.encode."""
+    calls = []
+    original = Codec.encode
+
+    def counting(self, waveforms):
+        calls.extend(range(len(waveforms)))
+        return original(self, waveforms)
+
+    monkeypatch.setattr(Codec, "encode", counting)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def fma_build(audio_tree, tmp_path_factory):
+    output = tmp_path_factory.mktemp("fma_codes")
+    return output, build_dataset(output_dir=str(output), fma_dir=str(audio_tree.fma_dir), num_workers=2, **CODEC)
+
+
+@pytest.fixture(scope="module")
+def procedural_reference(tmp_path_factory):
+    output = tmp_path_factory.mktemp("procedural_reference")
+    return build_dataset(output_dir=str(output), **PROCEDURAL)
+
+
+def test_fma_build_schema_rows_and_rejects(fma_build, audio_tree):
+    output, dataset_dict = fma_build
+    assert set(dataset_dict) == {"train", "validation"}
+    rows = [row for split in dataset_dict.values() for row in split]
+    assert sorted(row["track_id"] for row in rows) == sorted(audio_tree.good)
+    for split in dataset_dict.values():
+        assert split.features == CODES_FEATURES
+        assert str(split.data.schema.field("codes").type) == "fixed_size_list<item: list<item: int16>>[9]"
+    for row in rows:
+        codes = np.asarray(row["codes"])
+        assert codes.shape == (9, row["num_frames"]) and codes.min() >= 0 and codes.max() < 1024
+        assert row["num_frames"] == math.ceil(row["duration"] * 44100 / 512 - 1e-6)
+        assert row["start_frame"] == 0 and row["source"] == "fma:fma_small"
+        assert row["genre"] == audio_tree.good[row["track_id"]][0]
+        assert abs(row["duration"] - (1.3 if row["track_id"] == "001000" else 1.4)) < 0.01
+    rejects = read_rejects(output / "rejects.jsonl")
+    assert {reject.track_id: reject.reason for reject in rejects} == audio_tree.rejects
+    assert all(reject.detail and reject.path for reject in rejects)
+    loaded, identity = load_codes_dataset(output)
+    assert identity["backend"] == "random" and identity["config_overrides"] is not None
+    assert _as_rows(loaded) == _as_rows(dataset_dict)
+    card = (output / "README.md").read_text()
+    assert "missing 1" in card and "1 not in it" in card and "RANDOM weights" in card
+
+
+def test_rerun_encodes_nothing_and_splits_change_without_reencoding(fma_build, audio_tree, count_encoded):
+    output, dataset_dict = fma_build
+    options = {"output_dir": str(output), "fma_dir": str(audio_tree.fma_dir), **CODEC}
+    assert _as_rows(build_dataset(**options)) == _as_rows(dataset_dict)
+    fma_split = build_dataset(**options, split_mode="fma", merge_only=True)
+    assert count_encoded == []
+    assert set(fma_split) == {"training", "validation", "test"}
+    for name, split in fma_split.items():
+        assert {audio_tree.good[track_id][1] for track_id in split["track_id"]} == {name}
+    # 001000 has no FMA split: left out, and said so
+    assert "001000" not in {track_id for split in fma_split.values() for track_id in split["track_id"]}
+    assert "no split" in (output / "README.md").read_text()
+
+
+def test_random_split_is_by_track_disjoint_and_deterministic(tmp_path):
+    from data.splits import random_split
+
+    track_ids = [f"track-{index}" for index in range(2000)]
+    splits = random_split(track_ids, seed=3)
+    assert splits == random_split(list(reversed(track_ids)), seed=3)
+    assert 0.08 < sum(split == "validation" for split in splits.values()) / 2000 < 0.12
+    assert splits != random_split(track_ids, seed=4)
+    assert list(random_split(["a", "b"], seed=0).values()).count("validation") == 1  # never empty
+
+
+def test_split_file_json_and_csv(tmp_path):
+    from data.splits import make_split_assigner
+
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ["a", "b"], "validation": ["c"]}))
+    (tmp_path / "splits.csv").write_text("track_id,split\na,train\nb,train\nc,validation\n")
+    for name in ("splits.json", "splits.csv"):
+        assign, names, _ = make_split_assigner("file", split_file=str(tmp_path / name))
+        assert assign(["a", "c", "z"]) == {"a": "train", "c": "validation", "z": None} and names == ["train", "validation"]
+    (tmp_path / "bad.json").write_text(json.dumps({"train": ["a"], "validation": ["a"]}))
+    with pytest.raises(ValueError, match="both"):
+        make_split_assigner("file", split_file=str(tmp_path / "bad.json"))
+
+
+def test_changed_settings_are_refused(fma_build, audio_tree):
+    output, _ = fma_build
+    with pytest.raises(ValueError, match="min_seconds"):
+        build_dataset(output_dir=str(output), fma_dir=str(audio_tree.fma_dir), min_seconds=0.5, **CODEC)
+
+
+def test_hf_dataset_source_downloaded_and_streamed(audio_tree, tmp_path):
+    from datasets import Audio, Dataset, Features, Value
+
+    ids = ["000002", "000003", "000005", "000033"]
+    paths = [next(audio_tree.fma_dir.rglob(f"{track_id}.*")) for track_id in ids]
+    rows = {
+        "audio": [{"bytes": path.read_bytes(), "path": path.name} for path in paths],
+        "id": ids,
+        "style": ["a", "b", "c", "d"],
+    }
+    # written as a plain struct then cast: encoding into an Audio feature would need torchcodec
+    audio_struct = {"bytes": Value("binary"), "path": Value("string")}
+    features = Features({"audio": audio_struct, "id": Value("string"), "style": Value("string")})
+    dataset = Dataset.from_dict(rows, features=features).cast_column("audio", Audio())
+    dataset.to_parquet(str(tmp_path / "audio.parquet"))
+    options = {"hf_dataset": str(tmp_path / "audio.parquet"), "id_column": "id", "genre_column": "style", **CODEC}
+    downloaded = build_dataset(output_dir=str(tmp_path / "downloaded"), **options)
+    streamed = build_dataset(output_dir=str(tmp_path / "streamed"), streaming=True, num_workers=0, **options)
+    assert _as_rows(downloaded) == _as_rows(streamed)
+    encoded = {track_id for split in downloaded.values() for track_id in split["track_id"]}
+    assert encoded == {"000002", "000003", "000005"}
+    assert [reject.reason for reject in read_rejects(tmp_path / "streamed" / "rejects.jsonl")] == ["silent"]
+
+
+def test_chunks_segments_cover_the_track(tmp_path):
+    chunks = {"segment": "chunks", "segment_seconds": 1.0, "min_seconds": 0.5}
+    dataset_dict = build_dataset(output_dir=str(tmp_path), procedural_tracks=2, procedural_seconds=2.8, **chunks, **CODEC)
+    rows = sorted(((row["track_id"], row["start_frame"]), row) for split in dataset_dict.values() for row in split)
+    assert [key for key, _ in rows][:3] == [("procedural-0-00000", 0), ("procedural-0-00000", 86), ("procedural-0-00000", 172)]
+    tail_samples = round(2.8 * 44100) - 2 * 86 * 512  # 1 s chunks are 86 frames; the 0.8 s tail is kept
+    assert [row["num_frames"] for _, row in rows][:3] == [86, 86, math.ceil(tail_samples / 512)]
+    assert rows[2][1]["duration"] == pytest.approx(tail_samples / 44100)
+
+
+def test_resume_after_sigkill_encodes_only_unfinished_tracks(procedural_reference, tmp_path, count_encoded):
+    output = tmp_path / "codes"
+    command = [sys.executable, "-m", "data.build_dataset", "--output_dir", str(output), *_cli_options(PROCEDURAL)]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.DEVNULL)
+    parts = output / "_build" / "parts"
+    deadline = time.monotonic() + 120
+    while len(list(parts.glob("*.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = {track for path in parts.glob("*.json") for track in json.loads(path.read_text())["tracks"]}
+    assert 2 <= len(finished) < 8, "the build must be killed midway"
+    resumed = build_dataset(output_dir=str(output), **PROCEDURAL)
+    assert len(count_encoded) == 8 - len(finished)
+    assert _as_rows(resumed) == _as_rows(procedural_reference)
+
+
+def test_two_processes_under_accelerate_match_one(procedural_reference, tmp_path):
+    output = tmp_path / "codes"
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "data.build_dataset"]
+    command = launch + ["--output_dir", str(output), *_cli_options(PROCEDURAL)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    work = output / "_build"
+    assert sorted(path.name for path in work.glob("done-*")) == ["done-rank000-of002.json", "done-rank001-of002.json"]
+    shards = {0: set(), 1: set()}
+    for path in (work / "parts").glob("*.json"):
+        shards[int(path.name[4:7])] |= set(json.loads(path.read_text())["tracks"])
+    assert shards[0] and shards[1] and not shards[0] & shards[1]
+    assert len(shards[0] | shards[1]) == 8
+    merged, _ = load_codes_dataset(output)
+    assert _as_rows(merged) == _as_rows(procedural_reference)
+
+
+def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
+    for argv, message in [
+        (["--output_dir", str(tmp_path / "a"), "--audio_dir", str(tmp_path / "nowhere")], "not a directory"),
+        (["--output_dir", str(tmp_path / "b"), "--audio_dir", "x", "--fma_dir", "y"], "one source"),
+        (["--output_dir", str(tmp_path / "c"), "--segment", "first", "--segment_seconds", "0.5"], "segment_seconds"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("error:") and message in error
+
+
+def test_unavailable_pretrained_codec_names_the_random_option(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output_dir", str(tmp_path), "--procedural_tracks", "1", "--procedural_seconds", "1.5"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "descript/dac_44khz" in error and "--codec random --codec_seed N" in error
+
+
+def test_help_lists_the_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "data.build_dataset", "--help"], cwd=REPO_ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    for option in ("--fma_dir", "--hf_dataset", "--streaming", "--codec", "--segment", "--split_mode", "--num_workers"):
+        assert option in result.stdout
