@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from modeling_music_hybrid import IGNORE_INDEX
 from training_data import CodesCollator, CodesWindows, frames_per_segment
 
-IGNORE_INDEX = -100
 TOP_K = 5
 
 

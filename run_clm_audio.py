@@ -46,7 +46,7 @@ from checkpointing import (
 )
 from configuration_music_hybrid import MusicHybridConfig
 from evaluation import evaluate_model, format_metrics_table
-from modeling_music_hybrid import MusicHybridForCausalLM, weighted_codebook_mean
+from modeling_music_hybrid import IGNORE_INDEX, MusicHybridForCausalLM, weighted_codebook_mean
 from training_data import CodesCollator, CodesWindows, RandomCropBatchSampler, frames_per_segment
 
 LOG_HISTORY_FILE = "log_history.jsonl"
@@ -454,10 +454,9 @@ def train(run: Run, model) -> dict:
     if run.resume_checkpoint:
         accelerator.load_state(run.resume_checkpoint)
         accelerator.print(f"Resumed from {run.resume_checkpoint} at step {state.global_step}")
-        rewrite_log_history(args.output_dir, state.log_history, accelerator)
-    if accelerator.is_main_process:
-        run_config = {**asdict(run.model_args), **asdict(run.data_args), **asdict(args)}
-        accelerator.init_trackers("music-hybrid", config={k: v for k, v in run_config.items() if is_scalar(v)})
+    rewrite_log_history(args.output_dir, state.log_history, accelerator)
+    run_config = {**asdict(run.model_args), **asdict(run.data_args), **asdict(args)}
+    accelerator.init_trackers("music-hybrid", config={k: v for k, v in run_config.items() if is_scalar(v)})
 
     frames = frames_per_segment(run.data_args.segment_length, config.num_codebooks)
     sampler = RandomCropBatchSampler(
@@ -586,7 +585,7 @@ def accumulate_gradients(accelerator, model, batches: list[dict], config) -> tup
 
 def valid_token_counts(labels: torch.Tensor) -> torch.Tensor:
     """(K,) number of predicted positions per codebook; labels (B, K, S) with -100 where nothing is predicted."""
-    return (labels[:, :, 1:] != -100).sum(dim=(0, 2)).float()
+    return (labels[:, :, 1:] != IGNORE_INDEX).sum(dim=(0, 2)).float()
 
 
 def save_last_good_state(accelerator, args, state, config) -> str:
@@ -643,7 +642,8 @@ def record(entry: dict, state: TrainingState, output_dir: str, accelerator) -> N
 
 
 def rewrite_log_history(output_dir: str, log_history: list, accelerator) -> None:
-    """After a resume the log holds exactly the checkpoint's entries (a killed run may have logged further)."""
+    """Start the log with exactly the checkpoint's entries: none for a fresh run, and after a resume not the steps a
+    killed run logged past its last checkpoint."""
     if accelerator.is_main_process:
         path = os.path.join(output_dir, LOG_HISTORY_FILE)
         with open(path + ".tmp", "w", encoding="utf-8") as file:
