@@ -1,0 +1,223 @@
+"""Benchmark the whole Mamba-1 mixer: our chunked PyTorch scan vs a plain state-carrying loop vs transformers.
+
+Three mixers with the same weights (d_model 768, expand 2, d_state 64, dt_rank 48, d_conv 4 by default):
+ours (the PyTorch path, and the mamba-ssm kernels when they run here), ours with the scan replaced by a plain
+state-carrying PyTorch loop (the fair baseline: autograd through every step), and transformers' `MambaMixer`
+torch path, which materialises the (batch, d_inner, L, d_state) decays before looping. For each length: forward
+under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side.
+
+    python -m bench.bench_scan                          # a few minutes on a 2-core CPU
+    python -m bench.bench_scan --with-slow-baselines    # adds transformers' forward+backward at 2048 (~11 min)
+"""
+
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import modeling_music_hybrid  # noqa: E402
+from bench.machine import (  # noqa: E402
+    SKIPPED, add_machine_arguments, best_time, mib, new_parser, peak_memory, print_header, print_table, ratio_text,
+    run_cli, seconds_text, setup_machine,
+)
+from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
+
+OURS, OURS_KERNELS, PLAIN_LOOP, TRANSFORMERS = (
+    "ours (PyTorch chunked scan)", "ours (mamba-ssm kernels)", "plain PyTorch loop", "transformers MambaMixer (torch)",
+)
+
+
+def parse_args():
+    parser = new_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--hidden-size", type=int, default=768)
+    parser.add_argument("--d-state", type=int, default=64)
+    parser.add_argument("--expand", type=int, default=2)
+    parser.add_argument("--dt-rank", type=int, default=48)
+    parser.add_argument("--d-conv", type=int, default=4)
+    parser.add_argument(
+        "--with-slow-baselines", action="store_true",
+        help="also run transformers' forward+backward at 2048 (about 11 minutes on a 2-core CPU) and the plain "
+        "loop's forward+backward beyond 2048 (it keeps every step's state: about 17 GB at 8192)",
+    )
+    add_machine_arguments(parser)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = setup_machine(args)
+    if min(args.lengths) <= 0 or args.batch <= 0:
+        raise ValueError("--lengths and --batch must be positive")
+    ours = build_our_mixer(args, device)
+    mixers = {OURS: ours, PLAIN_LOOP: ours, TRANSFORMERS: build_transformers_mixer(args, ours, device)}
+    if device.type == "cuda" and modeling_music_hybrid.mamba_kernels() is not None:
+        mixers[OURS_KERNELS] = build_our_mixer(args, device, implementation="kernels")
+        mixers[OURS_KERNELS].load_state_dict(ours.state_dict())
+    print_header(
+        "Mamba-1 mixer: forward and forward+backward", device,
+        {
+            "d_model / d_inner / d_state / dt_rank / d_conv":
+                f"{args.hidden_size} / {args.expand * args.hidden_size} / {args.d_state} / {args.dt_rank} / {args.d_conv}",
+            "batch": args.batch, "lengths": args.lengths, "dtype": "float32", "repeats (best counts)": args.repeats,
+            "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)",
+        },
+    )
+    print(f"max |output - ours| at L={min(args.lengths)}: " + ", ".join(
+        f"{name}: {difference:.1e}" for name, difference in output_differences(mixers, args, device).items()
+    ) + "\n")
+    results = {}
+    for length in args.lengths:
+        for name, mixer in mixers.items():
+            results[length, name] = measure(name, mixer, length, args, device)
+            print(f"L={length} {name}: {results[length, name]}", file=sys.stderr, flush=True)
+    print_results(results, args.lengths, list(mixers))
+    print_targets(results)
+
+
+def build_our_mixer(args, device, implementation="torch"):
+    config = MusicHybridConfig(
+        hidden_size=args.hidden_size, num_hidden_layers=1, attention_period=0, mamba_d_state=args.d_state,
+        mamba_expand=args.expand, mamba_dt_rank=args.dt_rank, mamba_d_conv=args.d_conv,
+        mamba_implementation=implementation,
+    )
+    torch.manual_seed(0)
+    mixer = modeling_music_hybrid.MambaMixer(config, layer_idx=0)
+    mixer.reset_ssm_parameters()
+    return mixer.to(device)
+
+
+def build_transformers_mixer(args, ours, device):
+    """transformers' MambaMixer with our weights (mamba_ssm's parameter names, which both use)."""
+    from transformers import MambaConfig
+    from transformers.models.mamba.modeling_mamba import MambaMixer
+
+    config = MambaConfig(
+        hidden_size=args.hidden_size, state_size=args.d_state, expand=args.expand, time_step_rank=args.dt_rank,
+        conv_kernel=args.d_conv, num_hidden_layers=1,
+    )
+    mixer = MambaMixer(config, layer_idx=0)
+    mixer.load_state_dict(ours.state_dict())
+    return mixer.to(device)
+
+
+def plain_loop_scan(u, delta, A, B, C, initial_state=None, chunk_size=None):
+    """The fair baseline scan: the recurrence one step at a time, autograd keeping every step's state."""
+    u, delta, B, C = (t.float() for t in (u, delta, B, C))
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if initial_state is None else initial_state.float()
+    outputs = []
+    for t in range(u.shape[-1]):
+        state = torch.exp(delta[..., t, None] * A) * state + (delta[..., t] * u[..., t])[..., None] * B[:, None, :, t]
+        outputs.append(torch.matmul(state, C[:, :, t, None])[..., 0])
+    return torch.stack(outputs, dim=-1), state
+
+
+def run_mixer(name, mixer, hidden_states):
+    if name == PLAIN_LOOP:
+        with mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan):
+            return mixer(hidden_states)
+    return mixer(hidden_states)
+
+
+def output_differences(mixers, args, device):
+    hidden_states = torch.randn(args.batch, min(args.lengths), args.hidden_size, device=device)
+    with torch.no_grad():
+        reference = run_mixer(OURS, mixers[OURS], hidden_states)
+        return {
+            name: (run_mixer(name, mixer, hidden_states) - reference).abs().max().item()
+            for name, mixer in mixers.items() if name != OURS
+        }
+
+
+def measure(name, mixer, length, args, device):
+    """forward / forward+backward seconds and peak bytes for one mixer at one length (None = skipped)."""
+    generator = torch.Generator(device=device).manual_seed(length)
+    hidden_states = torch.randn(args.batch, length, args.hidden_size, device=device, generator=generator)
+    grad_output = torch.randn(hidden_states.shape, device=device, generator=generator)
+    slow_baseline = name in (PLAIN_LOOP, TRANSFORMERS) and device.type == "cpu"
+    run_forward = not (name == TRANSFORMERS and length > 2048)
+    run_backward = run_forward and (
+        args.with_slow_baselines or not slow_baseline or length <= (512 if name == TRANSFORMERS else 2048)
+    )
+
+    def forward():
+        with torch.no_grad():
+            run_mixer(name, mixer, hidden_states)
+
+    def forward_backward():
+        mixer.zero_grad(set_to_none=True)
+        inputs = hidden_states.detach().requires_grad_()
+        run_mixer(name, mixer, inputs).backward(grad_output)
+
+    result = {"forward": None, "forward_peak": None, "backward": None, "backward_peak": None}
+    if run_forward:
+        result["forward"], result["forward_peak"] = time_and_peak(forward, device, args.repeats)
+    if run_backward:
+        repeats = 0 if slow_baseline else args.repeats
+        result["backward"], result["backward_peak"] = time_and_peak(forward_backward, device, repeats)
+    return result
+
+
+def time_and_peak(fn, device, repeats):
+    """(best seconds, peak bytes). The first call runs under the memory profiler and warms up; `repeats` more
+    calls are timed, or with 0 (baselines too slow to repeat) the profiled call's time counts."""
+    with peak_memory(device) as peak:
+        seconds = best_time(fn, device, 1)
+    if repeats:
+        seconds = best_time(fn, device, repeats)
+    return seconds, peak["bytes"]
+
+
+def print_results(results, lengths, names):
+    rows = []
+    for length in lengths:
+        transformers_result, loop_result = results[length, TRANSFORMERS], results[length, PLAIN_LOOP]
+        for name in names:
+            result = results[length, name]
+            rows.append([
+                length, name, seconds_text(result["forward"]), seconds_text(result["backward"]),
+                mib(result["forward_peak"]), mib(result["backward_peak"]),
+                ratio_text(transformers_result["forward"], result["forward"]),
+                ratio_text(transformers_result["backward"], result["backward"]),
+                ratio_text(loop_result["backward"], result["backward"]),
+                ratio_text(result["backward_peak"], loop_result["backward_peak"]),
+            ])
+    print_table(
+        ["L", "mixer", "forward s", "fwd+bwd s", "forward peak MiB", "fwd+bwd peak MiB",
+         "forward: transformers / this", "fwd+bwd: transformers / this", "fwd+bwd: loop / this",
+         "fwd+bwd peak: this / loop"],
+        rows,
+    )
+
+
+def print_targets(results):
+    """The issue's targets at L=2048, measured in this run."""
+    length = 2048
+    if (length, OURS) not in results:
+        return
+    ours, loop, reference = results[length, OURS], results[length, PLAIN_LOOP], results[length, TRANSFORMERS]
+
+    def check(label, value, target):
+        if value is None:
+            return [label, f">= {target}x", SKIPPED, SKIPPED]
+        return [label, f">= {target}x", f"{value:.1f}x", "met" if value >= target else "NOT met"]
+
+    def ratio(numerator, denominator):
+        return None if numerator is None or denominator is None else numerator / denominator
+
+    rows = [
+        check("forward vs transformers", ratio(reference["forward"], ours["forward"]), 10),
+        check("fwd+bwd vs transformers", ratio(reference["backward"], ours["backward"]), 100),
+        check("fwd+bwd vs plain loop", ratio(loop["backward"], ours["backward"]), 2),
+        check("fwd+bwd peak memory: loop / ours", ratio(loop["backward_peak"], ours["backward_peak"]), 2),
+    ]
+    print_table([f"target at L={length}", "wanted", "measured", ""], rows)
+
+
+if __name__ == "__main__":
+    run_cli(main)
