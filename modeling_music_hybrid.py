@@ -481,6 +481,7 @@ class MusicHybridCache:
         capacity = max_length if attention_window is None else min(attention_window, max_length)
         kv_shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
+        self.mamba_decay_exponents = {}
         for i, layer_type in enumerate(config.layer_types):
             if layer_type == ATTENTION:
                 self.keys[i] = torch.zeros(kv_shape, dtype=dtype, device=device)
@@ -513,6 +514,14 @@ class MusicHybridCache:
             return key, value
         filled = min(start + 1, capacity)
         return keys[:, :, :filled], values[:, :, :filled]
+
+    def decay_exponents(self, layer_idx, A_log):
+        """A log2(e) = -exp(A_log) log2(e) of a Mamba layer, computed at its first decoding step: the weights do not
+        change during a generation, and this saves two passes over (d_inner, d_state) per layer and step."""
+        exponents = self.mamba_decay_exponents.get(layer_idx)
+        if exponents is None:
+            exponents = self.mamba_decay_exponents[layer_idx] = -torch.exp(A_log.float()) * LOG2_E
+        return exponents
 
     def per_frame_bytes(self):
         """Bytes added per generated position (attention K/V); the Mamba state is constant."""
@@ -752,6 +761,8 @@ class MambaMixer(nn.Module):
                 return self.kernel_fused_forward(hidden_states)
             if cache.length == 0 or hidden_states.shape[1] == 1:
                 return self.kernel_cached_forward(hidden_states, cache)
+        if cache is not None and cache.length > 0 and hidden_states.shape[1] == 1:
+            return self.torch_step(hidden_states, cache)
         return self.torch_forward(hidden_states, cache)
 
     def ssm_inputs(self, x):
@@ -784,6 +795,23 @@ class MambaMixer(nn.Module):
         y = y.to(x.dtype) + x * self.D.to(x.dtype)[:, None]
         y = y * F.silu(z)
         return self.out_proj(y.transpose(1, 2))
+
+    def torch_step(self, hidden_states, cache):
+        """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
+        with no per-step work beyond the step itself (no conv call over a padded window, no scan setup)."""
+        conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
+        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)
+        conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None].to(conv_state.dtype)], dim=-1))
+        x = torch.sum(conv_state * self.conv1d.weight[:, 0], dim=-1)
+        if self.conv1d.bias is not None:
+            x = x + self.conv1d.bias
+        x = F.silu(x)
+        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))
+        exponents = cache.decay_exponents(self.layer_idx, self.A_log)
+        y = selective_state_step(ssm_state, x, delta, exponents, B, C).to(x.dtype)
+        y = (y + x * self.D.to(x.dtype)) * F.silu(z)
+        return self.out_proj(y)[:, None]
 
     def kernel_fused_forward(self, hidden_states):
         """Training path: one fused kernel for conv, projections, scan and gate (as mamba_ssm's Mamba)."""
@@ -922,6 +950,16 @@ def scan_backward(u, delta, A, B, C, start_states, grad_y, grad_last_state, chun
         grad_A += grad_exponent.mul_(delta_c[..., None]).sum((0, 1))
     grad_u, grad_delta, grad_B, grad_C = (t.permute(1, 2, 0) for t in (grad_u, grad_delta, grad_B, grad_C))
     return grad_u, grad_delta, grad_A, grad_B, grad_C, future
+
+
+def selective_state_step(state, u, delta, exponents, B, C):
+    """One step of the recurrence, the state (batch, d_inner, d_state) updated in place; u, delta (batch,
+    d_inner), B, C (batch, d_state); `exponents` = A log2(e) (see `MusicHybridCache.decay_exponents`).
+    Returns y (batch, d_inner) in float32."""
+    delta = delta.float()
+    decay = torch.exp2(delta[..., None] * exponents)
+    state.mul_(decay).addcmul_((delta * u.float())[..., None], B.float()[:, None, :])
+    return sum_over_state(state[None], C.float()[None])[0]
 
 
 def time_major(t):
