@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import soundfile
 
 import demo
@@ -32,8 +33,7 @@ def test_demo_runs_every_stage_and_says_where_the_outputs_are(tmp_path, capsys):
 
 
 def test_demo_help_describes_the_pipeline(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit:
         demo.main(["--help"])
-    except SystemExit as exit:
-        assert exit.code == 0
+    assert exit.value.code == 0
     assert "--pretrained_codec" in capsys.readouterr().out

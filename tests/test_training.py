@@ -183,3 +183,13 @@ def test_reproduction_recipe_runs_with_small_overrides(recipe, dataset, tmp_path
     config = json.loads((output_dir / "config.json").read_text())
     assert config["label_smoothing"] == options["label_smoothing_factor"]  # taken from the recipe
     assert json.loads((output_dir / "eval_results.json").read_text())["num_segments"] == 2
+
+
+def test_help_lists_the_transformers_style_options(capsys):
+    with pytest.raises(SystemExit) as exit:
+        run_clm_audio.main(["--help"])
+    assert exit.value.code == 0
+    usage = capsys.readouterr().out
+    for option in ("--do_train", "--resume_from_checkpoint", "--config_overrides", "--gradient_accumulation_steps",
+                   "--label_smoothing_factor", "--codebook_loss_weights", "--push_to_hub", "--report_to"):
+        assert option in usage
