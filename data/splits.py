@@ -21,9 +21,8 @@ def random_split(track_ids, seed=0, validation_fraction=0.1):
     `validation_fraction`. If that leaves validation empty (a handful of tracks), the track
     whose hash is lowest goes there, so a small collection can still be evaluated."""
     fractions = {track_id: _hash_fraction(track_id, seed) for track_id in track_ids}
-    splits = {
-        track_id: "validation" if fraction < validation_fraction else "train" for track_id, fraction in fractions.items()
-    }
+    splits = {track_id: "train" for track_id in fractions}
+    splits |= {track_id: "validation" for track_id, fraction in fractions.items() if fraction < validation_fraction}
     if len(splits) >= 2 and "validation" not in splits.values():
         splits[min(fractions, key=fractions.get)] = "validation"
     return splits

@@ -11,7 +11,12 @@ import soundfile
 
 from data.codec import load_codec, random_codec_identity
 
-SOUNDFILE_FORMATS = {".mp3": ("MP3", "MPEG_LAYER_III"), ".ogg": ("OGG", "VORBIS"), ".flac": ("FLAC", None), ".wav": ("WAV", None)}
+SOUNDFILE_FORMATS = {
+    ".mp3": ("MP3", "MPEG_LAYER_III"),
+    ".ogg": ("OGG", "VORBIS"),
+    ".flac": ("FLAC", None),
+    ".wav": ("WAV", None),
+}
 
 
 def synthesize(seconds, rate=44100, channels=1, seed=0):

@@ -119,7 +119,8 @@ def test_split_file_json_and_csv(tmp_path):
     (tmp_path / "splits.csv").write_text("track_id,split\na,train\nb,train\nc,validation\n")
     for name in ("splits.json", "splits.csv"):
         assign, names, _ = make_split_assigner("file", split_file=str(tmp_path / name))
-        assert assign(["a", "c", "z"]) == {"a": "train", "c": "validation", "z": None} and names == ["train", "validation"]
+        assert assign(["a", "c", "z"]) == {"a": "train", "c": "validation", "z": None}
+        assert names == ["train", "validation"]
     (tmp_path / "bad.json").write_text(json.dumps({"train": ["a"], "validation": ["a"]}))
     with pytest.raises(ValueError, match="both"):
         make_split_assigner("file", split_file=str(tmp_path / "bad.json"))
@@ -157,9 +158,11 @@ def test_hf_dataset_source_downloaded_and_streamed(audio_tree, tmp_path):
 
 def test_chunks_segments_cover_the_track(tmp_path):
     chunks = {"segment": "chunks", "segment_seconds": 1.0, "min_seconds": 0.5}
-    dataset_dict = build_dataset(output_dir=str(tmp_path), procedural_tracks=2, procedural_seconds=2.8, **chunks, **CODEC)
+    generated = {"procedural_tracks": 2, "procedural_seconds": 2.8}
+    dataset_dict = build_dataset(output_dir=str(tmp_path), **generated, **chunks, **CODEC)
     rows = sorted(((row["track_id"], row["start_frame"]), row) for split in dataset_dict.values() for row in split)
-    assert [key for key, _ in rows][:3] == [("procedural-0-00000", 0), ("procedural-0-00000", 86), ("procedural-0-00000", 172)]
+    first_track = "procedural-0-00000"
+    assert [key for key, _ in rows][:3] == [(first_track, 0), (first_track, 86), (first_track, 172)]
     tail_samples = round(2.8 * 44100) - 2 * 86 * 512  # 1 s chunks are 86 frames; the 0.8 s tail is kept
     assert [row["num_frames"] for _, row in rows][:3] == [86, 86, math.ceil(tail_samples / 512)]
     assert rows[2][1]["duration"] == pytest.approx(tail_samples / 44100)
