@@ -38,8 +38,8 @@ class DemoSettings:
     track_seconds: float = 8.0
     model_preset: str = "hybrid-small"
     segment_length: int = 256
-    batch_size: int = 8
-    max_steps: int = 120
+    batch_size: int = 4
+    max_steps: int = 100
     learning_rate: float = 2e-3
     sample_seconds: float = 3.0
     seed: int = 0
