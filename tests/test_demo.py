@@ -6,7 +6,8 @@ import pytest
 import soundfile
 
 import demo
-from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def test_demo_runs_every_stage_and_says_where_the_outputs_are(tmp_path, capsys):

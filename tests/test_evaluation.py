@@ -9,8 +9,9 @@ import torch
 from configuration_music_hybrid import MusicHybridConfig
 from evaluation import evaluate_model, format_metrics_table, validation_segments
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
-from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
 from training_helpers import synthetic_split
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 LENGTHS = [70, 130, 45]  # with 55-frame segments: 2 + 3 + 1 windows, the last one of each track padded
 

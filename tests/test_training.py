@@ -14,7 +14,8 @@ from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM
 from training_data import CodesCollator, CodesWindows, RandomCropBatchSampler, frames_per_segment
 from training_helpers import REPO_ROOT, make_codes_dataset, random_codec, read_log, synthetic_split, training_argv
-from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import pytest
 
 import run_clm_audio
 from training_helpers import PYTHON, REPO_ROOT, make_codes_dataset, read_log, subprocess_env, training_argv
-from training_helpers import one_torch_thread  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 
 def free_port() -> int:

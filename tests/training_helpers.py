@@ -7,8 +7,6 @@ import os
 import sys
 
 import numpy as np
-import pytest
-import torch
 from datasets import Dataset, DatasetDict
 
 from data.dataset_io import CODES_FEATURES, save_codes_dataset
@@ -82,18 +80,9 @@ def read_log(output_dir) -> list[dict]:
         return [json.loads(line) for line in file]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine busy threads make them several times
-    slower. Import this fixture into a test module to run its tests with one torch thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def subprocess_env() -> dict:
-    """Environment for child processes: the repository importable, no network, one thread (see one_torch_thread)."""
+    """Environment for child processes: the repository importable, no network, one thread (see conftest's
+    single_torch_thread: tiny models gain nothing from threads, and on a busy 2-core machine they thrash)."""
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
