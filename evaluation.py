@@ -37,7 +37,7 @@ class Segment:
 
 
 def validation_segments(dataset, segment_length: int, num_codebooks: int, max_segments: int | None = None):
-    """The fixed evaluation windows of `dataset`, in (track_id, start frame) order; the first `max_segments` if given."""
+    """The fixed evaluation windows of `dataset` in (track_id, start frame) order; the first `max_segments` if given."""
     frames = frames_per_segment(segment_length, num_codebooks)
     columns = dataset.select_columns(["track_id", "start_frame", "num_frames"]).to_dict()
     segments = [
@@ -76,7 +76,9 @@ def evaluate_model(
 
     per_process = math.ceil(len(segments) / num_processes)
     local_indices = [process_index + num_processes * i for i in range(per_process)]
-    keys = [(segments[i].row, segments[i].row_offset) if i < len(segments) else (segments[0].row, 0) for i in local_indices]
+    padding = Segment("", 0, segments[0].row, 0)  # evaluated, then dropped: equal counts on every process
+    local_segments = [segments[i] if i < len(segments) else padding for i in local_indices]
+    keys = [(segment.row, segment.row_offset) for segment in local_segments]
     windows = CodesWindows(validation_dataset, frames_per_segment(segment_length, num_codebooks), config.pad_token_id)
     loader = DataLoader(windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config))
 

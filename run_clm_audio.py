@@ -3,7 +3,8 @@
     python run_clm_audio.py --model_preset hybrid-small --dataset_name outputs/codes --output_dir outputs/run \
         --do_train --do_eval --max_steps 2000
     accelerate launch run_clm_audio.py recipes/hybrid-116m.yaml --dataset_name outputs/fma-codes
-    python run_clm_audio.py --model_name_or_path outputs/run --dataset_name outputs/codes --output_dir outputs/eval --do_eval
+    python run_clm_audio.py --model_name_or_path outputs/run --dataset_name outputs/codes --output_dir outputs/eval \
+        --do_eval
 
 Arguments come from the command line or from a YAML/JSON file given first (later command-line options override it).
 The same code runs on CPU, one GPU, DDP and FSDP: choose with `accelerate launch` / `accelerate config`.
@@ -415,7 +416,7 @@ class TrainingState:
 
 
 def execute(run: Run) -> dict:
-    accelerator, training_args, data_args = run.accelerator, run.training_args, run.data_args
+    accelerator, training_args = run.accelerator, run.training_args
     set_seed(training_args.seed)
     model = load_model(run.model_args, run.config)
     if training_args.gradient_checkpointing:

@@ -13,7 +13,6 @@ exactly the batches an uninterrupted run would, without drawing (or loading) the
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -99,6 +98,7 @@ class RandomCropBatchSampler:
         self.num_processes = num_processes
         self.process_index = process_index
         self.start_batch = start_batch
+        self._order_epoch, self._order = None, None  # consecutive samples share an epoch: keep its permutation
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         micro_batch = self.start_batch
@@ -114,6 +114,8 @@ class RandomCropBatchSampler:
         offset_rng = np.random.default_rng([self.seed, _CROP_STREAM, epoch, position])
         return row, int(offset_rng.integers(0, latest_start + 1))
 
-    @lru_cache(maxsize=2)
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch]).permutation(len(self.row_num_frames))
+        if epoch != self._order_epoch:
+            rng = np.random.default_rng([self.seed, _PERMUTATION_STREAM, epoch])
+            self._order_epoch, self._order = epoch, rng.permutation(len(self.row_num_frames))
+        return self._order

@@ -37,7 +37,8 @@ def test_short_run_lowers_the_loss_and_exports_a_shareable_model(dataset, tmp_pa
     results = json.loads((output_dir / "eval_results.json").read_text())
     assert results["step"] == 24 and results["segment_length"] == 64
     assert results["mean_loss"] == evaluations[-1]["eval_loss"] < evaluations[0]["eval_loss"]
-    assert results["segment_ids"][0] == "valid-000:0" and len(results["segment_codebook_loss"]) == results["num_segments"]
+    assert results["segment_ids"][0] == "valid-000:0"
+    assert len(results["segment_codebook_loss"]) == results["num_segments"]
     train_results = json.loads((output_dir / "train_results.json").read_text())
     assert train_results["num_processes"] == 1 and train_results["effective_batch_size"] == 4
     assert train_results["best_step"] == 24
