@@ -133,7 +133,11 @@ def run(args):
         work.save_codec_identity(_requested_codec_identity(args))
     tracks = _list_tracks(args, source, work, state.is_main_process)
     all_track_ids = _ShardEncoder(args, work, state).run(tracks)
-    return _merge_when_complete(args, work, all_track_ids, state)
+    try:
+        return _merge_when_complete(args, work, all_track_ids, state)
+    finally:
+        if state.num_processes > 1:
+            state.destroy_process_group()  # local teardown, no barrier: processes may end hours apart
 
 
 def _remove_own_output(output_dir):

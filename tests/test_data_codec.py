@@ -88,3 +88,34 @@ def test_identity_checks():
         check_identity({**random_codec_identity(0), "hop_length": 320})
     with pytest.raises(ValueError, match="backend"):
         check_identity({"backend": "encodec"})
+
+
+def test_in_place_snake_is_bitwise_equal_to_transformers(small_codec):
+    from transformers import DacConfig, DacModel
+
+    from data.codec import DAC_44KHZ_CONFIG, SMALL_CONFIG_OVERRIDES
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        original = DacModel(DacConfig(**{**DAC_44KHZ_CONFIG, **SMALL_CONFIG_OVERRIDES})).eval()
+    clip = torch.from_numpy(_clip(0.5, 6))[None, None, :22528]
+    with torch.inference_mode():
+        expected, got = original.encode(clip), small_codec.model.encode(clip)
+        torch.testing.assert_close(got.quantized_representation, expected.quantized_representation, rtol=0, atol=0)
+        torch.testing.assert_close(
+            small_codec.model.decode(audio_codes=got.audio_codes).audio_values,
+            original.decode(audio_codes=expected.audio_codes).audio_values,
+            rtol=0,
+            atol=0,
+        )
+
+
+def test_missing_descript_package_is_a_clear_error():
+    import importlib.util
+
+    if importlib.util.find_spec("dac") is not None:
+        pytest.skip("descript-audio-codec is installed")
+    from data.codec import CodecUnavailableError, dac_package_identity
+
+    with pytest.raises(CodecUnavailableError, match="pip install 'music-hybrid\\[dac\\]'"):
+        load_codec(dac_package_identity(), device="cpu")
