@@ -202,14 +202,14 @@ def _run_config(args, source):
     options = {
         "procedural": ["procedural_seconds", "procedural_seed"],
         "folder": ["audio_dir"],
-        "fma": ["fma_dir", "fma_subset"],
+        "fma": ["fma_dir", "fma_metadata", "fma_subset"],
         "hf": ["hf_dataset", "hf_config", "hf_split", "audio_column", "id_column", "genre_column"],
     }[source]
     settings = ["segment", "segment_seconds", "min_seconds", "silence_db", "loudness_lufs"]
     settings += ["window_seconds", "window_overlap_seconds"]
     config = {"source": source, "codec": _requested_codec_identity(args)}
     config |= {name: getattr(args, name) for name in options + settings}
-    for name in ("audio_dir", "fma_dir"):
+    for name in ("audio_dir", "fma_dir", "fma_metadata"):
         if config.get(name):
             config[name] = str(Path(config[name]).resolve())
     return config

@@ -151,8 +151,9 @@ def _pretrained_dac(identity):
             revision = config_path.parent.name if config_path.parent.parent.name == "snapshots" else revision
         model = DacModel.from_pretrained(model_id, revision=revision)
     except Exception as error:  # network, auth, missing repo, corrupt cache: all end the same way
+        reason = (str(error).splitlines() or [""])[0]
         raise CodecUnavailableError(
-            f"cannot load the pretrained DAC {model_id!r} ({type(error).__name__}: {str(error).splitlines()[0]}). "
+            f"cannot load the pretrained DAC {model_id!r} ({type(error).__name__}: {reason}). "
             "Connect to the Hugging Face Hub, pass a downloaded copy with --codec_model PATH, "
             "or choose random weights explicitly with --codec random --codec_seed N "
             "(its codes carry no musical meaning)."
