@@ -111,7 +111,8 @@ def main(argv=None):
     print(f"machine: {machine}")
     print(
         f"settings: {args.tracks} x {args.seconds:g} s {args.format}, "
-        f"codec {'small' if args.small_codec else 'full-size'} random DAC, device {device}, batch {build.batch_size or 'default'}, workers {args.num_workers}, "
+        f"codec {'small' if args.small_codec else 'full-size'} random DAC, device {device}, "
+        f"batch {build.batch_size or 'default'}, workers {args.num_workers}, "
         f"window {args.window_seconds:g} s"
     )
     print(f"audio encoded: {audio_seconds / wall:.2f} s of audio per second ({audio_seconds:g} s in {wall:.1f} s)")
