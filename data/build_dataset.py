@@ -337,7 +337,7 @@ class _ShardEncoder:
             )
             self.work.save_codec_identity(self.codec.identity)  # with the resolved Hub revision
         codes = self.codec.encode([samples for _, samples in self.pending])
-        for (track, samples), track_codes in zip(self.pending, codes):
+        for (track, samples), track_codes in zip(self.pending, codes, strict=True):
             track_codes = track_codes.numpy().astype(np.int16)
             segments = plan_segments(samples.size, self.args.segment, self.args.segment_seconds, self.args.min_seconds)
             for segment in segments:

@@ -233,7 +233,7 @@ def plan_windows(num_frames, window_frames, overlap_frames):
         return [Window(0, num_frames, 0, num_frames)]
     stride = window_frames - overlap_frames
     starts = list(range(0, num_frames - window_frames, stride)) + [num_frames - window_frames]
-    middles = [(next_start + start + window_frames) // 2 for start, next_start in zip(starts, starts[1:])]
+    middles = [(next_start + start + window_frames) // 2 for start, next_start in zip(starts, starts[1:], strict=False)]
     bounds = [0] + middles + [num_frames]
     return [Window(start, start + window_frames, bounds[i], bounds[i + 1]) for i, start in enumerate(starts)]
 
@@ -319,5 +319,5 @@ class Codec:
             for first in range(0, len(group), self.batch_size):
                 batch = group[first : first + self.batch_size]
                 outputs = run(torch.stack([inputs for _, _, inputs in batch]).to(self.device)).cpu()
-                for (index, window, _), output in zip(batch, outputs):
+                for (index, window, _), output in zip(batch, outputs, strict=True):
                     yield (index, window), output

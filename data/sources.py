@@ -68,7 +68,8 @@ def read_fma_metadata(path):
         rows = csv.reader(file)
         groups, fields = next(rows, []), next(rows, [])
         next(rows, None)
-        columns = {(group, field): position for position, (group, field) in enumerate(zip(groups, fields))}
+        header = zip(groups, fields, strict=False)
+        columns = {(group, field): position for position, (group, field) in enumerate(header)}
         wanted = {"genre": ("track", "genre_top"), "split": ("set", "split"), "subset": ("set", "subset")}
         if ("track", "genre_top") not in columns:
             raise ValueError(f"{path} does not look like FMA's tracks.csv (no ('track', 'genre_top') column)")
@@ -187,4 +188,3 @@ def _audio_payload(value):
 
 def _audio_location(value):
     return value.get("path") if isinstance(value, dict) else value if isinstance(value, str) else None
-

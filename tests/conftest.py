@@ -23,9 +23,7 @@ def synthesize(seconds, rate=44100, channels=1, seed=0):
     """A few seconds of tones and noise, shape (samples, channels), float32 in [-1, 1]."""
     rng = np.random.default_rng(seed)
     time = np.arange(round(seconds * rate)) / rate
-    voices = [
-        0.3 * np.sin(2 * np.pi * rng.uniform(110, 880) * time + rng.uniform(0, 6)) for _ in range(channels)
-    ]
+    voices = [0.3 * np.sin(2 * np.pi * rng.uniform(110, 880) * time + rng.uniform(0, 6)) for _ in range(channels)]
     audio = np.stack(voices, axis=1) + 0.03 * rng.standard_normal((time.size, channels))
     return audio.astype(np.float32)
 

@@ -34,7 +34,7 @@ def test_codes_do_not_depend_on_batching(small_codec):
     alone = [small_codec.encode([clip])[0] for clip in clips]
     together = small_codec.encode(clips)
     as_tensor = small_codec.encode(torch.from_numpy(np.stack([clips[0], clips[1]])))
-    for one, batched in zip(alone, together):
+    for one, batched in zip(alone, together, strict=True):
         torch.testing.assert_close(one, batched, rtol=0, atol=0)
     torch.testing.assert_close(as_tensor[1], alone[1], rtol=0, atol=0)
 
