@@ -289,6 +289,18 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             remaining -= step
         return codes
 
+    def compile_decoding(self, enabled=True, **compile_options):
+        """Run the per-step forward of later generate() calls through torch.compile (or back to eager with False).
+
+        Compiling removes the per-step Python and dispatch work of the layer loop (a few ms per step on CPU, a
+        large share of a 116M model's step) and fuses the elementwise ops. The first generation pays for the
+        compilation (about two minutes for the 116M presets on a 2-core CPU; later runs reuse inductor's cache).
+        The cache length grows every step, so the step is compiled with dynamic shapes; `compile_options` go to
+        torch.compile (e.g. backend=..., mode=...).
+        """
+        compiled = torch.compile(self.model.forward, dynamic=True, **compile_options) if enabled else None
+        self._compiled_decoder_step = compiled
+
     def generate_frames(self, prompt, max_new_tokens, sampler, streamer, attention_window=None):
         """The decoding loop over delayed positions: prefill the prompt, then one position per step."""
         batch, num_codebooks, prompt_frames = prompt.shape
@@ -309,6 +321,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         )
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
         hidden = self.model(tokens[:, :, :prefill_length], cache)
+        decoder_step = getattr(self, "_compiled_decoder_step", None) or self.model
         for position in range(prefill_length, num_positions):
             logits = self.codebook_logits(hidden[:, -1:])[:, :, 0]
             tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
@@ -316,7 +329,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             if streamer is not None and complete_frame >= prompt_frames:
                 streamer.put(undo_delay_pattern(tokens[:, :, position - num_codebooks + 1 : position + 1]))
             if position + 1 < num_positions:
-                hidden = self.model(tokens[:, :, position : position + 1], cache)
+                hidden = decoder_step(tokens[:, :, position : position + 1], cache)
         return undo_delay_pattern(tokens[:, :, 1:])
 
 
@@ -403,7 +416,7 @@ class CodebookSampler:
         if temperature is not None and temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(float(temperature)))
         if top_k:
-            warpers.append(TopKLogitsWarper(int(top_k)))
+            warpers.append(UnsortedTopKWarper(int(top_k)))
         if top_p is not None and top_p < 1.0:
             warpers.append(TopPLogitsWarper(float(top_p)))
         return warpers
@@ -420,14 +433,26 @@ class CodebookSampler:
             for codebooks, warpers in self.groups:
                 codebooks = codebooks.to(scores.device)
                 scores[:, codebooks] = self.warp(scores[:, codebooks].reshape(-1, vocab), warpers).view(batch, -1, vocab)
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs.view(-1, vocab), 1).view(batch, num_codebooks)
+        # Gumbel-max: the argmax of scores plus Gumbel noise is a draw from softmax(scores). Uniform noise is much
+        # cheaper on CPU than the exponential draws multinomial makes over the whole vocabulary.
+        gumbel_noise = torch.rand_like(scores).log_().neg_().log_().neg_()
+        return (scores + gumbel_noise).argmax(dim=-1)
 
     @staticmethod
     def warp(scores, warpers):
         for warper in warpers:
             scores = warper(None, scores)
         return scores
+
+
+class UnsortedTopKWarper(TopKLogitsWarper):
+    """TopKLogitsWarper's filter (keep the scores >= the k-th largest) found with an unsorted top-k, which is
+    cheaper: only the k-th largest value is needed."""
+
+    def __call__(self, input_ids, scores):
+        top_k = min(self.top_k, scores.shape[-1])
+        kth_largest = scores.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        return scores.masked_fill(scores < kth_largest, self.filter_value)
 
 
 def check_token_ids(ids, config, name, upper, allow_ignore=False):
@@ -516,8 +541,8 @@ class MusicHybridCache:
         return keys[:, :, :filled], values[:, :, :filled]
 
     def decay_exponents(self, layer_idx, A_log):
-        """A log2(e) = -exp(A_log) log2(e) of a Mamba layer, computed at its first decoding step: the weights do not
-        change during a generation, and this saves two passes over (d_inner, d_state) per layer and step."""
+        """A log2(e) = -exp(A_log) log2(e) of a Mamba layer, computed once (at prefill) per cache: the weights do
+        not change during a generation, and this saves two passes over (d_inner, d_state) per layer and step."""
         exponents = self.mamba_decay_exponents.get(layer_idx)
         if exponents is None:
             exponents = self.mamba_decay_exponents[layer_idx] = -torch.exp(A_log.float()) * LOG2_E
@@ -785,6 +810,7 @@ class MambaMixer(nn.Module):
             conv_state.copy_(x_padded[..., -self.d_conv :])
             x = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
             initial_state = cache.ssm_states[self.layer_idx] if cache.length else None
+            cache.decay_exponents(self.layer_idx, self.A_log)  # ready before decoding (one compiled step graph)
         x = F.silu(x)
         dt, B, C = self.ssm_inputs(x)
         delta = F.softplus(dt + self.dt_proj.bias[:, None].to(dt.dtype))
