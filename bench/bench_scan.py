@@ -62,8 +62,10 @@ def main():
     print_header(
         "Mamba-1 mixer: forward and forward+backward", device,
         {
-            "d_model / d_inner / d_state / dt_rank / d_conv":
-                f"{args.hidden_size} / {args.expand * args.hidden_size} / {args.d_state} / {args.dt_rank} / {args.d_conv}",
+            "d_model / d_inner / d_state / dt_rank / d_conv": " / ".join(
+                str(value) for value in
+                (args.hidden_size, args.expand * args.hidden_size, args.d_state, args.dt_rank, args.d_conv)
+            ),
             "batch": args.batch, "lengths": args.lengths, "dtype": "float32", "repeats (best counts)": args.repeats,
             "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)",
         },

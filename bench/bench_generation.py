@@ -1,0 +1,270 @@
+"""Benchmark generation: frames per second and memory of our presets vs transformers' MusicgenForCausalLM.
+
+Unconditional sampling (top-k 250) with random weights, since speed does not depend on what was learned:
+hybrid-116m and transformer-162m against MusicgenForCausalLM of the same size as transformer-162m (hidden 768,
+20 layers, 12 heads, ffn 3072, 9 codebooks), run without encoder states, so its cross-attention weights are
+never read and it does the same work. All three produce the same number of frames with the same delay pattern.
+
+The batch-1 bound is the parameter bytes over the memory read bandwidth measured in the same run (the sum of a
+1 GiB float32 tensor): a decoding step reads every weight once. Cache memory is exact (the cache is allocated
+up front): what grows per frame is the attention layers' keys and values; Mamba state has a fixed size.
+
+    python -m bench.bench_generation                          # MusicGen at 256 frames only
+    python -m bench.bench_generation --with-slow-baselines    # MusicGen at 2048 frames too
+    python -m bench.bench_generation --compile                # adds our presets with torch.compile'd steps
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.machine import (  # noqa: E402
+    SKIPPED, add_machine_arguments, mib, new_parser, print_header, print_table, ratio_text, read_bandwidth,
+    run_cli, setup_machine, synchronize,
+)
+from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
+from modeling_music_hybrid import MusicHybridCache, MusicHybridForCausalLM  # noqa: E402
+
+MUSICGEN = "MusicgenForCausalLM"
+TOP_K = 250
+REAL_TIME_FPS = 44100 / 512
+
+
+def parse_args():
+    parser = new_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["hybrid-116m", "transformer-162m"])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--frames", type=int, nargs="+", default=[256, 2048], help="new frames per sample")
+    parser.add_argument("--memory-frames", type=int, nargs="+", default=[2048, 8192], help="frames of the memory table")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--compile", action="store_true", help="also time our presets with compile_decoding()")
+    parser.add_argument(
+        "--with-slow-baselines", action="store_true", help="run MusicgenForCausalLM beyond 256 frames as well",
+    )
+    add_machine_arguments(parser)
+    parser.set_defaults(repeats=2)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = setup_machine(args)
+    if min(args.batches + args.frames + args.memory_frames) <= 0:
+        raise ValueError("--batches, --frames and --memory-frames must be positive")
+    dtype = getattr(torch, args.dtype)
+    print_header(
+        "Generation speed and memory", device,
+        {"presets": args.presets, "baseline": MUSICGEN + " (hidden 768, 20 layers, 12 heads, ffn 3072)",
+         "batches": args.batches, "frames": args.frames, "dtype": args.dtype, "sampling": f"top-k {TOP_K}",
+         "repeats at <= 256 frames (best counts)": args.repeats,
+         "compiled steps": "run" if args.compile else "skipped (--compile)",
+         "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)"},
+    )
+    bandwidth = read_bandwidth(device)
+    print(f"memory read bandwidth (sum of a 1 GiB float32 tensor, best of 5): {bandwidth / 1e9:.1f} GB/s\n")
+
+    models = {name: build_our_model(name, device, dtype) for name in args.presets}
+    models[MUSICGEN] = build_musicgen(device, dtype)
+    runners = {name: our_runner(model) for name, model in models.items() if name != MUSICGEN}
+    runners[MUSICGEN] = musicgen_runner(models[MUSICGEN])
+    if args.compile:
+        for name in args.presets:
+            compiled = build_our_model(name, device, dtype)
+            compiled.load_state_dict(models[name].state_dict())
+            compiled.compile_decoding()
+            runners[f"{name} (compiled)"] = our_runner(compiled)
+
+    speeds = {}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        run(1, 8)  # warm-up (for compiled steps: the compilation)
+        print(f"{name}: warm-up (8 frames) took {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+        for batch in args.batches:
+            for frames in args.frames:
+                if name == MUSICGEN and frames > 256 and not args.with_slow_baselines:
+                    speeds[name, batch, frames] = None
+                    continue
+                speeds[name, batch, frames] = time_generation(run, batch, frames, args, device)
+                print(f"{name} batch {batch}, {frames} frames: {speeds[name, batch, frames]:.1f} frames/s",
+                      file=sys.stderr, flush=True)
+    print_speed_table(speeds, runners, args)
+    print_bound_table(speeds, models, bandwidth, args)
+    print_memory_table(models, args)
+    print_targets(speeds, models, bandwidth, args)
+
+
+def build_our_model(name, device, dtype):
+    torch.manual_seed(0)
+    return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name)).to(device=device, dtype=dtype).eval()
+
+
+def build_musicgen(device, dtype):
+    from transformers import MusicgenDecoderConfig, MusicgenForCausalLM
+
+    config = MusicgenDecoderConfig(
+        vocab_size=1024, hidden_size=768, num_hidden_layers=20, num_attention_heads=12, ffn_dim=3072,
+        num_codebooks=9, max_position_embeddings=8192, pad_token_id=1024, bos_token_id=1024, dropout=0.0,
+    )
+    torch.manual_seed(0)
+    return MusicgenForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def our_runner(model):
+    def run(batch, frames):
+        codes = model.generate(max_new_tokens=frames, num_return_sequences=batch, do_sample=True, top_k=TOP_K)
+        assert codes.shape == (batch, model.config.num_codebooks, frames)
+
+    return run
+
+
+def musicgen_runner(model):
+    """MusicGen's generate from its start token; an explicit num_return_sequences=1 and the batch in the inputs
+    (transformers 5.24 fails without it and mixes codebooks with more than one return sequence)."""
+    num_codebooks, start = model.config.num_codebooks, model.config.bos_token_id
+
+    def run(batch, frames):
+        input_ids = torch.full((batch * num_codebooks, 1), start, device=model.device)
+        codes = model.generate(
+            input_ids, max_new_tokens=frames + num_codebooks - 1, do_sample=True, top_k=TOP_K,
+            num_return_sequences=1, decoder_start_token_id=start, pad_token_id=start,
+        )
+        assert codes.shape == (batch, num_codebooks, frames)
+
+    return run
+
+
+def time_generation(run, batch, frames, args, device):
+    """Frames per second summed over the batch: the best of --repeats runs (one run beyond 256 frames)."""
+    best = float("inf")
+    for _ in range(args.repeats if frames <= 256 else 1):
+        synchronize(device)
+        start = time.perf_counter()
+        run(batch, frames)
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return batch * frames / best
+
+
+def fps_text(fps):
+    return SKIPPED if fps is None else f"{fps:.1f}"
+
+
+def print_speed_table(speeds, runners, args):
+    rows = []
+    for batch in args.batches:
+        for frames in args.frames:
+            baseline = speeds[MUSICGEN, batch, frames]
+            for name in runners:
+                fps = speeds[name, batch, frames]
+                step_ms = None if fps is None else 1000 * batch / fps
+                rows.append([
+                    name, batch, frames, fps_text(fps), SKIPPED if fps is None else f"{step_ms:.1f}",
+                    ratio_text(fps, baseline), ratio_text(fps, REAL_TIME_FPS * batch),
+                ])
+    print_table(
+        ["model", "batch", "frames", "frames/s (all samples)", "ms/frame step", f"vs {MUSICGEN}",
+         "x real time per sample"],
+        rows,
+    )
+
+
+def parameter_bytes(model):
+    """Bytes of the parameters a decoding step reads: all of them, except MusicGen's cross-attention weights,
+    which are never read without encoder states."""
+    return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if ".encoder_attn." not in name)
+
+
+def print_bound_table(speeds, models, bandwidth, args):
+    """Batch 1: measured frames/s against parameter bytes / read bandwidth, for the first --frames length."""
+    if 1 not in args.batches:
+        return
+    frames = args.frames[0]
+    rows = []
+    for name, model in models.items():
+        bound = bandwidth / parameter_bytes(model)
+        fps = speeds[name, 1, frames]
+        rows.append([
+            name, f"{parameter_bytes(model) / 1e6:.0f}", f"{bound:.1f}", fps_text(fps), ratio_text(bound, fps),
+        ])
+    print_table(
+        ["model (batch 1, %d frames)" % frames, "parameter MB", "bound frames/s", "measured frames/s",
+         "bound / measured"],
+        rows,
+    )
+
+
+def cache_bytes(config, batch, frames, dtype):
+    """Bytes of our preallocated cache for `frames` new frames (built on the meta device: nothing allocated)."""
+    with torch.device("meta"):
+        cache = MusicHybridCache(config, batch, frames + config.num_codebooks, "meta", dtype)
+    tensors = [*cache.keys.values(), *cache.values.values(), *cache.conv_states.values(), *cache.ssm_states.values()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def musicgen_cache_bytes(model, batch, frames, dtype):
+    """MusicGen's self-attention keys and values: every layer, every position."""
+    config = model.config
+    positions = frames + config.num_codebooks
+    return 2 * config.num_hidden_layers * batch * positions * config.hidden_size * dtype.itemsize
+
+
+def print_memory_table(models, args):
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for name, model in models.items():
+        if name == MUSICGEN:
+            per_frame = musicgen_cache_bytes(model, 1, 1, dtype) - musicgen_cache_bytes(model, 1, 0, dtype)
+            caches = [musicgen_cache_bytes(model, 1, frames, dtype) for frames in args.memory_frames]
+        else:
+            per_frame = cache_bytes(model.config, 1, 1, dtype) - cache_bytes(model.config, 1, 0, dtype)
+            caches = [cache_bytes(model.config, 1, frames, dtype) for frames in args.memory_frames]
+        weights = parameter_bytes(model)
+        rows.append(
+            [name, f"{per_frame / 1024:.1f}", mib(weights)]
+            + [f"{mib(cache)} / {mib(weights + cache)}" for cache in caches]
+        )
+    print_table(
+        ["model (batch 1)", "cache KiB per frame", "weights MiB"]
+        + [f"cache / weights+cache MiB at {frames} frames" for frames in args.memory_frames],
+        rows,
+    )
+
+
+def print_targets(speeds, models, bandwidth, args):
+    """The issue's targets for hybrid-116m, measured in this run (the first --frames length)."""
+    hybrid = "hybrid-116m"
+    if hybrid not in models or "transformer-162m" not in models:
+        return
+    frames = args.frames[0]
+    dtype = getattr(torch, args.dtype)
+    rows = []
+
+    def add(label, wanted, value, met):
+        rows.append([label, wanted, SKIPPED if value is None else value, "" if value is None else
+                     ("met" if met else "NOT met")])
+
+    if 1 in args.batches:
+        fps, baseline = speeds[hybrid, 1, frames], speeds[MUSICGEN, 1, frames]
+        bound = bandwidth / parameter_bytes(models[hybrid])
+        add("batch 1 frames/s", f">= {REAL_TIME_FPS:.0f} (real time)", f"{fps:.1f}", fps >= REAL_TIME_FPS)
+        add(f"batch 1 vs {MUSICGEN}", ">= 3x", ratio_text(fps, baseline), fps >= 3 * baseline)
+        add("batch 1 bound / measured", "<= 1.5x", ratio_text(bound, fps), bound <= 1.5 * fps)
+    if 8 in args.batches:
+        fps, baseline = speeds[hybrid, 8, frames], speeds[MUSICGEN, 8, frames]
+        add(f"batch 8 vs {MUSICGEN} (summed)", ">= 3x", ratio_text(fps, baseline), fps >= 3 * baseline)
+    per_frame = {
+        name: cache_bytes(models[name].config, 1, 1, dtype) - cache_bytes(models[name].config, 1, 0, dtype)
+        for name in (hybrid, "transformer-162m")
+    }
+    share = per_frame[hybrid] / per_frame["transformer-162m"]
+    add("cache per frame vs transformer-162m", "<= 1/4", f"{share:.2f}", share <= 0.25)
+    print_table([f"target ({hybrid}, {frames} frames)", "wanted", "measured", ""], rows)
+
+
+if __name__ == "__main__":
+    run_cli(main)

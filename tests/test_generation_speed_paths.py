@@ -1,0 +1,96 @@
+"""The fast decoding paths give what the plain paths give: the Mamba step, the sampler and compiled decoding."""
+
+import math
+import os
+
+import pytest
+import torch
+from transformers import GenerationConfig
+from transformers.generation.logits_process import TopKLogitsWarper
+
+from configuration_music_hybrid import MusicHybridConfig
+from modeling_music_hybrid import (
+    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
+)
+
+
+def tiny_model(name="hybrid-tiny", **overrides):
+    torch.manual_seed(0)
+    return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name, **overrides)).eval()
+
+
+@pytest.mark.parametrize("conv_bias", [True, False])
+def test_mamba_decoding_step_equals_the_sequence_forward(conv_bias):
+    config = MusicHybridConfig.from_preset("mamba-tiny", mamba_conv_bias=conv_bias)
+    torch.manual_seed(0)
+    mixer = MambaMixer(config, layer_idx=0)
+    mixer.reset_ssm_parameters()
+    hidden_states = torch.randn(2, 12, config.hidden_size)
+    with torch.no_grad():
+        full = mixer(hidden_states)
+        cache = MusicHybridCache(config, 2, 12, "cpu", torch.float32)
+        pieces = [mixer(hidden_states[:, :5], cache)]
+        cache.length = 5
+        for t in range(5, 12):
+            pieces.append(mixer.torch_step(hidden_states[:, t : t + 1], cache))
+            cache.length += 1
+    assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
+
+
+def test_decay_exponents_are_computed_once_per_cache():
+    config = MusicHybridConfig.from_preset("mamba-tiny")
+    mixer = MambaMixer(config, layer_idx=0)
+    mixer.reset_ssm_parameters()
+    cache = MusicHybridCache(config, 1, 4, "cpu", torch.float32)
+    first = cache.decay_exponents(0, mixer.A_log)
+    assert cache.decay_exponents(0, mixer.A_log) is first
+    assert torch.allclose(first, -torch.exp(mixer.A_log) * LOG2_E)
+
+
+def test_unsorted_top_k_filters_exactly_like_transformers_warper():
+    scores = torch.randn(6, 50, generator=torch.Generator().manual_seed(0))
+    scores[0, :8] = 3.0  # ties at the k-th value are all kept, as by TopKLogitsWarper
+    for top_k in (1, 5, 50, 80):
+        expected = TopKLogitsWarper(top_k)(None, scores.clone())
+        assert torch.equal(UnsortedTopKWarper(top_k)(None, scores.clone()), expected)
+
+
+def test_sampler_draws_from_the_softmax_of_the_kept_scores():
+    sampler = CodebookSampler(GenerationConfig(do_sample=True, top_k=3, temperature=2.0), num_codebooks=2)
+    scores = torch.tensor([2.0, 1.0, -1.0, 0.0, 0.5])
+    draws = 40000
+    torch.manual_seed(0)
+    codes = sampler(scores.expand(draws, 2, 5).contiguous())
+    kept = torch.tensor([2.0, 1.0, -math.inf, -math.inf, 0.5]) / 2.0
+    expected = torch.softmax(kept, dim=-1)
+    for k in range(2):
+        frequencies = torch.bincount(codes[:, k], minlength=5).float() / draws
+        # 5 standard errors of a frequency estimate from 40000 draws is below 0.013.
+        assert (frequencies - expected).abs().max() < 0.013
+
+
+def test_compiled_decoding_equals_eager_decoding():
+    """torch.compile's graph capture of the step (backend "eager": the captured graph run op by op) keeps the
+    cache updates and gives the same codes, greedy and sampled with the same seed."""
+    model = tiny_model()
+    prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
+    eager_greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    torch.manual_seed(3)
+    eager_sampled = model.generate(prompt, max_new_tokens=6)
+    model.compile_decoding(backend="eager")
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
+    torch.manual_seed(3)
+    assert torch.equal(model.generate(prompt, max_new_tokens=6), eager_sampled)
+    model.compile_decoding(False)
+    assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("MUSIC_HYBRID_TEST_INDUCTOR"),
+    reason="inductor compiles C++ for about a minute on a 2-core CPU; set MUSIC_HYBRID_TEST_INDUCTOR=1 to run",
+)
+def test_inductor_compiled_decoding_matches_eager_logits():
+    model = tiny_model()
+    eager = model.generate(max_new_tokens=8, do_sample=False)
+    model.compile_decoding()
+    assert torch.equal(model.generate(max_new_tokens=8, do_sample=False), eager)
