@@ -1,0 +1,125 @@
+"""Benchmark a training step: positions (and codec tokens) per second and peak memory of our presets.
+
+One step = forward with labels, backward and an AdamW update, on random codes at a sequence length of 2048
+positions (each position carries one token per codebook, 9 for DAC). The Mamba layers run the mamba-ssm kernels
+where they are installed (CUDA), our chunked PyTorch scan elsewhere; the slow baseline replaces that scan with a
+plain state-carrying loop (autograd through every step).
+
+    python -m bench.bench_training                          # a few minutes on a 2-core CPU
+    python -m bench.bench_training --with-slow-baselines    # adds hybrid-116m with the plain-loop scan
+"""
+
+import contextlib
+import sys
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import modeling_music_hybrid  # noqa: E402
+from bench.bench_scan import plain_loop_scan  # noqa: E402
+from bench.machine import (  # noqa: E402
+    add_machine_arguments, best_time, mib, new_parser, peak_memory, print_header, print_table, ratio_text, run_cli,
+    setup_machine,
+)
+from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs  # noqa: E402
+
+PLAIN_LOOP_SUFFIX = " (plain-loop scan)"
+
+
+def parse_args():
+    parser = new_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--presets", nargs="+", default=["hybrid-116m", "transformer-162m"])
+    parser.add_argument("--sequence-length", type=int, default=2048, help="positions per sample")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
+    parser.add_argument(
+        "--with-slow-baselines", action="store_true",
+        help="also time hybrid-116m with the plain-loop scan (minutes per step on a 2-core CPU)",
+    )
+    add_machine_arguments(parser)
+    parser.set_defaults(repeats=2)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    device = setup_machine(args)
+    if args.batch <= 0:
+        raise ValueError("--batch must be positive")
+    print_header(
+        "Training step (forward, backward, AdamW)", device,
+        {"presets": args.presets, "sequence length (positions)": args.sequence_length, "batch": args.batch,
+         "dtype": args.dtype, "repeats (best counts, after a warm-up step)": args.repeats,
+         "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)"},
+    )
+    runs = [(name, False) for name in args.presets]
+    if args.with_slow_baselines:
+        runs += [(name, True) for name in args.presets if name.startswith("hybrid")]
+    results = {}
+    for name, plain_loop in runs:
+        label = name + (PLAIN_LOOP_SUFFIX if plain_loop else "")
+        results[label] = measure(name, plain_loop, args, device)
+        print(f"{label}: {results[label]}", file=sys.stderr, flush=True)
+    print_results(results, args)
+
+
+def training_step_fn(name, args, device):
+    """A closure running one training step of a fresh model of preset `name` on fixed random codes."""
+    torch.manual_seed(0)
+    config = MusicHybridConfig.from_preset(name, max_position_embeddings=max(8192, args.sequence_length))
+    model = MusicHybridForCausalLM(config).to(device).train()
+    num_frames = args.sequence_length - config.num_codebooks
+    if num_frames <= 0:
+        raise ValueError(f"--sequence-length must exceed the {config.num_codebooks} codebooks")
+    codes = torch.randint(0, config.codebook_size, (args.batch, config.num_codebooks, num_frames), device=device)
+    inputs = codes_to_model_inputs(codes, config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.01)
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else contextlib.nullcontext()
+    )
+
+    def step():
+        with autocast:
+            loss = model(**inputs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(name, plain_loop, args, device):
+    step = training_step_fn(name, args, device)
+    scan = mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan) if plain_loop else None
+    with scan or contextlib.nullcontext():
+        with peak_memory(device) as peak:
+            seconds = best_time(step, device, 1)  # warm-up: allocates the optimizer state
+        if not plain_loop:
+            seconds = best_time(step, device, args.repeats)
+    positions = args.batch * args.sequence_length
+    return {"seconds": seconds, "positions_per_s": positions / seconds, "peak_bytes": peak["bytes"]}
+
+
+def print_results(results, args):
+    reference = results.get(args.presets[-1])
+    rows = []
+    for label, result in results.items():
+        rows.append([
+            label, f"{result['seconds']:.2f}", f"{result['positions_per_s']:.0f}",
+            f"{result['positions_per_s'] * 9:.0f}", mib(result["peak_bytes"]),
+            ratio_text(result["positions_per_s"], reference["positions_per_s"]),
+        ])
+    print_table(
+        ["model", "s / step", "positions/s", "codec tokens/s (x9)", "peak MiB (step incl. warm-up)",
+         f"speed vs {args.presets[-1]}"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    run_cli(main)
