@@ -798,29 +798,40 @@ class MambaMixer(nn.Module):
         return dt, B.transpose(1, 2), C.transpose(1, 2)
 
     def torch_forward(self, hidden_states, cache):
-        seq_length = hidden_states.shape[1]
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        if cache is None:
-            x = self.conv1d(x)[..., :seq_length]
-            initial_state = None
-        else:
-            conv_state = cache.conv_states[self.layer_idx]
-            # The conv continues from the cached inputs (zeros at the start, the same as zero padding).
-            x_padded = torch.cat([conv_state[..., 1:].to(x.dtype), x], dim=-1)
-            conv_state.copy_(x_padded[..., -self.d_conv :])
-            x = F.conv1d(x_padded, self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+        # Time-major (B, T, d_inner) throughout: the layout in_proj produces and the scan works in, so no
+        # transposing copies are made (they cost as much as the conv itself).
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        x = F.silu(self.causal_conv(x, cache))
+        initial_state = None
+        if cache is not None:
             initial_state = cache.ssm_states[self.layer_idx] if cache.length else None
             cache.decay_exponents(self.layer_idx, self.A_log)  # ready before decoding (one compiled step graph)
-        x = F.silu(x)
-        dt, B, C = self.ssm_inputs(x)
+        dt, B, C = self.ssm_inputs(x.transpose(1, 2))
         delta = F.softplus(dt + self.dt_proj.bias[:, None].to(dt.dtype))
         A = -torch.exp(self.A_log.float())
-        y, last_state = selective_scan(x, delta, A, B, C, initial_state)
+        y, last_state = selective_scan(x.transpose(1, 2), delta, A, B, C, initial_state)
         if cache is not None:
             cache.ssm_states[self.layer_idx].copy_(last_state)
-        y = y.to(x.dtype) + x * self.D.to(x.dtype)[:, None]
-        y = y * F.silu(z)
-        return self.out_proj(y.transpose(1, 2))
+        y = y.transpose(1, 2).to(x.dtype) + x * self.D.to(x.dtype)
+        return self.out_proj(y * F.silu(z))
+
+    def causal_conv(self, x, cache):
+        """The depthwise causal conv of time-major x (B, T, d_inner) as d_conv shifted multiply-adds. With a
+        cache it continues from the cached inputs (zeros at the start, the same as zero padding) and stores the
+        last d_conv inputs."""
+        seq_length = x.shape[1]
+        if cache is None:
+            history = x.new_zeros(x.shape[0], self.d_conv - 1, x.shape[2])
+        else:
+            history = cache.conv_states[self.layer_idx][..., 1:].transpose(1, 2).to(x.dtype)
+        x_padded = torch.cat([history, x], dim=1)
+        if cache is not None:
+            cache.conv_states[self.layer_idx].copy_(x_padded[:, -self.d_conv :].transpose(1, 2))
+        weight = self.conv1d.weight[:, 0]
+        out = x_padded[:, :seq_length] * weight[:, 0]
+        for shift in range(1, self.d_conv):
+            out = torch.addcmul(out, x_padded[:, shift : shift + seq_length], weight[:, shift])
+        return out if self.conv1d.bias is None else out + self.conv1d.bias
 
     def torch_step(self, hidden_states, cache):
         """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
