@@ -4,7 +4,8 @@ Three mixers with the same weights (d_model 768, expand 2, d_state 64, dt_rank 4
 ours (the PyTorch path, and the mamba-ssm kernels when they run here), ours with the scan replaced by a plain
 state-carrying PyTorch loop (the fair baseline: autograd through every step), and transformers' `MambaMixer`
 torch path, which materialises the (batch, d_inner, L, d_state) decays before looping. For each length: forward
-under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side.
+under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side. The
+mixer's four projections alone give the floor that no implementation's forward pass can beat.
 
     python -m bench.bench_scan                          # a few minutes on a 2-core CPU
     python -m bench.bench_scan --with-slow-baselines    # adds transformers' forward+backward at 2048 (~11 min)
@@ -29,6 +30,7 @@ from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
 OURS, OURS_KERNELS, PLAIN_LOOP, TRANSFORMERS = (
     "ours (PyTorch chunked scan)", "ours (mamba-ssm kernels)", "plain PyTorch loop", "transformers MambaMixer (torch)",
 )
+PROJECTIONS = "floor: the 4 projections alone"
 
 
 def parse_args():
@@ -55,7 +57,9 @@ def main():
     if min(args.lengths) <= 0 or args.batch <= 0:
         raise ValueError("--lengths and --batch must be positive")
     ours = build_our_mixer(args, device)
-    mixers = {OURS: ours, PLAIN_LOOP: ours, TRANSFORMERS: build_transformers_mixer(args, ours, device)}
+    mixers = {
+        OURS: ours, PLAIN_LOOP: ours, TRANSFORMERS: build_transformers_mixer(args, ours, device), PROJECTIONS: ours,
+    }
     if device.type == "cuda" and modeling_music_hybrid.mamba_kernels() is not None:
         mixers[OURS_KERNELS] = build_our_mixer(args, device, implementation="kernels")
         mixers[OURS_KERNELS].load_state_dict(ours.state_dict())
@@ -123,7 +127,17 @@ def run_mixer(name, mixer, hidden_states):
     if name == PLAIN_LOOP:
         with mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan):
             return mixer(hidden_states)
+    if name == PROJECTIONS:
+        return projections_alone(mixer, hidden_states)
     return mixer(hidden_states)
+
+
+def projections_alone(mixer, hidden_states):
+    """in_proj, x_proj, dt_proj and out_proj on tensors of their real shapes: matmuls every implementation
+    runs, so their time is a floor under any mixer's forward pass."""
+    x = mixer.in_proj(hidden_states)[..., : mixer.d_inner]
+    dt = mixer.x_proj(x)[..., : mixer.dt_rank]
+    return mixer.out_proj(x) + mixer.dt_proj(dt).sum()
 
 
 def output_differences(mixers, args, device):
@@ -132,7 +146,7 @@ def output_differences(mixers, args, device):
         reference = run_mixer(OURS, mixers[OURS], hidden_states)
         return {
             name: (run_mixer(name, mixer, hidden_states) - reference).abs().max().item()
-            for name, mixer in mixers.items() if name != OURS
+            for name, mixer in mixers.items() if name not in (OURS, PROJECTIONS)
         }
 
 
@@ -143,7 +157,7 @@ def measure(name, mixer, length, args, device):
     grad_output = torch.randn(hidden_states.shape, device=device, generator=generator)
     slow_baseline = name in (PLAIN_LOOP, TRANSFORMERS) and device.type == "cpu"
     run_forward = not (name == TRANSFORMERS and length > 2048)
-    run_backward = run_forward and (
+    run_backward = run_forward and name != PROJECTIONS and (
         args.with_slow_baselines or not slow_baseline or length <= (512 if name == TRANSFORMERS else 2048)
     )
 
@@ -203,17 +217,22 @@ def print_targets(results):
     if (length, OURS) not in results:
         return
     ours, loop, reference = results[length, OURS], results[length, PLAIN_LOOP], results[length, TRANSFORMERS]
+    floor = results[length, PROJECTIONS]
 
-    def check(label, value, target):
+    def check(label, value, target, verdicts=("met", "NOT met")):
         if value is None:
             return [label, f">= {target}x", SKIPPED, SKIPPED]
-        return [label, f">= {target}x", f"{value:.1f}x", "met" if value >= target else "NOT met"]
+        return [label, f">= {target}x", f"{value:.1f}x", verdicts[0] if value >= target else verdicts[1]]
 
     def ratio(numerator, denominator):
         return None if numerator is None or denominator is None else numerator / denominator
 
     rows = [
         check("forward vs transformers", ratio(reference["forward"], ours["forward"]), 10),
+        check(
+            "forward ceiling: transformers / projections alone", ratio(reference["forward"], floor["forward"]), 10,
+            ("reachable", "out of reach on this machine: the matmuls alone take longer"),
+        ),
         check("fwd+bwd vs transformers", ratio(reference["backward"], ours["backward"]), 100),
         check("fwd+bwd vs plain loop", ratio(loop["backward"], ours["backward"]), 2),
         check("fwd+bwd peak memory: loop / ours", ratio(loop["backward_peak"], ours["backward_peak"]), 2),
