@@ -22,16 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 44100
 HOP = 512
 CODEC_IDENTITY = random_codec_identity(seed=0, small=True)
-pytestmark = pytest.mark.filterwarnings("ignore:codec. DAC with RANDOM weights")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The tiny models and codec are faster on one thread than fighting over two busy cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:codec. DAC with RANDOM weights"),
+    pytest.mark.usefixtures("single_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")
