@@ -6,7 +6,8 @@ hybrid-116m and transformer-162m against MusicgenForCausalLM of the same size as
 never read and it does the same work. All three produce the same number of frames with the same delay pattern.
 
 The batch-1 bound is the parameter bytes over the memory read bandwidth measured in the same run (the sum of a
-1 GiB float32 tensor): a decoding step reads every weight once. Cache memory is exact (the cache is allocated
+1 GiB float32 tensor): a decoding step reads every weight once. The matmul ceiling is what the installed BLAS
+makes of one step's matrix-vector products alone; where it sits below the bound, the BLAS, not memory, stops us. Cache memory is exact (the cache is allocated
 up front): what grows per frame is the attention layers' keys and values; Mamba state has a fixed size.
 
     python -m bench.bench_generation                          # MusicGen at 256 frames only
@@ -24,7 +25,7 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import (  # noqa: E402
-    SKIPPED, add_machine_arguments, mib, new_parser, print_header, print_table, ratio_text, read_bandwidth,
+    SKIPPED, add_machine_arguments, best_time, mib, new_parser, print_header, print_table, ratio_text, read_bandwidth,
     run_cli, setup_machine, synchronize,
 )
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
@@ -93,7 +94,7 @@ def main():
                 print(f"{name} batch {batch}, {frames} frames: {speeds[name, batch, frames]:.1f} frames/s",
                       file=sys.stderr, flush=True)
     print_speed_table(speeds, runners, args)
-    print_bound_table(speeds, models, bandwidth, args)
+    print_bound_table(speeds, models, bandwidth, args, device)
     print_memory_table(models, args)
     print_targets(speeds, models, bandwidth, args)
 
@@ -179,23 +180,54 @@ def parameter_bytes(model):
     return sum(p.numel() * p.element_size() for name, p in model.named_parameters() if ".encoder_attn." not in name)
 
 
-def print_bound_table(speeds, models, bandwidth, args):
-    """Batch 1: measured frames/s against parameter bytes / read bandwidth, for the first --frames length."""
+def print_bound_table(speeds, models, bandwidth, args, device):
+    """Batch 1, first --frames length: measured frames/s against two ceilings. The bound: parameter bytes / read
+    bandwidth. The matmul ceiling: one step's matrix-vector products alone, as the installed BLAS runs them."""
     if 1 not in args.batches:
         return
     frames = args.frames[0]
     rows = []
     for name, model in models.items():
         bound = bandwidth / parameter_bytes(model)
+        matmul_seconds = step_matmul_seconds(model, device, args.repeats)
         fps = speeds[name, 1, frames]
         rows.append([
-            name, f"{parameter_bytes(model) / 1e6:.0f}", f"{bound:.1f}", fps_text(fps), ratio_text(bound, fps),
+            name, f"{parameter_bytes(model) / 1e6:.0f}", f"{bound:.1f}", f"{1 / matmul_seconds:.1f}",
+            f"{linear_bytes(model) / matmul_seconds / 1e9:.1f}", fps_text(fps), ratio_text(bound, fps),
         ])
     print_table(
-        ["model (batch 1, %d frames)" % frames, "parameter MB", "bound frames/s", "measured frames/s",
-         "bound / measured"],
+        [f"model (batch 1, {frames} frames)", "parameter MB", "bound frames/s", "matmul ceiling frames/s",
+         "matmul GB/s", "measured frames/s", "bound / measured"],
         rows,
     )
+
+
+def decoding_linears(model):
+    """The linear layers a decoding step runs (MusicGen's cross-attention ones stay unused)."""
+    return [
+        module for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and ".encoder_attn." not in name + "."
+    ]
+
+
+def linear_bytes(model):
+    return sum(module.weight.numel() * module.weight.element_size() for module in decoding_linears(model))
+
+
+def step_matmul_seconds(model, device, repeats):
+    """Best time of one batch-1 matrix-vector product per linear layer of a decoding step."""
+    inputs = [
+        torch.randn(1, module.in_features, device=device, dtype=module.weight.dtype)
+        for module in decoding_linears(model)
+    ]
+
+    def products():
+        with torch.no_grad():
+            for module, x in zip(decoding_linears(model), inputs):
+                module(x)
+
+    products()
+    return best_time(products, device, max(repeats, 5))
 
 
 def cache_bytes(config, batch, frames, dtype):
