@@ -1,5 +1,12 @@
 """Shared fixtures: the small random DAC codec and a synthesized FMA-like audio tree."""
 
+import os
+
+# Tiny models and codecs run fastest on one intra-op thread, and two threads spin against each other as soon as
+# anything else loads the machine (the whole suite: 2.3 min with one thread, 12 min with two, on a 2-core machine
+# running a benchmark beside it). Set before torch is imported; child processes of the tests inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import csv
 import warnings
 from dataclasses import dataclass
