@@ -89,19 +89,18 @@ def parse_args(argv=None):
         nargs="+",
         help="two or more checkpoint folders / Hub ids (evaluated here) or eval_results.json files",
     )
-    parser.add_argument("--output-dir", required=True, help="folder for comparison.md/.json and the plots")
+    parser.add_argument("--output-dir", "--output_dir", required=True, help="folder for comparison.md/.json and the plots")
     parser.add_argument("--names", nargs="+", help="display names, one per model (default: folder names)")
-    parser.add_argument(
-        "--validation-data", help="codes dataset (save_to_disk folder or Hub id) to evaluate checkpoints on"
+    parser.add_argument("--validation-data", "--validation_data", help="codes dataset (save_to_disk folder or Hub id) to evaluate checkpoints on"
     )
     parser.add_argument("--split", default="validation", help="dataset split to evaluate on (default: validation)")
-    parser.add_argument("--segment-length", type=int, default=2048, help="positions per validation segment")
-    parser.add_argument("--batch-size", type=int, default=8, help="segments per evaluation batch")
-    parser.add_argument("--max-segments", type=int, help="evaluate only the first N segments (quick checks)")
+    parser.add_argument("--segment-length", "--segment_length", type=int, default=2048, help="positions per validation segment")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=8, help="segments per evaluation batch")
+    parser.add_argument("--max-segments", "--max_segments", type=int, help="evaluate only the first N segments (quick checks)")
     parser.add_argument(
         "--reference", type=int, default=0, help="index of the model every other model is compared against (default: 0)"
     )
-    parser.add_argument("--num-resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
+    parser.add_argument("--num-resamples", "--num_resamples", type=int, default=10_000, help="bootstrap resamples (default: 10000)")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval confidence level (default: 0.95)")
     parser.add_argument(
         "--alpha", type=float, default=0.05, help="family-wise error rate over codebooks (default: 0.05)"

@@ -111,31 +111,28 @@ def parse_args(argv=None):
         "and write 44.1 kHz WAV files.",
     )
     parser.add_argument("model", help="checkpoint folder or Hub id")
-    parser.add_argument("--output-dir", required=True, help="folder for the WAV files")
-    parser.add_argument("--num-samples", type=int, default=1, help="how many files to generate (default: 1)")
+    parser.add_argument("--output-dir", "--output_dir", required=True, help="folder for the WAV files")
+    parser.add_argument("--num-samples", "--num_samples", type=int, default=1, help="how many files to generate (default: 1)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of new audio per file (default: 10)")
     parser.add_argument(
         "--prompt", help="audio file to continue (any format soundfile reads; resampled to 44.1 kHz mono)"
     )
-    parser.add_argument(
-        "--continuation-only", action="store_true", help="write only the continuation, not the prompt before it"
+    parser.add_argument("--continuation-only", "--continuation_only", action="store_true", help="write only the continuation, not the prompt before it"
     )
     per_codebook = "one value, or one per codebook (coarsest first)"
     parser.add_argument(
         "--temperature", type=float, nargs="+", default=[1.0], help=f"sampling temperature: {per_codebook}"
     )
-    parser.add_argument("--top-k", type=int, nargs="+", default=[250], help=f"top-k (0: off): {per_codebook}")
-    parser.add_argument("--top-p", type=float, nargs="+", default=[1.0], help=f"top-p (1: off): {per_codebook}")
+    parser.add_argument("--top-k", "--top_k", type=int, nargs="+", default=[250], help=f"top-k (0: off): {per_codebook}")
+    parser.add_argument("--top-p", "--top_p", type=float, nargs="+", default=[1.0], help=f"top-p (1: off): {per_codebook}")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--batch-size", type=int, default=4, help="samples generated together (default: 4)")
-    parser.add_argument(
-        "--long-form",
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=4, help="samples generated together (default: 4)")
+    parser.add_argument("--long-form", "--long_form",
         choices=LONG_FORM_MODES,
         help="allow audio beyond the model's positions: 'window' (re-prefill the last frames) or 'sliding' "
         "(attention window, Mamba state carries on)",
     )
-    parser.add_argument(
-        "--context-window",
+    parser.add_argument("--context-window", "--context_window",
         type=int,
         help="frames kept as context in long form (default: half the model's context for 'window', all of it for "
         "'sliding')",
@@ -143,7 +140,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--stream", action="store_true", help="write the files in place as audio is produced (valid WAV at all times)"
     )
-    parser.add_argument("--chunk-seconds", type=float, default=1.0, help="audio decoded per chunk (default: 1 s)")
+    parser.add_argument("--chunk-seconds", "--chunk_seconds", type=float, default=1.0, help="audio decoded per chunk (default: 1 s)")
     parser.add_argument(
         "--codec",
         help="codec expected (JSON identity, a JSON file, or a DAC model id); an error if the checkpoint's differs",
