@@ -323,7 +323,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         hidden = self.model(tokens[:, :, :prefill_length], cache)
         decoder_step = getattr(self, "_compiled_decoder_step", None) or self.model
         for position in range(prefill_length, num_positions):
-            logits = self.codebook_logits(hidden[:, -1:])[:, :, 0]
+            logits = few_rows_linear(self.lm_head, hidden[:, -1]).view(batch, num_codebooks, -1)
             tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
             complete_frame = position - num_codebooks
             if streamer is not None and complete_frame >= prompt_frames:
@@ -553,6 +553,28 @@ class MusicHybridCache:
         return sum(2 * k[0, :, 0].numel() * k.shape[0] * k.element_size() for k in self.keys.values())
 
 
+def few_rows_linear(linear, x):
+    """linear(x), with every CPU thread at work when x holds only a few rows (a decoding step).
+
+    CPU BLAS runs a product of a matrix with one or a few rows on a single core, at a fraction of the memory
+    bandwidth that bounds decoding; split into one block of weight rows per thread, the same product runs as a
+    batched product on all threads (1.3-1.9x faster for 1-16 rows on 2 cores; each output is the same dot
+    product). Anything else goes through the module as usual: GPUs, training, many rows, wrapped or hooked layers.
+    """
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_grad_enabled():
+        return linear(x)
+    threads = torch.get_num_threads()
+    rows = x.numel() // linear.in_features
+    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear)
+    plain = type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
+    if not plain or threads == 1 or rows > 16 or linear.out_features % threads:
+        return linear(x)
+    flat = x.reshape(1, rows, linear.in_features).expand(threads, rows, linear.in_features)
+    blocks = linear.weight.view(threads, -1, linear.in_features).transpose(1, 2)
+    out = torch.bmm(flat, blocks).transpose(0, 1).reshape(*x.shape[:-1], linear.out_features)
+    return out if linear.bias is None else out + linear.bias
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Decoder layer, attention, MLP, norm, positions
 # --------------------------------------------------------------------------------------------------------------------
@@ -628,9 +650,9 @@ class MusicHybridAttention(nn.Module):
 
     def forward(self, hidden_states, rotary, attention_mask, cache):
         batch, seq_length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        query = few_rows_linear(self.q_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        key = few_rows_linear(self.k_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        value = few_rows_linear(self.v_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
@@ -640,7 +662,7 @@ class MusicHybridAttention(nn.Module):
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
         )
-        return self.o_proj(output.reshape(batch, seq_length, -1))
+        return few_rows_linear(self.o_proj, output.reshape(batch, seq_length, -1))
 
 
 class MLP(nn.Module):
@@ -837,18 +859,18 @@ class MambaMixer(nn.Module):
         """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
         with no per-step work beyond the step itself (no conv call over a padded window, no scan setup)."""
         conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
-        x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)
+        x, z = few_rows_linear(self.in_proj, hidden_states[:, 0]).chunk(2, dim=-1)
         conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None].to(conv_state.dtype)], dim=-1))
         x = torch.sum(conv_state * self.conv1d.weight[:, 0], dim=-1)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x)
-        dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))
+        dt, B, C = torch.split(few_rows_linear(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(few_rows_linear(self.dt_proj, dt))
         exponents = cache.decay_exponents(self.layer_idx, self.A_log)
         y = selective_state_step(ssm_state, x, delta, exponents, B, C).to(x.dtype)
         y = (y + x * self.D.to(x.dtype)) * F.silu(z)
-        return self.out_proj(y)[:, None]
+        return few_rows_linear(self.out_proj, y)[:, None]
 
     def kernel_fused_forward(self, hidden_states):
         """Training path: one fused kernel for conv, projections, scan and gate (as mamba_ssm's Mamba)."""
