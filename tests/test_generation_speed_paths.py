@@ -10,7 +10,7 @@ from transformers.generation.logits_process import TopKLogitsWarper
 
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import (
-    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
+    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper, few_rows_linear,
 )
 
 
@@ -35,6 +35,26 @@ def test_mamba_decoding_step_equals_the_sequence_forward(conv_bias):
             pieces.append(mixer.torch_step(hidden_states[:, t : t + 1], cache))
             cache.length += 1
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
+
+
+@pytest.fixture
+def two_threads():
+    """The row split only runs with several threads (the test session runs one)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17])
+def test_few_rows_linear_equals_the_layer(rows, two_threads):
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(12, 8)
+    x = torch.randn(rows, 1, 12)
+    with torch.no_grad():
+        assert torch.allclose(few_rows_linear(linear, x), linear(x), atol=1e-6)
+        linear.register_forward_hook(lambda module, inputs, output: output * 2)  # hooks are honoured
+        assert torch.allclose(few_rows_linear(linear, x), linear(x), atol=1e-6)
 
 
 def test_decay_exponents_are_computed_once_per_cache():
