@@ -133,33 +133,47 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
             init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
 
     def forward(self, input_ids, cache=None):
+        """input_ids (B, K, T) -> final hidden states (B, T, hidden); with a cache, continue from it and advance it."""
         past_length = 0 if cache is None else cache.length
         seq_length = input_ids.shape[2]
+        if self.config.position_embedding_type == "learned" and past_length + seq_length > self.config.max_position_embeddings:
+            raise ValueError(
+                f"Sequence of {past_length + seq_length} positions exceeds max_position_embeddings="
+                f"{self.config.max_position_embeddings} of this model (learned positions)"
+            )
         positions = torch.arange(past_length, past_length + seq_length, device=input_ids.device)
+        hidden_states = self.decode(input_ids, positions, cache)
+        if cache is not None:
+            cache.length += seq_length
+        return hidden_states
+
+    def decode(self, input_ids, positions, cache=None):
+        """The forward pass at `positions` (a tensor), leaving `cache.length` to the caller.
+
+        For one position and a fixed-shape cache this reads no Python value that changes from step to step and
+        makes tensors of the same shapes at every step: `compile_decoding` compiles it once for a whole generation.
+        """
+        seq_length = input_ids.shape[2]
         token_ids = input_ids + self.codebook_offsets[None, :, None]
         hidden_states = self.embed_tokens(token_ids).sum(dim=1)
         rotary = None
         if self.config.position_embedding_type == "learned":
-            if past_length + seq_length > self.config.max_position_embeddings:
-                raise ValueError(
-                    f"Sequence of {past_length + seq_length} positions exceeds max_position_embeddings="
-                    f"{self.config.max_position_embeddings} of this model (learned positions)"
-                )
             hidden_states = hidden_states + self.embed_positions(positions)
         elif self.config.position_embedding_type == "rope":
             rotary = self.rotary_emb(positions, hidden_states.dtype)
         hidden_states = self.dropout(hidden_states)
-        attention_mask = self.attention_mask(seq_length, cache, hidden_states)
+        if cache is not None and cache.fixed_shape and seq_length == 1:
+            attention_mask = cache.single_position_mask(positions, hidden_states.dtype)
+        else:
+            attention_mask = self.attention_mask(seq_length, cache, hidden_states)
 
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:
                 hidden_states = self._gradient_checkpointing_func(
-                    layer.__call__, hidden_states, rotary, attention_mask, cache
+                    layer.__call__, hidden_states, positions, rotary, attention_mask, cache
                 )
             else:
-                hidden_states = layer(hidden_states, rotary, attention_mask, cache)
-        if cache is not None:
-            cache.length += seq_length
+                hidden_states = layer(hidden_states, positions, rotary, attention_mask, cache)
         return self.norm(hidden_states)
 
     def attention_mask(self, seq_length, cache, hidden_states):
@@ -196,6 +210,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.num_codebooks * config.codebook_size, bias=False)
         self.post_init()
         self.generation_config = default_generation_config(config)
+        self._compiled_decode, self._decode_with_cuda_graph = None, False  # see compile_decoding
         log_mamba_path_once(config)
 
     def forward(self, input_ids, labels=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
@@ -289,17 +304,20 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             remaining -= step
         return codes
 
-    def compile_decoding(self, enabled=True, **compile_options):
-        """Run the per-step forward of later generate() calls through torch.compile (or back to eager with False).
+    def compile_decoding(self, enabled=True, cuda_graph=False, **compile_options):
+        """Run the decoding steps of later generate() calls through torch.compile (or back to eager with False).
 
-        Compiling removes the per-step Python and dispatch work of the layer loop (a few ms per step on CPU, a
-        large share of a 116M model's step) and fuses the elementwise ops. The first generation pays for the
-        compilation (about two minutes for the 116M presets on a 2-core CPU; later runs reuse inductor's cache).
-        The cache length grows every step, so the step is compiled with dynamic shapes; `compile_options` go to
-        torch.compile (e.g. backend=..., mode=...).
+        The compiled step is `MusicHybridModel.decode` on a fixed-shape cache (see `MusicHybridCache`): one graph
+        serves every step of a generation. Compiling removes the per-step Python and dispatch work of the layer
+        loop and fuses the elementwise ops. Shapes are dynamic by default, so batch 1 and larger batches make
+        the only two compilations, whatever the lengths (tens of seconds each on a 2-core CPU; inductor caches
+        them on disk). `compile_options` go to torch.compile.
+        cuda_graph: on a GPU, also record the step as a CUDA graph once per generation and replay it at every
+        position (see `CUDAGraphStep`); ignored on CPU.
         """
-        compiled = torch.compile(self.model.forward, dynamic=True, **compile_options) if enabled else None
-        self._compiled_decoder_step = compiled
+        compile_options.setdefault("dynamic", True)
+        self._compiled_decode = torch.compile(self.model.decode, **compile_options) if enabled else None
+        self._decode_with_cuda_graph = enabled and cuda_graph
 
     def generate_frames(self, prompt, max_new_tokens, sampler, streamer, attention_window=None):
         """The decoding loop over delayed positions: prefill the prompt, then one position per step."""
@@ -316,12 +334,16 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         frame_of = torch.arange(num_positions, device=prompt.device)[None, :] - 1 - torch.arange(num_codebooks, device=prompt.device)[:, None]
         sampled = (frame_of >= prompt_frames) & (frame_of < total_frames)
 
+        compiled = self._compiled_decode
         cache = MusicHybridCache(
-            self.config, batch, num_positions, prompt.device, self.dtype, attention_window=attention_window
+            self.config, batch, num_positions, prompt.device, self.dtype, attention_window=attention_window,
+            fixed_shape=compiled is not None,
         )
+        decode = compiled or self.model.decode
+        if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
+            decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
         hidden = self.model(tokens[:, :, :prefill_length], cache)
-        decoder_step = getattr(self, "_compiled_decoder_step", None) or self.model
         for position in range(prefill_length, num_positions):
             logits = few_rows_linear(self.lm_head, hidden[:, -1]).view(batch, num_codebooks, -1)
             tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
@@ -329,8 +351,48 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             if streamer is not None and complete_frame >= prompt_frames:
                 streamer.put(undo_delay_pattern(tokens[:, :, position - num_codebooks + 1 : position + 1]))
             if position + 1 < num_positions:
-                hidden = decoder_step(tokens[:, :, position : position + 1], cache)
+                positions = torch.full((1,), position, device=prompt.device)
+                # A contiguous copy: the same strides for every request length (a compiled step guards on them).
+                hidden = decode(tokens[:, :, position : position + 1].contiguous(), positions, cache)
+                cache.length += 1
         return undo_delay_pattern(tokens[:, :, 1:])
+
+
+class CUDAGraphStep:
+    """A decoding step recorded once as a CUDA graph and replayed at every later position of one generation.
+
+    The graph reads its inputs from fixed buffers and updates the generation's fixed-shape cache in place, so a
+    replay launches the whole step at once instead of hundreds of small kernels. Recording follows a warm-up run
+    (lazy initialisation, kernel autotuning), which advances the Mamba states: they are restored before
+    recording. The keys and values it writes sit at the next position, which the first replay writes again.
+    """
+
+    def __init__(self, decode):
+        self.decode = decode
+        self.graph = None
+
+    def __call__(self, input_ids, positions, cache):
+        if self.graph is None:
+            self.record(input_ids, positions, cache)
+        self.input_ids.copy_(input_ids)
+        self.positions.copy_(positions)
+        self.graph.replay()
+        return self.output  # overwritten by the next replay
+
+    def record(self, input_ids, positions, cache):
+        self.input_ids, self.positions = input_ids.clone(), positions.clone()
+        states = [*cache.conv_states.values(), *cache.ssm_states.values()]
+        saved = [state.clone() for state in states]
+        side_stream = torch.cuda.Stream()
+        side_stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side_stream):
+            self.decode(self.input_ids, self.positions, cache)
+        torch.cuda.current_stream().wait_stream(side_stream)
+        for state, kept in zip(states, saved):
+            state.copy_(kept)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.output = self.decode(self.input_ids, self.positions, cache)
 
 
 def default_generation_config(config):
@@ -498,11 +560,16 @@ class MusicHybridCache:
     Attention layers keep keys and values for `max_length` positions, or a ring of the last `attention_window`
     positions in sliding-window mode. Mamba layers keep their last `d_conv` inputs and the SSM state (float32),
     whose size does not grow with the sequence.
+
+    With `fixed_shape`, a single new position is written at its slot by index and attends over the whole buffer
+    under a mask (`single_position_mask`), so every decoding step has the same shapes: what a compiled step or a
+    CUDA graph needs. Otherwise a step attends over the filled part only (cheaper in eager mode).
     """
 
-    def __init__(self, config, batch_size, max_length, device, dtype, attention_window=None):
+    def __init__(self, config, batch_size, max_length, device, dtype, attention_window=None, fixed_shape=False):
         self.length = 0
         self.attention_window = attention_window
+        self.fixed_shape = fixed_shape
         capacity = max_length if attention_window is None else min(attention_window, max_length)
         kv_shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
         self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
@@ -516,11 +583,16 @@ class MusicHybridCache:
                 self.conv_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_conv, dtype=dtype, device=device)
                 self.ssm_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_state, dtype=torch.float32, device=device)
 
-    def update_attention(self, layer_idx, key, value):
-        """Store the new keys/values (B, heads, T, head_dim); return those to attend over."""
+    def update_attention(self, layer_idx, key, value, positions):
+        """Store the new keys/values (B, heads, T, head_dim) of `positions`; return those to attend over."""
         keys, values = self.keys[layer_idx], self.values[layer_idx]
         start, new = self.length, key.shape[2]
         capacity = keys.shape[2]
+        if self.fixed_shape and new == 1:
+            slot = positions % capacity  # the position itself unless this is a ring
+            keys.index_copy_(2, slot, key)
+            values.index_copy_(2, slot, value)
+            return keys, values
         if self.attention_window is None:
             if start + new > capacity:
                 raise ValueError(f"The cache holds {capacity} positions; {start + new} requested")
@@ -539,6 +611,18 @@ class MusicHybridCache:
             return key, value
         filled = min(start + 1, capacity)
         return keys[:, :, :filled], values[:, :, :filled]
+
+    def single_position_mask(self, positions, dtype):
+        """Additive mask (1, 1, 1, capacity) of one query at `positions` (one element) over a fixed-shape buffer:
+        slot j holds a position up to the query's once j <= the query's position, in a plain buffer and a ring
+        alike; later slots are empty."""
+        if not self.keys:
+            return None
+        capacity = next(iter(self.keys.values())).shape[2]
+        empty = torch.arange(capacity, device=positions.device) > positions
+        return torch.zeros(capacity, dtype=dtype, device=positions.device).masked_fill(
+            empty, torch.finfo(dtype).min
+        )[None, None, None]
 
     def decay_exponents(self, layer_idx, A_log):
         """A log2(e) = -exp(A_log) log2(e) of a Mamba layer, computed once (at prefill) per cache: the weights do
@@ -561,9 +645,9 @@ def few_rows_linear(linear, x):
     batched product on all threads (1.3-1.9x faster for 1-16 rows on 2 cores; each output is the same dot
     product). Anything else goes through the module as usual: GPUs, training, many rows, wrapped or hooked layers.
     """
-    if torch.compiler.is_compiling() or x.device.type != "cpu" or torch.is_grad_enabled():
+    if x.device.type != "cpu" or torch.is_grad_enabled():
         return linear(x)
-    threads = torch.get_num_threads()
+    threads = cpu_threads()
     rows = x.numel() // linear.in_features
     hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear)
     plain = type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
@@ -573,6 +657,12 @@ def few_rows_linear(linear, x):
     blocks = linear.weight.view(threads, -1, linear.in_features).transpose(1, 2)
     out = torch.bmm(flat, blocks).transpose(0, 1).reshape(*x.shape[:-1], linear.out_features)
     return out if linear.bias is None else out + linear.bias
+
+
+@torch.compiler.assume_constant_result
+def cpu_threads():
+    """torch's CPU thread count, a constant of a compiled step (asking for it inside one breaks the graph)."""
+    return torch.get_num_threads()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -598,9 +688,9 @@ class MusicHybridDecoderLayer(nn.Module):
             self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden_states, rotary, attention_mask, cache):
+    def forward(self, hidden_states, positions, rotary, attention_mask, cache):
         if self.layer_type == ATTENTION:
-            mixed = self.mixer(self.input_norm(hidden_states), rotary, attention_mask, cache)
+            mixed = self.mixer(self.input_norm(hidden_states), positions, rotary, attention_mask, cache)
         else:
             mixed = self.mixer(self.input_norm(hidden_states), cache)
         hidden_states = hidden_states + self.dropout(mixed)
@@ -648,7 +738,7 @@ class MusicHybridAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_key_value_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bias)
 
-    def forward(self, hidden_states, rotary, attention_mask, cache):
+    def forward(self, hidden_states, positions, rotary, attention_mask, cache):
         batch, seq_length, _ = hidden_states.shape
         query = few_rows_linear(self.q_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
         key = few_rows_linear(self.k_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
@@ -656,7 +746,7 @@ class MusicHybridAttention(nn.Module):
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
-            key, value = cache.update_attention(self.layer_idx, key, value)
+            key, value = cache.update_attention(self.layer_idx, key, value, positions)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         output, _ = attention(
             self, query, key, value, attention_mask,
@@ -673,7 +763,7 @@ class MLP(nn.Module):
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, hidden_states):
-        return self.fc_out(self.act(self.fc_in(hidden_states)))
+        return few_rows_linear(self.fc_out, self.act(few_rows_linear(self.fc_in, hidden_states)))
 
 
 class RMSNorm(nn.Module):
@@ -683,10 +773,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states):
-        dtype = hidden_states.dtype
-        hidden_states = hidden_states.float()
-        hidden_states = hidden_states * torch.rsqrt(hidden_states.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * hidden_states.to(dtype)
+        normalized = F.rms_norm(hidden_states.float(), hidden_states.shape[-1:], eps=self.eps)
+        return self.weight * normalized.to(hidden_states.dtype)
 
 
 class RotaryEmbedding(nn.Module):
@@ -803,12 +891,15 @@ class MambaMixer(nn.Module):
 
     def forward(self, hidden_states, cache=None):
         """hidden_states (B, T, hidden) -> (B, T, hidden); with a cache, continue from and update its state."""
+        # One position with a cache is a decoding step, also on an empty cache (zero state = zero padding). The
+        # checks never read cache.length for one position: a compiled step must not depend on it.
+        single_step = cache is not None and hidden_states.shape[1] == 1
         if self.use_kernels(hidden_states):
             if cache is None:
                 return self.kernel_fused_forward(hidden_states)
-            if cache.length == 0 or hidden_states.shape[1] == 1:
+            if single_step or cache.length == 0:
                 return self.kernel_cached_forward(hidden_states, cache)
-        if cache is not None and cache.length > 0 and hidden_states.shape[1] == 1:
+        if single_step:
             return self.torch_step(hidden_states, cache)
         return self.torch_forward(hidden_states, cache)
 
@@ -890,7 +981,7 @@ class MambaMixer(nn.Module):
         conv_weight = self.conv1d.weight.view(self.d_inner, self.d_conv)
         A = -torch.exp(self.A_log.float())
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        if hidden_states.shape[1] == 1 and cache.length > 0:
+        if hidden_states.shape[1] == 1:
             x = kernels["causal_conv1d_update"](x[..., 0], conv_state, conv_weight, self.conv1d.bias, "silu")
             dt, B, C = self.ssm_inputs(x[..., None])
             y = kernels["selective_state_update"](

@@ -128,12 +128,13 @@ def test_too_long_sequence_with_learned_positions_is_a_value_error():
 @pytest.mark.parametrize("name", PRESETS_UNDER_TEST)
 @pytest.mark.parametrize("positions", ["learned", "rope", "none"])
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_prefill_then_decoding_equals_one_full_forward(name, positions, attention):
+@pytest.mark.parametrize("fixed_shape", [False, True])
+def test_prefill_then_decoding_equals_one_full_forward(name, positions, attention, fixed_shape):
     model = tiny_model(name, position_embedding_type=positions, num_key_value_heads=2)
     model.set_attn_implementation(attention)
     input_ids = codes_to_model_inputs(random_codes(frames=16), model.config)["input_ids"]
     full = model(input_ids).logits
-    cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32)
+    cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
     pieces = [model(input_ids[:, :, :6], cache=cache).logits]  # prefill
     pieces.append(model(input_ids[:, :, 6:11], cache=cache).logits)  # a block on top of a cache
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(11, input_ids.shape[2])]
@@ -151,18 +152,35 @@ def test_sliding_window_cache_equals_full_attention_when_the_window_covers_every
     assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
 
 
-def test_sliding_window_cache_matches_a_band_mask():
+@pytest.mark.parametrize("fixed_shape", [False, True])
+def test_sliding_window_cache_matches_a_band_mask(fixed_shape):
     """Decoding with a ring of W positions equals a full forward that lets each position see its last W."""
     model = tiny_model("transformer-tiny", position_embedding_type="rope")
     model.set_attn_implementation("eager")
     window = 4
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=8), model.config)["input_ids"]
     banded = model(input_ids, cache=MusicHybridCache(model.config, 1, 64, "cpu", torch.float32, attention_window=window)).logits
-    cache = MusicHybridCache(model.config, 1, 64, "cpu", torch.float32, attention_window=window)
+    cache = MusicHybridCache(
+        model.config, 1, 64, "cpu", torch.float32, attention_window=window, fixed_shape=fixed_shape
+    )
     pieces = [model(input_ids[:, :, :2], cache=cache).logits]
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(2, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(banded).abs().max() <= 1e-4
     assert banded.sub(model(input_ids).logits).abs().max() > 1e-3  # the window really cuts
+
+
+def test_fixed_shape_cache_steps_see_the_same_shapes_at_every_position():
+    model = tiny_model("transformer-tiny")
+    cache = MusicHybridCache(model.config, 1, 256, "cpu", torch.float32, fixed_shape=True)
+    input_ids = codes_to_model_inputs(random_codes(batch=1, frames=6), model.config)["input_ids"]
+    model.model(input_ids[:, :, :2], cache)
+    key = torch.randn(1, model.config.num_key_value_heads, 1, model.config.head_dim)
+    for position in (2, 3, 250):
+        keys, values = cache.update_attention(0, key, key, torch.tensor([position]))
+        assert keys.shape == values.shape == cache.keys[0].shape
+        assert torch.equal(keys[:, :, position], key[:, :, 0])
+        mask = cache.single_position_mask(torch.tensor([position]), torch.float32)
+        assert mask.shape == (1, 1, 1, 256) and (mask[..., : position + 1] == 0).all() and (mask[..., position + 1 :] < -1e30).all()
 
 
 def test_mamba_cache_does_not_grow_with_the_sequence():
