@@ -144,14 +144,15 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         positions = torch.arange(past_length, past_length + seq_length, device=input_ids.device)
         hidden_states = self.decode(input_ids, positions, cache)
         if cache is not None:
-            cache.length += seq_length
+            cache.advance(seq_length)
         return hidden_states
 
     def decode(self, input_ids, positions, cache=None):
-        """The forward pass at `positions` (a tensor), leaving `cache.length` to the caller.
+        """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller.
 
-        For one position and a fixed-shape cache this reads no Python value that changes from step to step and
-        makes tensors of the same shapes at every step: `compile_decoding` compiles it once for a whole generation.
+        For one position and a fixed-shape cache this reads no Python value that changes from step to step, and
+        its shapes change only when the cache shows more slots: `compile_decoding` compiles it (with dynamic
+        shapes) once for a whole generation.
         """
         seq_length = input_ids.shape[2]
         token_ids = input_ids + self.codebook_offsets[None, :, None]
@@ -354,25 +355,26 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
                 positions = torch.full((1,), position, device=prompt.device)
                 # A contiguous copy: the same strides for every request length (a compiled step guards on them).
                 hidden = decode(tokens[:, :, position : position + 1].contiguous(), positions, cache)
-                cache.length += 1
+                cache.advance(1)
         return undo_delay_pattern(tokens[:, :, 1:])
 
 
 class CUDAGraphStep:
-    """A decoding step recorded once as a CUDA graph and replayed at every later position of one generation.
+    """A decoding step recorded as a CUDA graph and replayed at every later position of one generation.
 
     The graph reads its inputs from fixed buffers and updates the generation's fixed-shape cache in place, so a
-    replay launches the whole step at once instead of hundreds of small kernels. Recording follows a warm-up run
-    (lazy initialisation, kernel autotuning), which advances the Mamba states: they are restored before
-    recording. The keys and values it writes sit at the next position, which the first replay writes again.
+    replay launches the whole step at once instead of hundreds of small kernels. It is recorded again whenever the
+    cache shows attention more slots (every VISIBLE_BLOCK positions). Recording follows a warm-up run (lazy
+    initialisation, kernel autotuning), which advances the Mamba states: they are restored before recording. The
+    keys and values it writes sit at the next position, which the next replay writes again.
     """
 
     def __init__(self, decode):
         self.decode = decode
-        self.graph = None
+        self.graph = self.recorded_for = None
 
     def __call__(self, input_ids, positions, cache):
-        if self.graph is None:
+        if self.recorded_for != cache.visible_length:
             self.record(input_ids, positions, cache)
         self.input_ids.copy_(input_ids)
         self.positions.copy_(positions)
@@ -393,6 +395,7 @@ class CUDAGraphStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.output = self.decode(self.input_ids, self.positions, cache)
+        self.recorded_for = cache.visible_length
 
 
 def default_generation_config(config):
@@ -554,6 +557,10 @@ def weighted_codebook_mean(codebook_losses, weights):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+# Steps on a fixed-shape cache see this many more slots at a time (see MusicHybridCache).
+VISIBLE_BLOCK = 256
+
+
 class MusicHybridCache:
     """Decoding state of every layer, allocated once for a whole generation.
 
@@ -561,18 +568,23 @@ class MusicHybridCache:
     positions in sliding-window mode. Mamba layers keep their last `d_conv` inputs and the SSM state (float32),
     whose size does not grow with the sequence.
 
-    With `fixed_shape`, a single new position is written at its slot by index and attends over the whole buffer
-    under a mask (`single_position_mask`), so every decoding step has the same shapes: what a compiled step or a
-    CUDA graph needs. Otherwise a step attends over the filled part only (cheaper in eager mode).
+    With `fixed_shape`, a single new position is written at its slot by index and attends over the "visible"
+    slots under a mask (`single_position_mask`): the filled ones rounded up to a multiple of VISIBLE_BLOCK. Steps
+    keep the same shapes for VISIBLE_BLOCK positions at a time, which a compiled step or a CUDA graph needs, and
+    never read much more of a long cache than the filled part. Otherwise a step attends over the filled part
+    exactly (cheapest in eager mode).
     """
 
     def __init__(self, config, batch_size, max_length, device, dtype, attention_window=None, fixed_shape=False):
         self.length = 0
         self.attention_window = attention_window
         self.fixed_shape = fixed_shape
-        capacity = max_length if attention_window is None else min(attention_window, max_length)
-        kv_shape = (batch_size, config.num_key_value_heads, capacity, config.head_dim)
+        self.capacity = max_length if attention_window is None else min(attention_window, max_length)
+        # A fixed-shape cache keeps one slot spare, so the visible slots are always a strict part of the buffer:
+        # views with the same stride pattern at every length (a compiled step guards on it).
+        kv_shape = (batch_size, config.num_key_value_heads, self.capacity + fixed_shape, config.head_dim)
         self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
+        self.visible_keys, self.visible_values, self.visible_length = {}, {}, None
         self.mamba_decay_exponents = {}
         for i, layer_type in enumerate(config.layer_types):
             if layer_type == ATTENTION:
@@ -582,17 +594,28 @@ class MusicHybridCache:
                 d_inner = config.mamba_d_inner
                 self.conv_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_conv, dtype=dtype, device=device)
                 self.ssm_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_state, dtype=torch.float32, device=device)
+        self.advance(0)
+
+    def advance(self, num_positions):
+        """Count new positions. A fixed-shape cache then shows attention the slots up to the next multiple of
+        VISIBLE_BLOCK past the filled ones (all of them in a ring). The views are made anew every time (cheap):
+        with gradients on, views taken before the buffers were last written would be stale for autograd."""
+        self.length += num_positions
+        if self.fixed_shape:
+            visible = self.visible_length = min(self.capacity, -(-(self.length + 1) // VISIBLE_BLOCK) * VISIBLE_BLOCK)
+            self.visible_keys = {i: keys[:, :, :visible] for i, keys in self.keys.items()}
+            self.visible_values = {i: values[:, :, :visible] for i, values in self.values.items()}
 
     def update_attention(self, layer_idx, key, value, positions):
         """Store the new keys/values (B, heads, T, head_dim) of `positions`; return those to attend over."""
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        start, new = self.length, key.shape[2]
-        capacity = keys.shape[2]
-        if self.fixed_shape and new == 1:
-            slot = positions % capacity  # the position itself unless this is a ring
+        if self.fixed_shape and key.shape[2] == 1:
+            keys, values = self.visible_keys[layer_idx], self.visible_values[layer_idx]
+            slot = positions % self.capacity  # the position itself unless this is a ring; always visible
             keys.index_copy_(2, slot, key)
             values.index_copy_(2, slot, value)
             return keys, values
+        keys, values = self.keys[layer_idx], self.values[layer_idx]
+        start, new, capacity = self.length, key.shape[2], self.capacity
         if self.attention_window is None:
             if start + new > capacity:
                 raise ValueError(f"The cache holds {capacity} positions; {start + new} requested")
@@ -613,14 +636,14 @@ class MusicHybridCache:
         return keys[:, :, :filled], values[:, :, :filled]
 
     def single_position_mask(self, positions, dtype):
-        """Additive mask (1, 1, 1, capacity) of one query at `positions` (one element) over a fixed-shape buffer:
+        """Additive mask (1, 1, 1, visible slots) of one query at `positions` (one element) in a fixed-shape cache:
         slot j holds a position up to the query's once j <= the query's position, in a plain buffer and a ring
-        alike; later slots are empty."""
-        if not self.keys:
+        alike; later slots are empty. (The size comes from a view's shape, which a compiled step keeps symbolic.)"""
+        if not self.visible_keys:
             return None
-        capacity = next(iter(self.keys.values())).shape[2]
-        empty = torch.arange(capacity, device=positions.device) > positions
-        return torch.zeros(capacity, dtype=dtype, device=positions.device).masked_fill(
+        visible = next(iter(self.visible_keys.values())).shape[2]
+        empty = torch.arange(visible, device=positions.device) > positions
+        return torch.zeros(visible, dtype=dtype, device=positions.device).masked_fill(
             empty, torch.finfo(dtype).min
         )[None, None, None]
 

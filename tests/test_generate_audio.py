@@ -91,6 +91,15 @@ def test_unconditional_samples_have_the_requested_length_and_rate(hybrid, tmp_pa
     assert torch.equal(result.codes, again.codes)
 
 
+def test_compiled_decoding_writes_the_same_music(hybrid, tmp_path):
+    """--compile (inductor on CPU; about 20 s of compilation) with top-k 1, where only the logits decide."""
+    settings = dict(num_samples=2, duration=0.2, top_k=1, seed=0, progress=False)
+    eager = generate_audio(hybrid, tmp_path / "eager", **settings)
+    compiled = generate_audio(hybrid, tmp_path / "compiled", compile_decoding=True, **settings)
+    assert torch.equal(compiled.codes, eager.codes)
+    assert [path.name for path in compiled.paths] == ["sample_000.wav", "sample_001.wav"]
+
+
 def test_written_audio_matches_a_one_shot_decode(hybrid, codec, tmp_path):
     result = generate_audio(hybrid, tmp_path, duration=0.4, chunk_seconds=0.05, stream=True, progress=False)
     audio, _ = read_both_ways(result.paths[0])

@@ -153,7 +153,8 @@ def test_sliding_window_cache_equals_full_attention_when_the_window_covers_every
 
 
 @pytest.mark.parametrize("fixed_shape", [False, True])
-def test_sliding_window_cache_matches_a_band_mask(fixed_shape):
+@pytest.mark.parametrize("prefill", [2, 6])
+def test_sliding_window_cache_matches_a_band_mask(fixed_shape, prefill):
     """Decoding with a ring of W positions equals a full forward that lets each position see its last W."""
     model = tiny_model("transformer-tiny", position_embedding_type="rope")
     model.set_attn_implementation("eager")
@@ -163,24 +164,34 @@ def test_sliding_window_cache_matches_a_band_mask(fixed_shape):
     cache = MusicHybridCache(
         model.config, 1, 64, "cpu", torch.float32, attention_window=window, fixed_shape=fixed_shape
     )
-    pieces = [model(input_ids[:, :, :2], cache=cache).logits]
-    pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(2, input_ids.shape[2])]
+    pieces = [model(input_ids[:, :, :prefill], cache=cache).logits]  # shorter or longer than the window
+    pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(prefill, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(banded).abs().max() <= 1e-4
     assert banded.sub(model(input_ids).logits).abs().max() > 1e-3  # the window really cuts
 
 
-def test_fixed_shape_cache_steps_see_the_same_shapes_at_every_position():
+def test_fixed_shape_cache_shows_attention_whole_blocks_of_slots():
+    """Steps see the filled slots rounded up to a block: the same shapes for a block of positions at a time."""
     model = tiny_model("transformer-tiny")
-    cache = MusicHybridCache(model.config, 1, 256, "cpu", torch.float32, fixed_shape=True)
+    cache = MusicHybridCache(model.config, 1, 600, "cpu", torch.float32, fixed_shape=True)
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=6), model.config)["input_ids"]
     model.model(input_ids[:, :, :2], cache)
     key = torch.randn(1, model.config.num_key_value_heads, 1, model.config.head_dim)
-    for position in (2, 3, 250):
+
+    def step(position, visible):
         keys, values = cache.update_attention(0, key, key, torch.tensor([position]))
-        assert keys.shape == values.shape == cache.keys[0].shape
-        assert torch.equal(keys[:, :, position], key[:, :, 0])
+        assert keys.shape[2] == values.shape[2] == visible
+        assert torch.equal(cache.keys[0][:, :, position], key[:, :, 0])  # written into the whole buffer
         mask = cache.single_position_mask(torch.tensor([position]), torch.float32)
-        assert mask.shape == (1, 1, 1, 256) and (mask[..., : position + 1] == 0).all() and (mask[..., position + 1 :] < -1e30).all()
+        assert mask.shape == (1, 1, 1, visible)
+        assert (mask[..., : position + 1] == 0).all() and (mask[..., position + 1 :] < -1e30).all()
+
+    for position in (2, 3, 255):
+        step(position, 256)
+    cache.advance(254)  # 256 positions held: the next block becomes visible
+    step(256, 512)
+    cache.advance(300)
+    step(556, 600)  # never beyond the buffer
 
 
 def test_mamba_cache_does_not_grow_with_the_sequence():
