@@ -35,6 +35,7 @@ from modeling_music_hybrid import MusicHybridCache, MusicHybridForCausalLM, few_
 MUSICGEN = "MusicgenForCausalLM"
 TOP_K = 250
 REAL_TIME_FPS = 44100 / 512
+MIN_FRAMES = 9  # one per codebook
 
 
 def parse_args():
@@ -58,6 +59,8 @@ def main():
     device = setup_machine(args)
     if min(args.batches + args.frames + args.memory_frames) <= 0:
         raise ValueError("--batches, --frames and --memory-frames must be positive")
+    if min(args.frames) < MIN_FRAMES:
+        raise ValueError(f"--frames must be at least {MIN_FRAMES}: {MUSICGEN} returns a shorter sequence below that")
     dtype = getattr(torch, args.dtype)
     print_header(
         "Generation speed and memory", device,

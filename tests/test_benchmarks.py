@@ -1,0 +1,51 @@
+"""The benchmark scripts run end to end on tiny settings and print their tables (the figures themselves are
+measured by running them for real, never asserted here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(module, *arguments):
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--repeats", "1", *arguments], cwd=ROOT, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_scan_benchmark_compares_the_three_mixers():
+    output = run_benchmark("bench.bench_scan", "--lengths", "32", "--hidden-size", "32", "--d-state", "8")
+    for row in ("ours (PyTorch chunked scan)", "plain PyTorch loop", "transformers MambaMixer (torch)", "floor"):
+        assert row in output
+
+
+def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
+    """The full-size presets (the target table needs them) for a few frames; --compile is left out (compiling them
+    takes minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
+    output = run_benchmark("bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16")
+    assert "memory read bandwidth" in output
+    for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured",
+                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m"):
+        assert row in output
+
+
+def test_training_benchmark_times_a_step_of_each_preset():
+    output = run_benchmark("bench.bench_training", "--presets", "hybrid-tiny", "transformer-tiny", "--sequence-length", "32")
+    assert "hybrid-tiny" in output and "transformer-tiny" in output
+
+
+@pytest.mark.parametrize("module, arguments, message", [
+    ("bench.bench_scan", ["--lengths", "0"], "must be positive"),
+    ("bench.bench_generation", ["--frames", "-1"], "must be positive"),
+    ("bench.bench_generation", ["--frames", "2"], "at least 9"),
+])
+def test_bad_settings_end_with_a_one_line_error(module, arguments, message):
+    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
