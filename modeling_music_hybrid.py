@@ -13,6 +13,7 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -310,9 +311,10 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
 
         The compiled step is `MusicHybridModel.decode` on a fixed-shape cache (see `MusicHybridCache`): one graph
         serves every step of a generation. Compiling removes the per-step Python and dispatch work of the layer
-        loop and fuses the elementwise ops. Shapes are dynamic by default, so batch 1 and larger batches make
-        the only two compilations, whatever the lengths (tens of seconds each on a 2-core CPU; inductor caches
-        them on disk). `compile_options` go to torch.compile.
+        loop and fuses the elementwise ops. Shapes are dynamic by default, so the only compilations are one per
+        kind of batch, whatever the lengths: 1, 2 or 3, and 4 or more (which multiply by packed weights on CPU,
+        see `decoding_linear`); tens of seconds each on a 2-core CPU, cached on disk by inductor.
+        `compile_options` go to torch.compile.
         cuda_graph: on a GPU, also record the step as a CUDA graph once per generation and replay it at every
         position (see `CUDAGraphStep`); ignored on CPU.
         """
@@ -340,13 +342,14 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             self.config, batch, num_positions, prompt.device, self.dtype, attention_window=attention_window,
             fixed_shape=compiled is not None,
         )
+        cache.packed_weights = pack_linear_weights(self, batch)
         decode = compiled or self.model.decode
         if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
             decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
         hidden = self.model(tokens[:, :, :prefill_length], cache)
         for position in range(prefill_length, num_positions):
-            logits = few_rows_linear(self.lm_head, hidden[:, -1]).view(batch, num_codebooks, -1)
+            logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(batch, num_codebooks, -1)
             tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
             complete_frame = position - num_codebooks
             if streamer is not None and complete_frame >= prompt_frames:
@@ -586,6 +589,7 @@ class MusicHybridCache:
         self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
         self.visible_keys, self.visible_values, self.visible_length = {}, {}, None
         self.mamba_decay_exponents = {}
+        self.packed_weights = {}  # linear layer -> packed weight, for batched CPU decoding (see decoding_linear)
         for i, layer_type in enumerate(config.layer_types):
             if layer_type == ATTENTION:
                 self.keys[i] = torch.zeros(kv_shape, dtype=dtype, device=device)
@@ -660,32 +664,102 @@ class MusicHybridCache:
         return sum(2 * k[0, :, 0].numel() * k.shape[0] * k.element_size() for k in self.keys.values())
 
 
-def few_rows_linear(linear, x):
-    """linear(x), with every CPU thread at work when x holds only a few rows (a decoding step).
+def decoding_linear(linear, x, cache=None):
+    """linear(x) for the few rows of a decoding step (one per sample), on the fastest CPU product for them.
 
-    CPU BLAS runs a product of a matrix with one or a few rows on a single core, at a fraction of the memory
-    bandwidth that bounds decoding; split into one block of weight rows per thread, the same product runs as a
-    batched product on all threads (1.3-1.9x faster for 1-16 rows on 2 cores; each output is the same dot
-    product). Anything else goes through the module as usual: GPUs, training, many rows, wrapped or hooked layers.
+    CPU BLAS kernels for so few rows are far from the memory bandwidth that bounds decoding: with one row they
+    run on a single core, and from a few rows on they are slower per weight read than one row. So below
+    PACKED_MIN_ROWS rows the weight is split into one block of rows per thread and the blocks run as one batched
+    product on all threads (1.3-1.9x faster on two cores of some CPUs, about even on others); from
+    PACKED_MIN_ROWS rows on, oneDNN multiplies by a copy of the weight that the generation packed once into its
+    own layout (`pack_linear_weights`, held by the cache), 1.5-2x faster than BLAS. Each output is the same dot
+    product, up to rounding. Anything else goes through the module as usual: GPUs, training, many rows, wrapped
+    or hooked layers.
     """
-    if x.device.type != "cpu" or torch.is_grad_enabled():
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not is_plain_linear(linear):
         return linear(x)
-    threads = cpu_threads()
     rows = x.numel() // linear.in_features
-    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear)
-    plain = type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
-    if not plain or threads == 1 or rows > 16 or linear.out_features % threads:
+    flat = x.reshape(rows, linear.in_features)
+    packed = None if cache is None else cache.packed_weights.get(linear)
+    if packed is not None:
+        out = packed_weight_product(flat, packed, linear.bias)
+    elif rows <= 16 and cpu_threads() > 1 and linear.out_features % cpu_threads() == 0:
+        out = split_weight_product(flat, linear.weight, linear.bias)
+    else:
         return linear(x)
-    flat = x.reshape(1, rows, linear.in_features).expand(threads, rows, linear.in_features)
-    blocks = linear.weight.view(threads, -1, linear.in_features).transpose(1, 2)
-    out = torch.bmm(flat, blocks).transpose(0, 1).reshape(*x.shape[:-1], linear.out_features)
-    return out if linear.bias is None else out + linear.bias
+    return out.view(*x.shape[:-1], linear.out_features)
+
+
+# From this many rows on (samples decoded together), decoding multiplies by packed weights (see decoding_linear).
+PACKED_MIN_ROWS = 4
+
+
+def is_plain_linear(linear):
+    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear)
+    return type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
+
+
+def pack_linear_weights(model, rows):
+    """{linear layer: its weight packed by oneDNN for products with `rows` rows}, for a generation of `rows`
+    samples on CPU; empty where packing does not pay (fewer rows, GPUs) or this torch build cannot pack. The
+    packed copies cost as much memory as the weights, for the generation's duration."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and is_plain_linear(m)]
+    if rows < PACKED_MIN_ROWS or not linears or linears[0].weight.device.type != "cpu" or not can_pack_weights():
+        return {}
+    return {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows) for m in linears}
+
+
+@functools.cache
+def can_pack_weights():
+    """Whether this torch build packs and multiplies weights with oneDNN (x86 builds do; the ops are private)."""
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 1)
+        return bool(torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), packed, None, "none", [], "").eq(2).all())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 @torch.compiler.assume_constant_result
 def cpu_threads():
     """torch's CPU thread count, a constant of a compiled step (asking for it inside one breaks the graph)."""
     return torch.get_num_threads()
+
+
+def compiler_opaque(fake):
+    """Make a product a custom op that a compiled step calls as it is (torch.compile's inductor would otherwise
+    rewrite a one-row product into a slower reduction of its own, and cannot trace packed weights); eager calls
+    skip the op's dispatch (about 9 microseconds a call). `fake` gives the output's shape."""
+
+    def wrap(function):
+        name = f"music_hybrid::{function.__name__}"
+        try:
+            op = torch.library.custom_op(name, function, mutates_args=())
+            op.register_fake(fake)
+        except RuntimeError:  # registered already: this file was imported a second time, as remote code
+            op = getattr(torch.ops.music_hybrid, function.__name__)
+
+        @functools.wraps(function)
+        def call(*args):
+            return op(*args) if torch.compiler.is_compiling() else function(*args)
+
+        return call
+
+    return wrap
+
+
+@compiler_opaque(lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
+def split_weight_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread."""
+    threads = torch.get_num_threads()
+    blocks = weight.view(threads, -1, weight.shape[1]).transpose(1, 2)
+    out = torch.bmm(x.expand(threads, *x.shape), blocks).transpose(0, 1).reshape(x.shape[0], weight.shape[0])
+    return out if bias is None else out + bias
+
+
+@compiler_opaque(lambda x, packed, bias: x.new_empty(x.shape[0], packed.shape[0]))
+def packed_weight_product(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """x (rows, in) @ weight.T + bias with the weight packed by `pack_linear_weights`."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -718,7 +792,7 @@ class MusicHybridDecoderLayer(nn.Module):
             mixed = self.mixer(self.input_norm(hidden_states), cache)
         hidden_states = hidden_states + self.dropout(mixed)
         if self.has_mlp:
-            hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states)))
+            hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states), cache))
         return hidden_states
 
 
@@ -763,9 +837,10 @@ class MusicHybridAttention(nn.Module):
 
     def forward(self, hidden_states, positions, rotary, attention_mask, cache):
         batch, seq_length, _ = hidden_states.shape
-        query = few_rows_linear(self.q_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
-        key = few_rows_linear(self.k_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
-        value = few_rows_linear(self.v_proj, hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+        query, key, value = (
+            decoding_linear(projection, hidden_states, cache).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
+            for projection in (self.q_proj, self.k_proj, self.v_proj)
+        )
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
@@ -775,7 +850,7 @@ class MusicHybridAttention(nn.Module):
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
         )
-        return few_rows_linear(self.o_proj, output.reshape(batch, seq_length, -1))
+        return decoding_linear(self.o_proj, output.reshape(batch, seq_length, -1), cache)
 
 
 class MLP(nn.Module):
@@ -785,8 +860,8 @@ class MLP(nn.Module):
         self.act = ACT2FN[config.hidden_act]
         self.fc_out = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
-    def forward(self, hidden_states):
-        return few_rows_linear(self.fc_out, self.act(few_rows_linear(self.fc_in, hidden_states)))
+    def forward(self, hidden_states, cache=None):
+        return decoding_linear(self.fc_out, self.act(decoding_linear(self.fc_in, hidden_states, cache)), cache)
 
 
 class RMSNorm(nn.Module):
@@ -973,18 +1048,19 @@ class MambaMixer(nn.Module):
         """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
         with no per-step work beyond the step itself (no conv call over a padded window, no scan setup)."""
         conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
-        x, z = few_rows_linear(self.in_proj, hidden_states[:, 0]).chunk(2, dim=-1)
+        x, z = decoding_linear(self.in_proj, hidden_states[:, 0], cache).chunk(2, dim=-1)
         conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None].to(conv_state.dtype)], dim=-1))
         x = torch.sum(conv_state * self.conv1d.weight[:, 0], dim=-1)
         if self.conv1d.bias is not None:
             x = x + self.conv1d.bias
         x = F.silu(x)
-        dt, B, C = torch.split(few_rows_linear(self.x_proj, x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(few_rows_linear(self.dt_proj, dt))
+        x_dbl = decoding_linear(self.x_proj, x, cache)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(decoding_linear(self.dt_proj, dt, cache))
         exponents = cache.decay_exponents(self.layer_idx, self.A_log)
         y = selective_state_step(ssm_state, x, delta, exponents, B, C).to(x.dtype)
         y = (y + x * self.D.to(x.dtype)) * F.silu(z)
-        return few_rows_linear(self.out_proj, y)[:, None]
+        return decoding_linear(self.out_proj, y, cache)[:, None]
 
     def kernel_fused_forward(self, hidden_states):
         """Training path: one fused kernel for conv, projections, scan and gate (as mamba_ssm's Mamba)."""

@@ -36,7 +36,9 @@ def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
 
 
 def test_training_benchmark_times_a_step_of_each_preset():
-    output = run_benchmark("bench.bench_training", "--presets", "hybrid-tiny", "transformer-tiny", "--sequence-length", "32")
+    output = run_benchmark(
+        "bench.bench_training", "--presets", "hybrid-tiny", "transformer-tiny", "--sequence-length", "32"
+    )
     assert "hybrid-tiny" in output and "transformer-tiny" in output
 
 

@@ -1,6 +1,8 @@
 """The fast decoding paths give what the plain paths give: the Mamba step, the sampler and compiled decoding."""
 
 import math
+import types
+from unittest import mock
 
 import pytest
 import torch
@@ -8,8 +10,10 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import TopKLogitsWarper
 
 from configuration_music_hybrid import MusicHybridConfig
+import modeling_music_hybrid
 from modeling_music_hybrid import (
-    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper, few_rows_linear,
+    LOG2_E, PACKED_MIN_ROWS, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM,
+    UnsortedTopKWarper, can_pack_weights, decoding_linear, pack_linear_weights,
 )
 
 
@@ -45,15 +49,39 @@ def two_threads():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("rows", [1, 3, 16, 17])
-def test_few_rows_linear_equals_the_layer(rows, two_threads):
+@pytest.mark.parametrize("rows", [1, 3, 4, 16, 17])
+def test_decoding_linear_equals_the_layer(rows, two_threads):
+    """Whichever product runs (split weight blocks, packed weights, the layer itself), the same outputs; a
+    generation of `rows` samples packs the weights from PACKED_MIN_ROWS rows on, where this torch build can."""
     torch.manual_seed(0)
-    linear = torch.nn.Linear(12, 8)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.Linear(8, 6, bias=False))
+    cache = types.SimpleNamespace(packed_weights=pack_linear_weights(model, rows))
+    assert len(cache.packed_weights) == (2 if rows >= PACKED_MIN_ROWS and can_pack_weights() else 0)
     x = torch.randn(rows, 1, 12)
     with torch.no_grad():
-        assert torch.allclose(few_rows_linear(linear, x), linear(x), atol=1e-6)
+        for linear, inputs in ((model[0], x), (model[1], model[0](x))):
+            assert torch.allclose(decoding_linear(linear, inputs, cache), linear(inputs), atol=1e-6)
+        linear = model[0]
         linear.register_forward_hook(lambda module, inputs, output: output * 2)  # hooks are honoured
-        assert torch.allclose(few_rows_linear(linear, x), linear(x), atol=1e-6)
+        assert torch.allclose(decoding_linear(linear, x, cache), linear(x), atol=1e-6)
+
+
+@pytest.mark.skipif(not can_pack_weights(), reason="this torch build cannot pack weights with oneDNN")
+def test_batched_cpu_generation_multiplies_by_packed_weights():
+    """From PACKED_MIN_ROWS samples on, every linear layer of a decoding step runs on its packed weight."""
+    model = tiny_model()
+    packed_calls = []
+    product = modeling_music_hybrid.packed_weight_product
+    with mock.patch.object(
+        modeling_music_hybrid, "packed_weight_product", lambda *args: packed_calls.append(1) or product(*args)
+    ):
+        model.generate(max_new_tokens=3, num_return_sequences=PACKED_MIN_ROWS)
+        packed = len(packed_calls)
+        model.generate(max_new_tokens=3, num_return_sequences=PACKED_MIN_ROWS - 1)
+    linears = sum(isinstance(m, torch.nn.Linear) for m in model.modules())
+    # 3 frames are 12 positions: after the start column, 11 logits and 10 decoding steps in between.
+    assert packed >= 11 + 10 * (linears - 1)
+    assert len(packed_calls) == packed
 
 
 def test_decay_exponents_are_computed_once_per_cache():
@@ -90,8 +118,9 @@ def test_sampler_draws_from_the_softmax_of_the_kept_scores():
 
 def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kind():
     """torch.compile's graph capture of the step (here run op by op) keeps the cache updates and gives the same
-    codes, greedy and sampled with the same seed. The fixed-shape step with dynamic shapes is captured once for
-    batch 1 and once for larger batches, whatever the lengths."""
+    codes, greedy and sampled with the same seed, with and without packed weights. The fixed-shape step with
+    dynamic shapes is captured once per kind of batch (1; 2 or 3; 4 or more, with packed weights on CPU),
+    whatever the lengths."""
     captures = []
 
     def counting_backend(graph_module, example_inputs):
@@ -101,16 +130,18 @@ def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kin
     model = tiny_model()
     prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
     eager_greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    eager_packed = model.generate(prompt.repeat(2, 1, 1), max_new_tokens=6, do_sample=False)
     torch.manual_seed(3)
     eager_sampled = model.generate(prompt, max_new_tokens=6)
     model.compile_decoding(backend=counting_backend)
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
     torch.manual_seed(3)
     assert torch.equal(model.generate(prompt, max_new_tokens=6), eager_sampled)
-    model.generate(prompt.repeat(2, 1, 1), max_new_tokens=300, do_sample=False)  # longer cache, batch 4
+    assert torch.equal(model.generate(prompt.repeat(2, 1, 1), max_new_tokens=6, do_sample=False), eager_packed)
+    model.generate(prompt.repeat(3, 1, 1), max_new_tokens=300, do_sample=False)  # longer cache, batch 6
     model.generate(max_new_tokens=5, do_sample=False)  # batch 1
     model.generate(max_new_tokens=260, do_sample=False)
-    assert len(captures) == 2
+    assert len(captures) == 3
     model.compile_decoding(False)
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
 
