@@ -13,7 +13,6 @@ import copy
 import functools
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -725,30 +724,33 @@ def cpu_threads():
     return torch.get_num_threads()
 
 
-def compiler_opaque(fake):
-    """Make a product a custom op that a compiled step calls as it is (torch.compile's inductor would otherwise
-    rewrite a one-row product into a slower reduction of its own, and cannot trace packed weights); eager calls
-    skip the op's dispatch (about 9 microseconds a call). `fake` gives the output's shape."""
-
-    def wrap(function):
-        name = f"music_hybrid::{function.__name__}"
-        try:
-            op = torch.library.custom_op(name, function, mutates_args=())
-            op.register_fake(fake)
-        except RuntimeError:  # registered already: this file was imported a second time, as remote code
-            op = getattr(torch.ops.music_hybrid, function.__name__)
-
-        @functools.wraps(function)
-        def call(*args):
-            return op(*args) if torch.compiler.is_compiling() else function(*args)
-
-        return call
-
-    return wrap
+# The decoding products as custom ops: a compiled step calls them as they are (see compiler_opaque).
+DECODING_PRODUCTS = torch.library.Library("music_hybrid", "FRAGMENT")
 
 
-@compiler_opaque(lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]))
-def split_weight_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def compiler_opaque(product):
+    """Register a product (x, weight, bias) as a custom op that a compiled step calls as it is: torch.compile's
+    inductor would otherwise rewrite a one-row product into a slower reduction of its own, and it cannot trace
+    packed weights. Eager calls skip the op's dispatch (a few microseconds a call)."""
+    name = product.__name__
+    if not hasattr(torch.ops.music_hybrid, name):  # defined already when this file is imported again as remote code
+        DECODING_PRODUCTS.define(f"{name}(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+        DECODING_PRODUCTS.impl(name, product, "CompositeExplicitAutograd")
+        torch.library.register_fake(
+            f"music_hybrid::{name}", lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
+            lib=DECODING_PRODUCTS,
+        )
+    op = getattr(torch.ops.music_hybrid, name)
+
+    @functools.wraps(product)
+    def call(x, weight, bias):
+        return op(x, weight, bias) if torch.compiler.is_compiling() else product(x, weight, bias)
+
+    return call
+
+
+@compiler_opaque
+def split_weight_product(x, weight, bias):
     """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread."""
     threads = torch.get_num_threads()
     blocks = weight.view(threads, -1, weight.shape[1]).transpose(1, 2)
@@ -756,8 +758,8 @@ def split_weight_product(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     return out if bias is None else out + bias
 
 
-@compiler_opaque(lambda x, packed, bias: x.new_empty(x.shape[0], packed.shape[0]))
-def packed_weight_product(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+@compiler_opaque
+def packed_weight_product(x, packed, bias):
     """x (rows, in) @ weight.T + bias with the weight packed by `pack_linear_weights`."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
