@@ -4,11 +4,12 @@ Three mixers with the same weights (d_model 768, expand 2, d_state 64, dt_rank 4
 ours (the PyTorch path, and the mamba-ssm kernels when they run here), ours with the scan replaced by a plain
 state-carrying PyTorch loop (the fair baseline: autograd through every step), and transformers' `MambaMixer`
 torch path, which materialises the (batch, d_inner, L, d_state) decays before looping. For each length: forward
-under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side. The
-mixer's four projections alone give the floor that no implementation's forward pass can beat.
+under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side. Two
+floors that no implementation's forward pass can beat: the mixer's four projections alone, and the projections
+plus the decays exp(delta A), one exponential per step, channel and state, which every selective scan computes.
 
     python -m bench.bench_scan                          # a few minutes on a 2-core CPU
-    python -m bench.bench_scan --with-slow-baselines    # adds transformers' forward+backward at 2048 (~11 min)
+    python -m bench.bench_scan --with-slow-baselines    # adds transformers' forward+backward at 2048 (10-20 min)
 """
 
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from unittest import mock
 
 import torch
+import torch.nn.functional as F
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +33,7 @@ OURS, OURS_KERNELS, PLAIN_LOOP, TRANSFORMERS = (
     "ours (PyTorch chunked scan)", "ours (mamba-ssm kernels)", "plain PyTorch loop", "transformers MambaMixer (torch)",
 )
 PROJECTIONS = "floor: the 4 projections alone"
+DECAYS = "floor: projections + decays exp(delta A)"
 
 
 def parse_args():
@@ -59,6 +62,7 @@ def main():
     ours = build_our_mixer(args, device)
     mixers = {
         OURS: ours, PLAIN_LOOP: ours, TRANSFORMERS: build_transformers_mixer(args, ours, device), PROJECTIONS: ours,
+        DECAYS: ours,
     }
     if device.type == "cuda" and modeling_music_hybrid.mamba_kernels() is not None:
         mixers[OURS_KERNELS] = build_our_mixer(args, device, implementation="kernels")
@@ -127,17 +131,26 @@ def run_mixer(name, mixer, hidden_states):
     if name == PLAIN_LOOP:
         with mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan):
             return mixer(hidden_states)
-    if name == PROJECTIONS:
-        return projections_alone(mixer, hidden_states)
+    if name in (PROJECTIONS, DECAYS):
+        return projections_alone(mixer, hidden_states, with_decays=name == DECAYS)
     return mixer(hidden_states)
 
 
-def projections_alone(mixer, hidden_states):
+def projections_alone(mixer, hidden_states, with_decays=False, chunk_size=16):
     """in_proj, x_proj, dt_proj and out_proj on tensors of their real shapes: matmuls every implementation
-    runs, so their time is a floor under any mixer's forward pass."""
+    runs, so their time is a floor under any mixer's forward pass. with_decays adds the decays exp(delta_t A)
+    of every step, channel and state, which every selective scan computes at least once: one multiply and one
+    exponential an element, a chunk of steps at a time into one reused buffer (as our scan computes them)."""
     x = mixer.in_proj(hidden_states)[..., : mixer.d_inner]
-    dt = mixer.x_proj(x)[..., : mixer.dt_rank]
-    return mixer.out_proj(x) + mixer.dt_proj(dt).sum()
+    delta = F.softplus(mixer.dt_proj(mixer.x_proj(x)[..., : mixer.dt_rank]))
+    if with_decays:
+        exponents = -torch.exp(mixer.A_log.float()) * modeling_music_hybrid.LOG2_E
+        steps = delta.transpose(0, 1)  # (T, batch, d_inner)
+        decays = delta.new_empty(chunk_size, *steps.shape[1:], exponents.shape[1])
+        for start in range(0, steps.shape[0], chunk_size):
+            chunk = steps[start : start + chunk_size]
+            torch.mul(chunk[..., None], exponents, out=decays[: chunk.shape[0]]).exp2_()
+    return mixer.out_proj(x) + delta.sum()
 
 
 def output_differences(mixers, args, device):
@@ -146,7 +159,7 @@ def output_differences(mixers, args, device):
         reference = run_mixer(OURS, mixers[OURS], hidden_states)
         return {
             name: (run_mixer(name, mixer, hidden_states) - reference).abs().max().item()
-            for name, mixer in mixers.items() if name not in (OURS, PROJECTIONS)
+            for name, mixer in mixers.items() if name not in (OURS, PROJECTIONS, DECAYS)
         }
 
 
@@ -157,7 +170,7 @@ def measure(name, mixer, length, args, device):
     grad_output = torch.randn(hidden_states.shape, device=device, generator=generator)
     slow_baseline = name in (PLAIN_LOOP, TRANSFORMERS) and device.type == "cpu"
     run_forward = not (name == TRANSFORMERS and length > 2048)
-    run_backward = run_forward and name != PROJECTIONS and (
+    run_backward = run_forward and name not in (PROJECTIONS, DECAYS) and (
         args.with_slow_baselines or not slow_baseline or length <= (512 if name == TRANSFORMERS else 2048)
     )
 
@@ -217,7 +230,7 @@ def print_targets(results):
     if (length, OURS) not in results:
         return
     ours, loop, reference = results[length, OURS], results[length, PLAIN_LOOP], results[length, TRANSFORMERS]
-    floor = results[length, PROJECTIONS]
+    projections, decays = results[length, PROJECTIONS], results[length, DECAYS]
 
     def check(label, value, target, verdicts=("met", "NOT met")):
         if value is None:
@@ -230,8 +243,12 @@ def print_targets(results):
     rows = [
         check("forward vs transformers", ratio(reference["forward"], ours["forward"]), 10),
         check(
-            "forward ceiling: transformers / projections alone", ratio(reference["forward"], floor["forward"]), 10,
-            ("reachable", "out of reach on this machine: the matmuls alone take longer"),
+            "forward ceiling: transformers / projections alone", ratio(reference["forward"], projections["forward"]),
+            10, ("reachable", "out of reach on this machine: the matmuls alone take longer"),
+        ),
+        check(
+            "forward ceiling: transformers / (projections + decays)", ratio(reference["forward"], decays["forward"]),
+            10, ("reachable", "out of reach on this machine: the matmuls and decays alone take longer"),
         ),
         check("fwd+bwd vs transformers", ratio(reference["backward"], ours["backward"]), 100),
         check("fwd+bwd vs plain loop", ratio(loop["backward"], ours["backward"]), 2),
