@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from modeling_music_hybrid import SelectiveScan, selective_scan
+import modeling_music_hybrid
+from configuration_music_hybrid import MusicHybridConfig
+from modeling_music_hybrid import MusicHybridForCausalLM, SelectiveScan, codes_to_model_inputs, selective_scan
 
 BATCH, D_INNER, D_STATE, LENGTH = 2, 6, 4, 37
 TOLERANCE = 1e-5
@@ -52,11 +54,15 @@ def outputs_and_gradients(scan, inputs, grad_y, grad_state):
     return [y, last_state] + [t.grad for t in inputs]
 
 
-@pytest.mark.parametrize("chunk_size", [1, 5, 16, 64])
-def test_outputs_and_gradients_match_float64_loop(chunk_size):
+@pytest.mark.parametrize(
+    "chunk_size, compiled",
+    # compiled: every whole chunk runs the torch.compile-fused kernels, a last shorter one the eager code
+    [(1, False), (5, False), (16, False), (64, False), (5, True)],
+)
+def test_outputs_and_gradients_match_float64_loop(chunk_size, compiled):
     grad_y, grad_state = output_gradients(1)
     expected = outputs_and_gradients(reference_scan, scan_inputs(0, dtype=torch.float64), grad_y, grad_state)
-    scan = lambda *inputs: selective_scan(*inputs, chunk_size=chunk_size)  # noqa: E731
+    scan = lambda *inputs: selective_scan(*inputs, chunk_size=chunk_size, compiled=compiled)  # noqa: E731
     actual = outputs_and_gradients(scan, scan_inputs(0), grad_y, grad_state)
     names = ["y", "last_state", "grad_u", "grad_delta", "grad_A", "grad_B", "grad_C", "grad_initial_state"]
     for name, got, want in zip(names, actual, expected):
@@ -76,11 +82,12 @@ def test_without_initial_state_starts_from_zero_and_needs_no_state_gradient():
     assert u.grad is not None and torch.isfinite(A.grad).all()
 
 
-def test_inference_path_equals_training_path_and_keeps_no_graph():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_inference_path_equals_training_path_and_keeps_no_graph(compiled):
     inputs = scan_inputs(3)
-    y_train, state_train = selective_scan(*inputs, chunk_size=7)
+    y_train, state_train = selective_scan(*inputs, chunk_size=7, compiled=compiled)
     with torch.no_grad():
-        y_infer, state_infer = selective_scan(*inputs, chunk_size=7)
+        y_infer, state_infer = selective_scan(*inputs, chunk_size=7, compiled=compiled)
     assert y_infer.grad_fn is None
     assert torch.equal(y_infer, y_train.detach()) and torch.equal(state_infer, state_train.detach())
 
@@ -101,3 +108,28 @@ def test_half_precision_inputs_scan_in_float32():
     y_bf16, state_bf16 = selective_scan(u.bfloat16(), delta.bfloat16(), A, B.bfloat16(), C.bfloat16(), state)
     assert y_bf16.dtype == torch.float32 and state_bf16.dtype == torch.float32
     assert torch.allclose(y_bf16, y_fp32, atol=0.1, rtol=0.05)
+
+
+def test_compiled_mamba_implementation_gives_the_torch_path_outputs_and_gradients(monkeypatch):
+    codes = torch.randint(0, 1024, (2, 9, 14), generator=torch.Generator().manual_seed(6))
+    fused_chunks = []
+    compile_chunk = modeling_music_hybrid.compiled_chunk_function.__wrapped__
+
+    def recording_compiled_chunk_function(function):
+        fused_chunks.append(function.__name__)
+        return compile_chunk(function)
+
+    monkeypatch.setattr(modeling_music_hybrid, "compiled_chunk_function", recording_compiled_chunk_function)
+    results = []
+    for implementation in ("torch", "compiled"):
+        torch.manual_seed(0)
+        config = MusicHybridConfig.from_preset("hybrid-tiny", mamba_implementation=implementation)
+        model = MusicHybridForCausalLM(config)
+        output = model(**codes_to_model_inputs(codes, model.config))
+        output.loss.backward()
+        results.append((output.logits, {name: p.grad for name, p in model.named_parameters()}))
+    # 23 positions: one whole chunk of 16 fused per Mamba layer, the last 7 steps eager
+    assert set(fused_chunks) == {"fused_chunk_forward", "fused_chunk_backward"}
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-5
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), name
