@@ -2,8 +2,9 @@
 
 One step = forward with labels, backward and an AdamW update, on random codes at a sequence length of 2048
 positions (each position carries one token per codebook, 9 for DAC). The Mamba layers run the mamba-ssm kernels
-where they are installed (CUDA), our chunked PyTorch scan elsewhere; the slow baseline replaces that scan with a
-plain state-carrying loop (autograd through every step).
+where they are installed (CUDA), our chunked PyTorch scan elsewhere, and the hybrid presets run a second time with
+that scan's chunks fused by torch.compile (`mamba_implementation="compiled"`); the slow baseline replaces the
+scan with a plain state-carrying loop (autograd through every step).
 
     python -m bench.bench_training                          # a few minutes on a 2-core CPU
     python -m bench.bench_training --with-slow-baselines    # adds hybrid-116m with the plain-loop scan
@@ -28,7 +29,7 @@ from bench.machine import (  # noqa: E402
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs  # noqa: E402
 
-PLAIN_LOOP_SUFFIX = " (plain-loop scan)"
+COMPILED, PLAIN_LOOP = " (compiled scan chunks)", " (plain-loop scan)"  # variants of the hybrid presets
 
 
 def parse_args():
@@ -57,21 +58,23 @@ def main():
          "dtype": args.dtype, "repeats (best counts, after a warm-up step)": args.repeats,
          "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)"},
     )
-    runs = [(name, False) for name in args.presets]
+    hybrids = [name for name in args.presets if name.startswith("hybrid")]
+    runs = [(name, "") for name in args.presets] + [(name, COMPILED) for name in hybrids]
     if args.with_slow_baselines:
-        runs += [(name, True) for name in args.presets if name.startswith("hybrid")]
+        runs += [(name, PLAIN_LOOP) for name in hybrids]
     results = {}
-    for name, plain_loop in runs:
-        label = name + (PLAIN_LOOP_SUFFIX if plain_loop else "")
-        results[label] = measure(name, plain_loop, args, device)
-        print(f"{label}: {results[label]}", file=sys.stderr, flush=True)
+    for name, variant in runs:
+        results[name + variant] = measure(name, variant, args, device)
+        print(f"{name + variant}: {results[name + variant]}", file=sys.stderr, flush=True)
     print_results(results, args)
 
 
-def training_step_fn(name, args, device):
+def training_step_fn(name, args, device, mamba_implementation="auto"):
     """A closure running one training step of a fresh model of preset `name` on fixed random codes."""
     torch.manual_seed(0)
-    config = MusicHybridConfig.from_preset(name, max_position_embeddings=max(8192, args.sequence_length))
+    config = MusicHybridConfig.from_preset(
+        name, max_position_embeddings=max(8192, args.sequence_length), mamba_implementation=mamba_implementation
+    )
     model = MusicHybridForCausalLM(config).to(device).train()
     num_frames = args.sequence_length - config.num_codebooks
     if num_frames <= 0:
@@ -93,12 +96,13 @@ def training_step_fn(name, args, device):
     return step
 
 
-def measure(name, plain_loop, args, device):
-    step = training_step_fn(name, args, device)
+def measure(name, variant, args, device):
+    step = training_step_fn(name, args, device, "compiled" if variant == COMPILED else "auto")
+    plain_loop = variant == PLAIN_LOOP
     scan = mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan) if plain_loop else None
     with scan or contextlib.nullcontext():
         with peak_memory(device) as peak:
-            seconds = best_time(step, device, 1)  # warm-up: allocates the optimizer state
+            seconds = best_time(step, device, 1)  # warm-up: allocates the optimizer state (and compiles)
         if not plain_loop:
             seconds = best_time(step, device, args.repeats)
     positions = args.batch * args.sequence_length
