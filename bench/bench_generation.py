@@ -8,8 +8,10 @@ never read and it does the same work. All three produce the same number of frame
 The bound is batch size x the memory read bandwidth measured in the same run (the sum of a 1 GiB float32 tensor)
 over the parameter bytes: a decoding step reads every weight once. The matmul ceiling is one step's matrix
 products alone, run as our decoding runs them; where it sits below the bound, the matmul kernels, not memory,
-stop us. Cache memory is exact (the cache is allocated up front): what grows per frame is the attention layers'
-keys and values; Mamba state has a fixed size.
+stop us. The matmul + decays ceiling adds what every Mamba decoding step computes besides: the decays
+exp(delta A) of its state, one exponential per sample, channel and state in each Mamba layer. Cache memory is
+exact (the cache is allocated up front): what grows per frame is the attention layers' keys and values; Mamba
+state has a fixed size.
 
     python -m bench.bench_generation                          # MusicGen at 256 frames only
     python -m bench.bench_generation --with-slow-baselines    # MusicGen at 2048 frames too
@@ -33,7 +35,7 @@ from bench.machine import (  # noqa: E402
 )
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
 from modeling_music_hybrid import (  # noqa: E402
-    MusicHybridCache, MusicHybridForCausalLM, decoding_linear, pack_linear_weights,
+    LOG2_E, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decoding_linear, pack_linear_weights,
 )
 
 MUSICGEN = "MusicgenForCausalLM"
@@ -203,25 +205,30 @@ def parameter_bytes(model):
 
 
 def print_bound_table(speeds, models, bandwidth, args, device):
-    """Measured frames/s (first --frames length) against two ceilings per batch size. The bound: a step reads
+    """Measured frames/s (first --frames length) against three ceilings per batch size. The bound: a step reads
     every parameter once, so batch x read bandwidth / parameter bytes. The matmul ceiling: one step's matrix
     products alone, run as our decoding runs them for that batch; where it sits below the bound, the matmul
-    kernels, not memory, stop us. Returns {(name, batch): (bound, matmul ceiling)}."""
+    kernels, not memory, stop us. The matmul + decays ceiling: the products plus the Mamba layers' decays (the
+    matmul ceiling for models without Mamba layers). Returns {(name, batch): (bound, matmul ceiling, matmul +
+    decays ceiling)}."""
     frames = args.frames[0]
     rows, ceilings = [], {}
     for batch in args.batches:
         for name, model in models.items():
             bound = batch * bandwidth / parameter_bytes(model)
-            matmul_seconds = step_matmul_seconds(model, batch, device, args.repeats)
+            mixers = [module for module in model.modules() if isinstance(module, MambaMixer)]
+            matmul_seconds = step_seconds(model, batch, device, args.repeats)
+            decays_seconds = step_seconds(model, batch, device, args.repeats, mixers) if mixers else matmul_seconds
             fps = speeds[name, batch, frames]
-            ceilings[name, batch] = bound, batch / matmul_seconds
+            ceilings[name, batch] = bound, batch / matmul_seconds, batch / decays_seconds
             rows.append([
                 name, batch, f"{parameter_bytes(model) / 1e6:.0f}", f"{bound:.1f}", f"{batch / matmul_seconds:.1f}",
-                f"{linear_bytes(model) / matmul_seconds / 1e9:.1f}", fps_text(fps), ratio_text(bound, fps),
+                f"{linear_bytes(model) / matmul_seconds / 1e9:.1f}", f"{batch / decays_seconds:.1f}", fps_text(fps),
+                ratio_text(bound, fps),
             ])
     print_table(
         [f"model ({frames} frames)", "batch", "parameter MB", "bound frames/s", "matmul ceiling frames/s",
-         "matmul GB/s", "measured frames/s", "bound / measured"],
+         "matmul GB/s", "matmul + decays ceiling frames/s", "measured frames/s", "bound / measured"],
         rows,
     )
     return ceilings
@@ -239,20 +246,27 @@ def linear_bytes(model):
     return sum(module.weight.numel() * module.weight.element_size() for module in decoding_linears(model))
 
 
-def step_matmul_seconds(model, batch, device, repeats):
+def step_seconds(model, batch, device, repeats, mixers=()):
     """Best time of one product per linear layer of a decoding step with `batch` rows, run as our decoding runs
-    them (`decoding_linear`, with weights packed as a generation of that batch packs them)."""
+    them (`decoding_linear`, with weights packed as a generation of that batch packs them), plus the decays
+    exp(delta A) of the given Mamba mixers for the step (into one reused buffer: a fused step keeps them in
+    cache)."""
     linears = decoding_linears(model)
     inputs = [torch.randn(batch, module.in_features, device=device, dtype=module.weight.dtype) for module in linears]
     weights = types.SimpleNamespace(packed_weights=pack_linear_weights(model, batch))
+    exponents = [-torch.exp(mixer.A_log.detach().float()) * LOG2_E for mixer in mixers]
+    deltas = [torch.rand(batch, mixer.d_inner, 1, device=device) for mixer in mixers]
+    decays = torch.empty(batch, *exponents[0].shape, device=device) if mixers else None  # reused, as a fused step
 
-    def products():
+    def step_work():
         with torch.no_grad():
             for module, x in zip(linears, inputs, strict=True):
                 decoding_linear(module, x, weights)
+            for delta, exponent in zip(deltas, exponents, strict=True):
+                torch.mul(delta, exponent, out=decays).exp2_()
 
-    products()
-    return best_time(products, device, max(repeats, 5))
+    step_work()
+    return best_time(step_work, device, max(repeats, 5))
 
 
 def cache_bytes(config, batch, frames, dtype):
@@ -294,7 +308,7 @@ def print_memory_table(models, args):
 
 def print_targets(speeds, models, ceilings, args):
     """The issue's targets for hybrid-116m, eager and compiled, measured in this run at every --frames length.
-    Where a speed target lies above the bound or the matmul ceiling of its batch size, the row says which."""
+    Where a speed target lies above the bound or a ceiling of its batch size, the row says which."""
     hybrid = "hybrid-116m"
     if hybrid not in models or "transformer-162m" not in models:
         return
@@ -304,11 +318,15 @@ def print_targets(speeds, models, ceilings, args):
     def add(label, frames, wanted, value, met, needed=None, batch=None):
         verdict = "" if value is None else ("met" if met else "NOT met")
         if value is not None and not met and needed is not None:
-            bound, matmul_ceiling = ceilings[hybrid, batch]
+            bound, matmul_ceiling, decays_ceiling = ceilings[hybrid, batch]
             if needed > bound:
                 verdict += f" (needs {needed:.0f} frames/s, above the {bound:.0f} frames/s bound)"
             elif needed > matmul_ceiling:
                 verdict += f" (needs {needed:.0f} frames/s, above the {matmul_ceiling:.0f} frames/s matmul ceiling)"
+            elif needed > decays_ceiling:
+                verdict += (
+                    f" (needs {needed:.0f} frames/s, above the {decays_ceiling:.0f} frames/s matmul + decays ceiling)"
+                )
         rows.append([label, frames, wanted, SKIPPED if value is None else value, verdict])
 
     for name in (hybrid, compiled_name(hybrid)):

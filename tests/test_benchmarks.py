@@ -32,7 +32,7 @@ def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
     takes minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
     output = run_benchmark("bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16")
     assert "memory read bandwidth" in output
-    for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured",
+    for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured", "matmul + decays ceiling",
                 "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m"):
         assert row in output
 
