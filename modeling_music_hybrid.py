@@ -1261,11 +1261,8 @@ def fused_chunk_backward(start_state, u, delta, A, exponents, B, C, grad_y, futu
         grad_C.append((states[t + 1] * grad_y[t, ..., None]).sum(1))
         grad_A = grad_A + (grad_exponent * delta[t, ..., None]).sum(0)
         future = decays[t] * g
-    in_time_order = lambda steps: torch.stack(steps[::-1])  # noqa: E731
-    return (
-        in_time_order(grad_u), in_time_order(grad_delta), grad_A, in_time_order(grad_B), in_time_order(grad_C),
-        future,
-    )
+    grad_u, grad_delta, grad_B, grad_C = [torch.stack(steps[::-1]) for steps in (grad_u, grad_delta, grad_B, grad_C)]
+    return grad_u, grad_delta, grad_A, grad_B, grad_C, future
 
 
 @functools.cache
