@@ -655,7 +655,7 @@ class MusicHybridCache:
         not change during a generation, and this saves two passes over (d_inner, d_state) per layer and step."""
         exponents = self.mamba_decay_exponents.get(layer_idx)
         if exponents is None:
-            exponents = self.mamba_decay_exponents[layer_idx] = -torch.exp(A_log.float()) * LOG2_E
+            exponents = self.mamba_decay_exponents[layer_idx] = decay_exponents(A_log)
         return exponents
 
     def per_frame_bytes(self):
@@ -1110,6 +1110,11 @@ class MambaMixer(nn.Module):
 # exp(x) = exp2(x log2(e)): on CPU exp2 costs about a third of exp, and the decays exp(delta A) are most of the
 # scan's arithmetic (one per time step, channel and state).
 LOG2_E = 1.4426950408889634
+
+
+def decay_exponents(A_log):
+    """A log2(e) = -exp(A_log) log2(e): the decays are exp2(delta A log2(e)) (see `LOG2_E`)."""
+    return -torch.exp(A_log.float()) * LOG2_E
 
 
 def selective_scan(u, delta, A, B, C, initial_state=None, chunk_size=16, compiled=False):

@@ -35,7 +35,7 @@ from bench.machine import (  # noqa: E402
 )
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
 from modeling_music_hybrid import (  # noqa: E402
-    LOG2_E, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decoding_linear, pack_linear_weights,
+    MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decay_exponents, decoding_linear, pack_linear_weights,
 )
 
 MUSICGEN = "MusicgenForCausalLM"
@@ -254,7 +254,7 @@ def step_seconds(model, batch, device, repeats, mixers=()):
     linears = decoding_linears(model)
     inputs = [torch.randn(batch, module.in_features, device=device, dtype=module.weight.dtype) for module in linears]
     weights = types.SimpleNamespace(packed_weights=pack_linear_weights(model, batch))
-    exponents = [-torch.exp(mixer.A_log.detach().float()) * LOG2_E for mixer in mixers]
+    exponents = [decay_exponents(mixer.A_log.detach()) for mixer in mixers]
     deltas = [torch.rand(batch, mixer.d_inner, 1, device=device) for mixer in mixers]
     decays = torch.empty(batch, *exponents[0].shape, device=device) if mixers else None  # reused, as a fused step
 

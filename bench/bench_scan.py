@@ -2,10 +2,10 @@
 
 Three mixers with the same weights (d_model 768, expand 2, d_state 64, dt_rank 48, d_conv 4 by default):
 ours (the PyTorch path, eager and with its chunks fused by torch.compile, and the mamba-ssm kernels when they
-run here), ours with the scan replaced by a plain
-state-carrying PyTorch loop (the fair baseline: autograd through every step), and transformers' `MambaMixer`
-torch path, which materialises the (batch, d_inner, L, d_state) decays before looping. For each length: forward
-under torch.no_grad(), forward+backward, and the peak memory of each, then the speedups side by side. Two
+run here), ours with the scan replaced by a plain state-carrying PyTorch loop (the fair baseline: autograd
+through every step), and transformers' `MambaMixer` torch path, which materialises the (batch, d_inner, L,
+d_state) decays before looping. For each length: forward under torch.no_grad(), forward+backward, and the peak
+memory of each, then the speedups side by side. Two
 floors that no implementation's forward pass can beat: the mixer's four projections alone, and the projections
 plus the decays exp(delta A), one exponential per step, channel and state, which every selective scan computes.
 
@@ -146,7 +146,7 @@ def projections_alone(mixer, hidden_states, with_decays=False, chunk_size=16):
     x = mixer.in_proj(hidden_states)[..., : mixer.d_inner]
     delta = F.softplus(mixer.dt_proj(mixer.x_proj(x)[..., : mixer.dt_rank]))
     if with_decays:
-        exponents = -torch.exp(mixer.A_log.float()) * modeling_music_hybrid.LOG2_E
+        exponents = modeling_music_hybrid.decay_exponents(mixer.A_log)
         steps = delta.transpose(0, 1)  # (T, batch, d_inner)
         decays = delta.new_empty(chunk_size, *steps.shape[1:], exponents.shape[1])
         for start in range(0, steps.shape[0], chunk_size):
