@@ -420,7 +420,7 @@ def execute(run: Run) -> dict:
     set_seed(training_args.seed)
     model = load_model(run.model_args, run.config)
     if training_args.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable_activation_checkpointing(model)
     results = {"output_dir": training_args.output_dir}
     if training_args.do_train:
         results.update(train(run, model))
@@ -437,6 +437,13 @@ def load_model(model_args, config) -> MusicHybridForCausalLM:
     if model_args.model_name_or_path:
         return MusicHybridForCausalLM.from_pretrained(model_args.model_name_or_path, config=config)
     return MusicHybridForCausalLM(config)
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward pass. transformers 5.23 renamed
+    gradient_checkpointing_enable to activation_checkpointing_enable; the old name warns from then on."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def train(run: Run, model) -> dict:
