@@ -25,6 +25,8 @@ import types
 from pathlib import Path
 
 import torch
+import transformers
+from packaging import version
 
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -42,6 +44,7 @@ MUSICGEN = "MusicgenForCausalLM"
 TOP_K = 250
 REAL_TIME_FPS = 44100 / 512
 MIN_FRAMES = 9  # one per codebook
+MUSICGEN_MIN_TRANSFORMERS = "5.15"  # MusicgenForCausalLM.generate fails in earlier 5.x releases
 
 
 def parse_args():
@@ -67,6 +70,7 @@ def main():
         raise ValueError("--batches, --frames and --memory-frames must be positive")
     if min(args.frames) < MIN_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_FRAMES}: {MUSICGEN} returns a shorter sequence below that")
+    check_musicgen_generates()
     dtype = getattr(torch, args.dtype)
     print_header(
         "Generation speed and memory", device,
@@ -111,6 +115,14 @@ def main():
     ceilings = print_bound_table(speeds, models, bandwidth, args, device)
     print_memory_table({name: model for name, model in models.items() if name in args.presets + [MUSICGEN]}, args)
     print_targets(speeds, models, ceilings, args)
+
+
+def check_musicgen_generates():
+    if version.parse(transformers.__version__) < version.parse(MUSICGEN_MIN_TRANSFORMERS):
+        raise ValueError(
+            f"the {MUSICGEN} baseline needs transformers >= {MUSICGEN_MIN_TRANSFORMERS} (its generate fails in "
+            f"earlier releases); this is {transformers.__version__}: pip install -U transformers"
+        )
 
 
 def compiled_steps_text(args, device):

@@ -6,6 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import transformers
+from packaging import version
+
+from bench import bench_generation
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,6 +31,10 @@ def test_scan_benchmark_compares_our_mixers_with_the_baselines():
         assert row in output
 
 
+@pytest.mark.skipif(
+    version.parse(transformers.__version__) < version.parse(bench_generation.MUSICGEN_MIN_TRANSFORMERS),
+    reason="the MusicGen baseline cannot generate with this transformers release",
+)
 def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
     """The full-size presets (the target table needs them) for a few frames; --compile is left out (compiling them
     takes minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
@@ -35,6 +43,12 @@ def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
     for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured", "matmul + decays ceiling",
                 "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m"):
         assert row in output
+
+
+def test_generation_benchmark_refuses_a_transformers_whose_musicgen_cannot_generate(monkeypatch):
+    monkeypatch.setattr(transformers, "__version__", "5.14.1")
+    with pytest.raises(ValueError, match="needs transformers >= 5.15"):
+        bench_generation.check_musicgen_generates()
 
 
 def test_training_benchmark_times_a_step_of_each_preset():
