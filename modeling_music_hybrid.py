@@ -666,10 +666,11 @@ class MusicHybridCache:
 def decoding_linear(linear, x, cache=None):
     """linear(x) for the few rows of a decoding step (one per sample), on the fastest CPU product for them.
 
-    CPU BLAS kernels for so few rows are far from the memory bandwidth that bounds decoding: with one row they
-    run on a single core, and from a few rows on they are slower per weight read than one row. So below
-    PACKED_MIN_ROWS rows the weight is split into one block of rows per thread and the blocks run as one batched
-    product on all threads (1.3-1.9x faster on two cores of some CPUs, about even on others); from
+    CPU BLAS kernels for so few rows are often far from the memory bandwidth that bounds decoding: on some CPUs
+    they run one row on a single core, and from a few rows on they are slower per weight read than one row. So
+    below PACKED_MIN_ROWS rows the weight is split into one block of rows per thread and the blocks run as one
+    batched product on all threads (1.3-1.9x faster on two cores of some CPUs; up to 10% slower on others, whose
+    BLAS spreads one row over the cores itself); from
     PACKED_MIN_ROWS rows on, oneDNN multiplies by a copy of the weight that the generation packed once into its
     own layout (`pack_linear_weights`, held by the cache), 1.5-2x faster than BLAS. Each output is the same dot
     product, up to rounding. Anything else goes through the module as usual: GPUs, training, many rows, wrapped
@@ -682,7 +683,7 @@ def decoding_linear(linear, x, cache=None):
     packed = None if cache is None else cache.packed_weights.get(linear)
     if packed is not None:
         out = packed_weight_product(flat, packed, linear.bias)
-    elif rows <= 16 and cpu_threads() > 1 and linear.out_features % cpu_threads() == 0:
+    elif rows <= 16:
         out = split_weight_product(flat, linear.weight, linear.bias)
     else:
         return linear(x)
@@ -718,12 +719,6 @@ def can_pack_weights():
         return False
 
 
-@torch.compiler.assume_constant_result
-def cpu_threads():
-    """torch's CPU thread count, a constant of a compiled step (asking for it inside one breaks the graph)."""
-    return torch.get_num_threads()
-
-
 # The decoding products as custom ops: a compiled step calls them as they are (see compiler_opaque).
 DECODING_PRODUCTS = torch.library.Library("music_hybrid", "FRAGMENT")
 
@@ -751,8 +746,12 @@ def compiler_opaque(product):
 
 @compiler_opaque
 def split_weight_product(x, weight, bias):
-    """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread."""
+    """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread (a plain product on one thread or
+    where the threads do not divide the rows). A compiled step asks for the thread count here, inside the op: in
+    traced code the question would break the graph."""
     threads = torch.get_num_threads()
+    if threads == 1 or weight.shape[0] % threads:
+        return F.linear(x, weight, bias)
     blocks = weight.view(threads, -1, weight.shape[1]).transpose(1, 2)
     out = torch.bmm(x.expand(threads, *x.shape), blocks).transpose(0, 1).reshape(x.shape[0], weight.shape[0])
     return out if bias is None else out + bias
