@@ -188,8 +188,8 @@ def test_resume_after_sigkill_encodes_only_unfinished_tracks(procedural_referenc
 
 def test_two_processes_under_accelerate_match_one(procedural_reference, tmp_path):
     output = tmp_path / "codes"
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    launch += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "data.build_dataset"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "data.build_dataset"]
     command = launch + ["--output_dir", str(output), *_cli_options(PROCEDURAL)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
