@@ -695,7 +695,7 @@ PACKED_MIN_ROWS = 4
 
 
 def is_plain_linear(linear):
-    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in vars(linear)
+    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in linear.__dict__
     return type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
 
 
