@@ -846,7 +846,10 @@ class MusicHybridAttention(nn.Module):
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if cache is not None:
             key, value = cache.update_attention(self.layer_idx, key, value, positions)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        # Plain indexing, which torch.compile traces on every supported torch (older dynamo breaks the graph inside
+        # get_interface's Mapping methods).
+        implementation = self.config._attn_implementation
+        attention = eager_attention_forward if implementation == "eager" else ALL_ATTENTION_FUNCTIONS[implementation]
         output, _ = attention(
             self, query, key, value, attention_mask,
             dropout=self.config.attention_dropout if self.training else 0.0, scaling=self.scaling,
