@@ -117,8 +117,12 @@ def main():
     print_targets(speeds, models, ceilings, args)
 
 
+def musicgen_can_generate():
+    return version.parse(transformers.__version__) >= version.parse(MUSICGEN_MIN_TRANSFORMERS)
+
+
 def check_musicgen_generates():
-    if version.parse(transformers.__version__) < version.parse(MUSICGEN_MIN_TRANSFORMERS):
+    if not musicgen_can_generate():
         raise ValueError(
             f"the {MUSICGEN} baseline needs transformers >= {MUSICGEN_MIN_TRANSFORMERS} (its generate fails in "
             f"earlier releases); this is {transformers.__version__}: pip install -U transformers"
