@@ -152,8 +152,8 @@ def generate_samples(settings: DemoSettings, model_dir: str, samples_dir: str, v
     """An unconditional sample and a continuation of the validation track's first two seconds (its original audio
     is written as reference.wav, and serves as the prompt)."""
     from data.sources import procedural_tracks
-    from generate_audio import generate_audio
-    from streaming_wav import write_wav
+    from generation.pipeline import generate_audio
+    from generation.streaming_wav import write_wav
 
     os.makedirs(samples_dir, exist_ok=True)
     track = next(t for t in procedural_tracks(settings.num_tracks, settings.track_seconds, settings.seed)

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.build_dataset import BuildArguments, run  # noqa: E402
-from data.codec import SAMPLE_RATE  # noqa: E402
+from processing_music_hybrid import SAMPLE_RATE  # noqa: E402
 from data.procedural_music import generate_track  # noqa: E402
 
 FORMATS = {"mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"), "flac": ("FLAC", None), "wav": ("WAV", None)}

@@ -36,9 +36,8 @@ from bench.machine import (  # noqa: E402
     run_cli, setup_machine, synchronize,
 )
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
-from modeling_music_hybrid import (  # noqa: E402
-    MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decay_exponents, decoding_linear, pack_linear_weights,
-)
+from fast_decoding_music_hybrid import decoding_linear, pack_linear_weights  # noqa: E402
+from modeling_music_hybrid import MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decay_exponents  # noqa: E402
 
 MUSICGEN = "MusicgenForCausalLM"
 TOP_K = 250

@@ -10,7 +10,8 @@ import numpy as np
 import soundfile
 import soxr
 
-from .codec import HOP_LENGTH, SAMPLE_RATE, num_frames_for
+from processing_music_hybrid import HOP_LENGTH, SAMPLE_RATE, num_frames_for
+
 from .rejects import RejectedInput
 
 SEGMENT_MODES = ("whole", "first", "chunks")

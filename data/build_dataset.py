@@ -25,8 +25,7 @@ from typing import Literal, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from .audio import plan_segments, read_track
-from .codec import (
+from processing_music_hybrid import (
     HOP_LENGTH,
     PRETRAINED_MODEL_ID,
     SAMPLE_RATE,
@@ -37,10 +36,23 @@ from .codec import (
     pretrained_codec_identity,
     random_codec_identity,
 )
-from .dataset_io import CODES_FEATURES, dataset_card, push_codes_dataset, save_codes_dataset
+
+from .audio import plan_segments, read_track
+from .dataset_io import (
+    CODES_FEATURES,
+    dataset_card,
+    push_codes_dataset,
+    save_codes_dataset,
+)
 from .parts import WorkDir, shard_fingerprint
 from .rejects import Reject, RejectedInput, count_by_reason, write_rejects
-from .sources import default_fma_metadata, fma_tracks, folder_tracks, hf_tracks, procedural_tracks
+from .sources import (
+    default_fma_metadata,
+    fma_tracks,
+    folder_tracks,
+    hf_tracks,
+    procedural_tracks,
+)
 from .splits import make_split_assigner
 
 COMMIT_EVERY_SECONDS = 300  # a kill loses at most this much encoding work (or --part_tracks tracks)

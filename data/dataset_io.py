@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from datasets import DatasetDict, Features, List, Value, load_dataset
 
-from .codec import NUM_CODEBOOKS, check_identity
+from processing_music_hybrid import NUM_CODEBOOKS, check_identity
 
 CODES_FEATURES = Features(
     {

@@ -5,7 +5,7 @@ the same (seed, index) always renders the same track."""
 
 import numpy as np
 
-from .codec import SAMPLE_RATE
+from processing_music_hybrid import SAMPLE_RATE
 
 # tempo range (BPM), bass notes and hats per beat, melody note probability per eighth, kick on every beat
 STYLES = {

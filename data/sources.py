@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .codec import SAMPLE_RATE
+from processing_music_hybrid import SAMPLE_RATE
+
 from .procedural_music import generate_track, track_style
 
 AUDIO_EXTENSIONS = {".mp3", ".ogg", ".oga", ".opus", ".flac", ".wav", ".aif", ".aiff"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from data.codec import load_codec, random_codec_identity
+from processing_music_hybrid import load_codec, random_codec_identity
 
 SOUNDFILE_FORMATS = {
     ".mp3": ("MP3", "MPEG_LAYER_III"),

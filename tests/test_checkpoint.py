@@ -12,6 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
 
+# Every file the remote code imports; save_pretrained must ship each of them.
+SHIPPED_CODE_FILES = {"modeling_music_hybrid.py", "configuration_music_hybrid.py", "fast_decoding_music_hybrid.py"}
 CODEC = {"backend": "random", "model_id": None, "revision": None, "seed": 3, "config_overrides": None,
          "sample_rate": 44100, "hop_length": 512, "num_codebooks": 9, "codebook_size": 1024}
 
@@ -27,8 +29,8 @@ def saved_model(tmp_path, name="hybrid-tiny"):
 def test_save_pretrained_writes_weights_config_generation_config_and_code(tmp_path):
     _, folder = saved_model(tmp_path)
     files = set(os.listdir(folder))
-    assert {"model.safetensors", "config.json", "generation_config.json",
-            "modeling_music_hybrid.py", "configuration_music_hybrid.py"} <= files
+    assert {"model.safetensors", "config.json", "generation_config.json"} <= files
+    assert {name for name in files if name.endswith(".py")} == SHIPPED_CODE_FILES
     assert not any(name.endswith(".bin") for name in files)
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
@@ -46,6 +48,7 @@ def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_iden
     torch.save(inputs["input_ids"], tmp_path / "input_ids.pt")
     expected = model(inputs["input_ids"]).logits
     script = textwrap.dedent(f"""
+        import sys
         import torch
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
@@ -55,6 +58,8 @@ def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_iden
         torch.manual_seed(0)
         codes = model.generate(max_new_tokens=4, num_return_sequences=2)
         assert codes.shape == (2, 9, 4), codes.shape
+        repository_modules = {{name.removesuffix(".py") for name in {sorted(SHIPPED_CODE_FILES)!r}}}
+        assert not repository_modules & set(sys.modules), "the checkpoint used this repository's files"
     """)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from data.build_dataset import build_dataset, main
-from data.codec import Codec
 from data.dataset_io import CODES_FEATURES, load_codes_dataset
 from data.rejects import read_rejects
+from processing_music_hybrid import Codec
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 

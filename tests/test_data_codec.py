@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.codec import Codec, check_identity, load_codec, plan_windows, random_codec_identity
+from processing_music_hybrid import Codec, check_identity, load_codec, plan_windows, random_codec_identity
 from tests.conftest import synthesize
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -75,7 +75,7 @@ def test_same_seed_same_weights_and_a_warning():
 def test_full_size_identity_has_the_real_architecture():
     from transformers import DacConfig
 
-    from data.codec import DAC_44KHZ_CONFIG
+    from processing_music_hybrid import DAC_44KHZ_CONFIG
 
     config = DacConfig(**DAC_44KHZ_CONFIG)
     assert (config.sampling_rate, config.hop_length, config.n_codebooks, config.codebook_size) == (44100, 512, 9, 1024)
@@ -93,7 +93,7 @@ def test_identity_checks():
 def test_in_place_snake_is_bitwise_equal_to_transformers(small_codec):
     from transformers import DacConfig, DacModel
 
-    from data.codec import DAC_44KHZ_CONFIG, SMALL_CONFIG_OVERRIDES
+    from processing_music_hybrid import DAC_44KHZ_CONFIG, SMALL_CONFIG_OVERRIDES
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -115,7 +115,7 @@ def test_missing_descript_package_is_a_clear_error():
 
     if importlib.util.find_spec("dac") is not None:
         pytest.skip("descript-audio-codec is installed")
-    from data.codec import CodecUnavailableError, dac_package_identity
+    from processing_music_hybrid import CodecUnavailableError, dac_package_identity
 
     with pytest.raises(CodecUnavailableError, match="pip install 'music-hybrid\\[dac\\]'"):
         load_codec(dac_package_identity(), device="cpu")

@@ -5,11 +5,15 @@ import math
 
 import pytest
 import torch
+from training_helpers import synthetic_split
 
 from configuration_music_hybrid import MusicHybridConfig
-from evaluation import evaluate_model, format_metrics_table, validation_segments
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
-from training_helpers import synthetic_split
+from training.evaluation import (
+    evaluate_model,
+    format_metrics_table,
+    validation_segments,
+)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 

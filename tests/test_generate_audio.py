@@ -11,12 +11,13 @@ import pytest
 import soundfile
 import torch
 
-from chunked_decoder import ChunkedDecoder
 from configuration_music_hybrid import MusicHybridConfig
-from data.codec import load_codec, random_codec_identity
-from generate_audio import generate_audio, load_prompt_audio, main
+from generate_audio import main
+from generation.chunked_decoder import ChunkedDecoder
+from generation.pipeline import generate_audio, load_prompt_audio
+from generation.streaming_wav import StreamingWavWriter
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
-from streaming_wav import StreamingWavWriter
+from processing_music_hybrid import load_codec, random_codec_identity
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 44100

@@ -10,10 +10,10 @@ from transformers import GenerationConfig
 from transformers.generation.logits_process import TopKLogitsWarper
 
 from configuration_music_hybrid import MusicHybridConfig
-import modeling_music_hybrid
+import fast_decoding_music_hybrid
+from fast_decoding_music_hybrid import PACKED_MIN_ROWS, can_pack_weights, decoding_linear, pack_linear_weights
 from modeling_music_hybrid import (
-    LOG2_E, PACKED_MIN_ROWS, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM,
-    UnsortedTopKWarper, can_pack_weights, decoding_linear, pack_linear_weights,
+    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
 )
 
 
@@ -71,9 +71,9 @@ def test_batched_cpu_generation_multiplies_by_packed_weights():
     """From PACKED_MIN_ROWS samples on, every linear layer of a decoding step runs on its packed weight."""
     model = tiny_model()
     packed_calls = []
-    product = modeling_music_hybrid.packed_weight_product
+    product = fast_decoding_music_hybrid.packed_weight_product
     with mock.patch.object(
-        modeling_music_hybrid, "packed_weight_product", lambda *args: packed_calls.append(1) or product(*args)
+        fast_decoding_music_hybrid, "packed_weight_product", lambda *args: packed_calls.append(1) or product(*args)
     ):
         model.generate(max_new_tokens=3, num_return_sequences=PACKED_MIN_ROWS)
         packed = len(packed_calls)

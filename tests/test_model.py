@@ -11,7 +11,7 @@ from modeling_music_hybrid import (
     codes_to_model_inputs,
     undo_delay_pattern,
 )
-from run_clm_audio import enable_activation_checkpointing
+from training.loop import enable_activation_checkpointing
 
 PRESETS_UNDER_TEST = ["transformer-tiny", "hybrid-tiny", "mamba-tiny"]
 

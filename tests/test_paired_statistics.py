@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from paired_statistics import bootstrap_p_values, compare_losses, holm_adjust, mean_interval
+from comparison.paired_statistics import bootstrap_p_values, compare_losses, holm_adjust, mean_interval
 
 NUM_SEGMENTS = 200
 NUM_CODEBOOKS = 9

@@ -38,3 +38,15 @@ def test_readme_states_the_version_floors_that_ci_tests():
 
 def test_readme_preset_table_is_what_presets_table_prints():
     assert presets_table() in README
+
+
+def test_readme_layout_table_lists_the_tree():
+    """Every tracked root module and folder has a row, and every row names something that exists."""
+    layout = README.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
+    listed = {cell.rstrip("/") for cell in re.findall(r"^\| `([^`]+)` \|", layout, re.MULTILINE)}
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    root_entries = {path.split("/", 1)[0] for path in tracked if not path.startswith(".")}
+    root_entries = {entry for entry in root_entries if entry.endswith(".py") or "/" in entry or (ROOT / entry).is_dir()}
+    assert root_entries == listed
+    for package in ("data", "training", "generation", "comparison"):
+        assert (ROOT / package / "__init__.py").read_text().startswith('"""')

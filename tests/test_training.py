@@ -7,13 +7,26 @@ import pytest
 import torch
 import yaml
 from accelerate import Accelerator
+from training_helpers import (
+    REPO_ROOT,
+    make_codes_dataset,
+    random_codec,
+    read_log,
+    synthetic_split,
+    training_argv,
+)
 from transformers import AutoModelForCausalLM
 
 import run_clm_audio
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM
-from training_data import CodesCollator, CodesWindows, RandomCropBatchSampler, frames_per_segment
-from training_helpers import REPO_ROOT, make_codes_dataset, random_codec, read_log, synthetic_split, training_argv
+from training import loop
+from training.crops import (
+    CodesCollator,
+    CodesWindows,
+    RandomCropBatchSampler,
+    frames_per_segment,
+)
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
@@ -96,12 +109,12 @@ def test_accumulated_gradients_equal_one_large_batch_with_unequal_valid_counts()
             for batch in batches:
                 (model(**batch).loss / len(batches)).backward()
         else:
-            run_clm_audio.accumulate_gradients(accelerator, model, batches, config)
+            loop.accumulate_gradients(accelerator, model, batches, config)
         return torch.cat([parameter.grad.flatten() for parameter in model.parameters()])
 
     large = micro_batches(4, 1)
     small = micro_batches(2, 2)
-    counts = [run_clm_audio.valid_token_counts(batch["labels"])[0].item() for batch in small]
+    counts = [loop.valid_token_counts(batch["labels"])[0].item() for batch in small]
     assert counts[0] != counts[1]
     reference = gradients(large)
     torch.testing.assert_close(gradients(small), reference, rtol=1e-5, atol=1e-7)

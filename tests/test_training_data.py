@@ -3,10 +3,15 @@
 import itertools
 
 import torch
+from training_helpers import synthetic_split
 
 from configuration_music_hybrid import MusicHybridConfig
-from training_data import CodesCollator, CodesWindows, RandomCropBatchSampler, frames_per_segment
-from training_helpers import synthetic_split
+from training.crops import (
+    CodesCollator,
+    CodesWindows,
+    RandomCropBatchSampler,
+    frames_per_segment,
+)
 
 LENGTHS = [40, 90, 70, 120, 25, 60, 100, 80]
 

@@ -15,7 +15,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_codec(seed: int = 0) -> dict:
-    from data.codec import random_codec_identity
+    from processing_music_hybrid import random_codec_identity
 
     return random_codec_identity(seed=seed, small=True)
 

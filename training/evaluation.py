@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_music_hybrid import IGNORE_INDEX
-from training_data import CodesCollator, CodesWindows, frames_per_segment
+from training.crops import CodesCollator, CodesWindows, frames_per_segment
 
 TOP_K = 5
 

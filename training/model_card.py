@@ -8,7 +8,7 @@ import re
 
 from huggingface_hub import ModelCardData
 
-from evaluation import format_metrics_table
+from training.evaluation import format_metrics_table
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -59,7 +59,7 @@ def model_card_text(config, num_parameters, training_arguments, evaluation, data
         'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder", trust_remote_code=True)\n'
         "codes = model.generate(max_new_tokens=430, do_sample=True, temperature=1.0, top_k=250)  "
         "# (1, 9, frames), 86 frames/s\n"
-        "# from data.codec import load_codec; audio = load_codec(model.config.codec).decode(codes)\n```",
+        "# from processing_music_hybrid import load_codec; audio = load_codec(model.config.codec).decode(codes)\n```",
         "## Validation metrics\n\n" + (format_metrics_table(evaluation) if evaluation else "Not evaluated."),
         "## Configuration\n\n```json\n" + config.to_json_string(use_diff=False) + "```",
         "## Training arguments\n\n```json\n" + json.dumps(training_arguments, indent=2, default=str) + "\n```",

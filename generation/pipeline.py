@@ -1,0 +1,323 @@
+"""The work behind generate_audio.py: check the request, load model and codec, generate codes in batches,
+decode them in chunks as they arrive, and write each sample as a WAV file (streamed or complete on finish)."""
+
+import json
+import math
+import os
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+import torch
+from tqdm.auto import tqdm
+
+from generation.chunked_decoder import ChunkedDecoder
+from generation.streaming_wav import StreamingWavWriter
+
+LONG_FORM_MODES = ("window", "sliding")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class GenerationResult:
+    paths: list  # one WAV per sample
+    codes: torch.Tensor  # (num_samples, K, prompt frames + new frames), natural layout
+    audio_seconds: float  # new audio generated, all samples together
+    elapsed_seconds: float  # generation and decoding, after loading
+
+    @property
+    def real_time_factor(self):
+        """Seconds of computation per second of audio: below 1 is faster than real time."""
+        return self.elapsed_seconds / self.audio_seconds
+
+
+@dataclass
+class Plan:
+    """Everything checked before any work: settings, lengths, codec and prompt."""
+
+    codec_identity: dict
+    prompt_audio: np.ndarray | None  # mono, 44.1 kHz, cut to whole codec frames
+    new_frames: int
+    new_samples: int
+    sampling: dict
+    context_window: int | None
+
+
+
+def generate_audio(
+    model_name_or_path,
+    output_dir,
+    num_samples=1,
+    duration=10.0,
+    prompt=None,
+    continuation_only=False,
+    temperature=1.0,
+    top_k=250,
+    top_p=1.0,
+    seed=0,
+    batch_size=4,
+    long_form=None,
+    context_window=None,
+    stream=False,
+    chunk_seconds=1.0,
+    codec=None,
+    device=None,
+    dtype="float32",
+    prefix="sample",
+    progress=True,
+    compile_decoding=False,
+):
+    """Generate `num_samples` WAV files of `duration` seconds of new audio each; see the module docstring.
+
+    temperature / top_k / top_p: one value or a list with one value per codebook. prompt: an audio file path.
+    codec: the codec identity (dict) or the --codec text expected; the checkpoint's recorded codec is used.
+    compile_decoding: run the decoding steps compiled (`MusicHybridForCausalLM.compile_decoding`), as CUDA graphs
+    on a GPU.
+    """
+    from modeling_music_hybrid import MusicHybridForCausalLM
+    from processing_music_hybrid import load_codec
+
+    _check_run_settings(num_samples, batch_size, chunk_seconds, dtype)
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    plan = plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    codec = load_codec(plan.codec_identity, device=device)
+    model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
+    if compile_decoding:
+        model.compile_decoding(cuda_graph=True)
+    prompt_codes = None
+    if plan.prompt_audio is not None:
+        prompt_codes = codec.encode([plan.prompt_audio])[0][None]
+
+    sample_rate = plan.codec_identity["sample_rate"]
+    frame_rate = sample_rate / plan.codec_identity["hop_length"]
+    num_batches = math.ceil(num_samples / batch_size)
+    torch.manual_seed(seed)
+    started = time.perf_counter()
+    paths, codes = [], []
+    with tqdm(total=num_batches * plan.new_frames, unit="frame", desc="generating", disable=not progress) as bar:
+        for batch_start in range(0, num_samples, batch_size):
+            batch_paths = [
+                output_dir / f"{prefix}_{index:03d}.wav"
+                for index in range(batch_start, min(num_samples, batch_start + batch_size))
+            ]
+            written_paths = (
+                batch_paths if stream else [path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
+            )
+            with ExitStack() as files:
+                writers = [files.enter_context(StreamingWavWriter(path, sample_rate)) for path in written_paths]
+                streamer = WavStreamer(
+                    codec,
+                    writers,
+                    prompt_codes,
+                    None if continuation_only else plan.prompt_audio,
+                    plan.new_samples,
+                    chunk_frames=max(1, round(chunk_seconds * frame_rate)),
+                    progress=FrameProgress(bar, frame_rate),
+                )
+                codes.append(
+                    model.generate(
+                        prompt_codes,
+                        max_new_tokens=plan.new_frames,
+                        num_return_sequences=len(batch_paths),
+                        streamer=streamer,
+                        long_form=long_form,
+                        context_window=plan.context_window,
+                        **plan.sampling,
+                    ).cpu()
+                )
+            if not stream:
+                for written, final in zip(written_paths, batch_paths):
+                    os.replace(written, final)
+            paths += batch_paths
+    elapsed = time.perf_counter() - started
+    return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
+
+
+def plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec):
+    """Check the request against the checkpoint's config (not its weights); raise ValueError on the first problem."""
+    from configuration_music_hybrid import MusicHybridConfig
+
+    if not duration or duration <= 0 or not math.isfinite(duration):
+        raise ValueError(f"--duration must be a positive number of seconds, got {duration}")
+    if long_form not in (None, *LONG_FORM_MODES):
+        raise ValueError(f"--long-form must be one of {LONG_FORM_MODES}, got {long_form!r}")
+    try:
+        config = MusicHybridConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the checkpoint config of {model_name_or_path}: {error}") from None
+    codec_identity = resolve_codec_identity(config, codec)
+    sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
+    prompt_audio = None if prompt is None else load_prompt_audio(prompt, sample_rate, hop_length)
+    new_samples = round(duration * sample_rate)
+    new_frames = math.ceil(new_samples / hop_length)
+    prompt_frames = 0 if prompt_audio is None else len(prompt_audio) // hop_length
+    sampling = {name: _check_per_codebook(name, value, config.num_codebooks) for name, value in sampling.items()}
+    frame_seconds = hop_length / sample_rate
+    context_window = check_context(config, prompt_frames, new_frames, long_form, context_window, frame_seconds)
+    return Plan(codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window)
+
+
+def load_prompt_audio(path, sample_rate, hop_length):
+    """Read any soundfile-readable file, downmix to mono, resample; cut to whole codec frames (at most 11.6 ms)."""
+    try:
+        audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
+        raise ValueError(f"cannot read the prompt file {path}: {error}") from None
+    audio = audio.mean(axis=1)
+    if file_rate != sample_rate and len(audio):
+        audio = soxr.resample(audio, file_rate, sample_rate).astype(np.float32)
+    whole_frames = len(audio) // hop_length * hop_length
+    if whole_frames == 0:
+        raise ValueError(
+            f"the prompt file {path} holds less than one codec frame ({hop_length / sample_rate * 1000:.1f} ms)"
+        )
+    return audio[:whole_frames]
+
+
+def resolve_codec_identity(config, requested=None):
+    """The codec recorded in the checkpoint, checked against the one requested (if any) and the model's codebooks."""
+    from processing_music_hybrid import check_identity
+
+    requested = parse_codec_argument(requested)
+    recorded = config.codec
+    if recorded is None and requested is None:
+        raise ValueError("the checkpoint records no codec; name the one its codes come from with --codec")
+    if recorded is not None and requested is not None:
+        differing = {
+            key: (recorded.get(key), value)
+            for key, value in requested.items()
+            if value is not None and recorded.get(key) != value
+        }
+        if differing:
+            details = ", ".join(
+                f"{key}: checkpoint {have!r}, requested {want!r}" for key, (have, want) in differing.items()
+            )
+            raise ValueError(f"the checkpoint was trained on a different codec than requested ({details})")
+    identity = recorded if recorded is not None else requested
+    check_identity(identity)
+    if (identity["num_codebooks"], identity["codebook_size"]) != (config.num_codebooks, config.codebook_size):
+        raise ValueError(
+            f"the model predicts {config.num_codebooks} codebooks of {config.codebook_size} codes but the codec has "
+            f"{identity['num_codebooks']} of {identity['codebook_size']}"
+        )
+    return identity
+
+
+def parse_codec_argument(requested):
+    """A codec identity from a dict, JSON text, a JSON file or a DAC model id (None stays None)."""
+    from processing_music_hybrid import pretrained_codec_identity
+
+    if requested is None or isinstance(requested, dict):
+        return requested
+    text = str(requested)
+    try:
+        if text.lstrip().startswith("{"):
+            return json.loads(text)
+        if text.endswith(".json"):
+            return json.loads(Path(text).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read the codec identity {text!r}: {error}") from None
+    return pretrained_codec_identity(text)
+
+
+def check_context(config, prompt_frames, new_frames, long_form, context_window, frame_seconds):
+    """The context window generate() gets; errors when the request does not fit the model's positions."""
+    positions = config.max_position_embeddings
+    frames_per_context = positions - config.num_codebooks  # start column + K - 1 delay slots
+    if long_form is None:
+        if prompt_frames > frames_per_context:
+            raise ValueError(
+                f"the prompt ({prompt_frames * frame_seconds:.1f} s) is longer than the model's context "
+                f"({frames_per_context * frame_seconds:.1f} s); pass --long-form window or sliding"
+            )
+        if prompt_frames + new_frames > frames_per_context:
+            raise ValueError(
+                f"prompt + duration ({(prompt_frames + new_frames) * frame_seconds:.1f} s) exceed the model's context "
+                f"({frames_per_context * frame_seconds:.1f} s); pass --long-form window or sliding"
+            )
+        return None
+    if long_form == "sliding" and config.position_embedding_type == "learned":
+        raise ValueError("--long-form sliding needs a model without learned positions (RoPE or none); use window")
+    if context_window is None:
+        return frames_per_context // 2 if long_form == "window" else positions
+    limit = frames_per_context if long_form == "window" else None
+    if context_window < 1 or (limit is not None and context_window >= limit):
+        bound = f" below the model's {limit}" if limit is not None else ""
+        raise ValueError(f"--context-window must be a positive number of frames{bound}, got {context_window}")
+    return context_window
+
+
+class FrameProgress:
+    """Progress in frames with the seconds of audio they make."""
+
+    def __init__(self, bar, frame_rate):
+        self.bar = bar
+        self.frame_rate = frame_rate
+
+    def update(self, frames):
+        self.bar.update(frames)
+        self.bar.set_postfix_str(f"{self.bar.n / self.frame_rate:.1f} s of audio", refresh=False)
+
+
+class WavStreamer:
+    """A generate() streamer: decodes new frames in overlapping chunks and appends the audio to one WAV per row.
+
+    The files start with the prompt audio (if any); each ends after exactly `max_new_samples` new samples.
+    """
+
+    def __init__(self, codec, writers, prompt_codes, prompt_audio, max_new_samples, chunk_frames, progress):
+        self.writers = writers
+        self.progress = progress
+        self.remaining = [max_new_samples] * len(writers)
+        prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
+        self.decoder = ChunkedDecoder(codec, chunk_frames=chunk_frames, start_frame=prompt_frames)
+        if prompt_codes is not None:
+            self.decoder.push(prompt_codes.expand(len(writers), -1, -1))  # decoding context only
+        if prompt_audio is not None:
+            for writer in writers:
+                writer.append(prompt_audio)
+
+    def put(self, frames):
+        self.progress.update(frames.shape[-1])
+        self._append(self.decoder.push(frames))
+
+    def end(self):
+        self._append(self.decoder.flush())
+
+    def _append(self, audio):
+        for row, (writer, samples) in enumerate(zip(self.writers, audio)):
+            kept = samples[: self.remaining[row]]
+            if kept.size:
+                writer.append(kept)
+                self.remaining[row] -= kept.size
+
+
+def _check_run_settings(num_samples, batch_size, chunk_seconds, dtype):
+    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    if chunk_seconds <= 0:
+        raise ValueError(f"--chunk-seconds must be positive, got {chunk_seconds}")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+
+
+def _check_per_codebook(name, value, num_codebooks):
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if len(values) not in (1, num_codebooks):
+        raise ValueError(
+            f"--{name.replace('_', '-')} takes one value or {num_codebooks} (one per codebook), got {len(values)}"
+        )
+    return list(values) if len(values) > 1 else values[0]
+
+
+def one_or_list(values):
+    return values[0] if len(values) == 1 else values
