@@ -292,6 +292,9 @@ def train(run: Run, model) -> dict:
         batch_sampler=sampler,
         collate_fn=CodesCollator(config),
         num_workers=args.dataloader_num_workers,
+        # Creating an iterator draws a worker base seed; from torch's global generator it would shift every dropout
+        # mask after a resume (the iterator is made after load_state restored that generator). The crops use no RNG.
+        generator=torch.Generator(),
     )
     effective_batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * accelerator.num_processes
     accelerator.print(
