@@ -54,6 +54,11 @@ class MusicHybridConfig(PretrainedConfig):
         codebook_loss_weights: optional per-codebook weights of the loss (a weighted mean).
         codec: identity of the codec the codes come from (backend, model id, revision or seed, rates), so that
             generated codes are decoded with the same codec.
+        genres: names of the genres the model is conditioned on, or None for an unconditional model. A conditional
+            model has one embedding row per genre plus the null genre (id `len(genres)`, "no genre given"), added to
+            every position; `generate(genre=..., guidance_scale=...)` samples with classifier-free guidance.
+        condition_dropout: probability that a training example sees the null genre instead of its own (what
+            classifier-free guidance needs: the same model must also predict without a genre).
     """
 
     model_type = "music_hybrid"
@@ -99,6 +104,8 @@ class MusicHybridConfig(PretrainedConfig):
         label_smoothing=0.0,
         codebook_loss_weights=None,
         codec=None,
+        genres=None,
+        condition_dropout=0.0,
         use_cache=True,
         tie_word_embeddings=False,
         **kwargs,
@@ -138,6 +145,8 @@ class MusicHybridConfig(PretrainedConfig):
         self.label_smoothing = label_smoothing
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
         self.codec = codec
+        self.genres = None if genres is None else list(genres)
+        self.condition_dropout = condition_dropout
         self.use_cache = use_cache
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
         # Our checks run first so that errors name our fields (PretrainedConfig checks layer_types too).
@@ -172,6 +181,21 @@ class MusicHybridConfig(PretrainedConfig):
     @property
     def num_attention_layers(self):
         return self.layer_types.count(ATTENTION)
+
+    @property
+    def null_genre_id(self):
+        """The id of "no genre": the row after the named genres (None for an unconditional model)."""
+        return None if self.genres is None else len(self.genres)
+
+    def genre_id(self, genre):
+        """The id of a genre name; None (no genre) is the null genre. Unknown names raise, listing the known ones."""
+        if self.genres is None:
+            raise ValueError("this model is unconditional (config.genres is None): it takes no genre")
+        if genre is None:
+            return self.null_genre_id
+        if genre not in self.genres:
+            raise ValueError(f"unknown genre {genre!r}; this model knows {self.genres}")
+        return self.genres.index(genre)
 
     def validate_fields(self):
         def fail(field, message):
@@ -226,6 +250,15 @@ class MusicHybridConfig(PretrainedConfig):
                 fail("codebook_loss_weights", "must be non-negative with a positive sum")
         if not 0.0 <= self.label_smoothing < 1.0:
             fail("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
+        if self.genres is not None:
+            if not self.genres or not all(isinstance(genre, str) and genre for genre in self.genres):
+                fail("genres", f"must be None or a non-empty list of non-empty names, got {self.genres!r}")
+            if len(set(self.genres)) != len(self.genres):
+                fail("genres", f"names must be unique, got {self.genres!r}")
+        if not isinstance(self.condition_dropout, (int, float)) or not 0.0 <= self.condition_dropout < 1.0:
+            fail("condition_dropout", f"must be in [0, 1), got {self.condition_dropout!r}")
+        if self.condition_dropout and self.genres is None:
+            fail("condition_dropout", "needs genres: an unconditional model has no condition to drop")
 
     @classmethod
     def from_preset(cls, name, **overrides):

@@ -127,26 +127,27 @@ class CUDAGraphStep:
         self.decode = decode
         self.graph = self.recorded_for = None
 
-    def __call__(self, input_ids, positions, cache):
+    def __call__(self, input_ids, positions, cache, genre_ids=None):
         if self.recorded_for != cache.visible_length:
-            self.record(input_ids, positions, cache)
+            self.record(input_ids, positions, cache, genre_ids)
         self.input_ids.copy_(input_ids)
         self.positions.copy_(positions)
         self.graph.replay()
         return self.output  # overwritten by the next replay
 
-    def record(self, input_ids, positions, cache):
+    def record(self, input_ids, positions, cache, genre_ids):
+        """genre_ids stay the same for a whole generation: the graph reads them where they are."""
         self.input_ids, self.positions = input_ids.clone(), positions.clone()
         states = [*cache.conv_states.values(), *cache.ssm_states.values()]
         saved = [state.clone() for state in states]
         side_stream = torch.cuda.Stream()
         side_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side_stream):
-            self.decode(self.input_ids, self.positions, cache)
+            self.decode(self.input_ids, self.positions, cache, genre_ids)
         torch.cuda.current_stream().wait_stream(side_stream)
         for state, kept in zip(states, saved):
             state.copy_(kept)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.output = self.decode(self.input_ids, self.positions, cache)
+            self.output = self.decode(self.input_ids, self.positions, cache, genre_ids)
         self.recorded_for = cache.visible_length

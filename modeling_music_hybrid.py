@@ -110,7 +110,13 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
 
 
 class MusicHybridModel(MusicHybridPreTrainedModel):
-    """Embeddings (one table per codebook, summed), positions, the decoder layers and the final norm."""
+    """Embeddings (one table per codebook, summed), the genre (conditional models), positions, the decoder layers
+    and the final norm.
+
+    A conditional model adds its genre's embedding (the null genre's when none is given) to every position, next to
+    the code embeddings: every layer type sees it at every step without a cache of its own, so a decoding step
+    equals the full forward pass as it does unconditionally, and the positions stay those of the codes.
+    """
 
     def __init__(self, config):
         super().__init__(config)
@@ -123,6 +129,10 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
             self.embed_positions = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         elif config.position_embedding_type == "rope":
             self.rotary_emb = RotaryEmbedding(config)
+        if config.genres is not None:
+            # The null genre is the last row. Made from zeros, without random draws (see _init_weights).
+            rows = len(config.genres) + 1
+            self.embed_genres = nn.Embedding(rows, config.hidden_size, _weight=torch.zeros(rows, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout)
         self.layers = nn.ModuleList(MusicHybridDecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -131,12 +141,19 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        if module is getattr(self, "embed_genres", None):
+            # Zeros (and no random draws): a new conditional model, or one fine-tuned from an unconditional
+            # checkpoint, starts as the unconditional model with the same seed and learns the genres from there.
+            init.zeros_(module.weight)
+            return
         super()._init_weights(module)
         if module is self:  # a non-persistent buffer: rebuilt after meta-device loading
             init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
 
-    def forward(self, input_ids, cache=None):
-        """input_ids (B, K, T) -> final hidden states (B, T, hidden); with a cache, continue from it and advance it."""
+    def forward(self, input_ids, cache=None, genre_ids=None):
+        """input_ids (B, K, T) -> final hidden states (B, T, hidden); with a cache, continue from it and advance it.
+        genre_ids: (B,) genre ids of a conditional model, None for the null genre (see `check_genre_ids`)."""
+        genre_ids = check_genre_ids(genre_ids, self.config, input_ids.shape[0], input_ids.device)
         past_length = 0 if cache is None else cache.length
         seq_length = input_ids.shape[2]
         if self.config.position_embedding_type == "learned" and past_length + seq_length > self.config.max_position_embeddings:
@@ -145,13 +162,14 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
                 f"{self.config.max_position_embeddings} of this model (learned positions)"
             )
         positions = torch.arange(past_length, past_length + seq_length, device=input_ids.device)
-        hidden_states = self.decode(input_ids, positions, cache)
+        hidden_states = self.decode(input_ids, positions, cache, genre_ids)
         if cache is not None:
             cache.advance(seq_length)
         return hidden_states
 
-    def decode(self, input_ids, positions, cache=None):
-        """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller.
+    def decode(self, input_ids, positions, cache=None, genre_ids=None):
+        """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller; a conditional model
+        needs `genre_ids` (B,) here (checked by `forward`).
 
         For one position and a fixed-shape cache this reads no Python value that changes from step to step, and
         its shapes change only when the cache shows more slots: `compile_decoding` compiles it (with dynamic
@@ -160,6 +178,8 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         seq_length = input_ids.shape[2]
         token_ids = input_ids + self.codebook_offsets[None, :, None]
         hidden_states = self.embed_tokens(token_ids).sum(dim=1)
+        if self.config.genres is not None:
+            hidden_states = hidden_states + self.embed_genres(genre_ids)[:, None]
         rotary = None
         if self.config.position_embedding_type == "learned":
             hidden_states = hidden_states + self.embed_positions(positions)
@@ -217,16 +237,19 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         self._compiled_decode, self._decode_with_cuda_graph = None, False  # see compile_decoding
         log_mamba_path_once(config)
 
-    def forward(self, input_ids, labels=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs):
+    def forward(
+        self, input_ids, labels=None, genre_ids=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs
+    ):
         """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
-        where nothing is predicted (see `codes_to_model_inputs`). With `use_cache`, a new `MusicHybridCache` is
-        made when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all)."""
+        where nothing is predicted (see `codes_to_model_inputs`). genre_ids: (B,) int64 genre ids of a conditional
+        model (`config.genre_id(name)`; None: the null genre). With `use_cache`, a new `MusicHybridCache` is made
+        when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all)."""
         check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
         if use_cache and cache is None:
             cache = MusicHybridCache(
                 self.config, input_ids.shape[0], self.config.max_position_embeddings, input_ids.device, self.dtype
             )
-        hidden_states = self.model(input_ids, cache)
+        hidden_states = self.model(input_ids, cache, genre_ids)
         logits = self.codebook_logits(hidden_states[:, -logits_to_keep:])
         loss = codebook_losses = None
         if labels is not None:
@@ -248,11 +271,19 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         return logits.transpose(1, 2)
 
     @torch.no_grad()
-    def generate(self, input_ids=None, generation_config=None, streamer=None, long_form=None, context_window=None, **kwargs):
+    def generate(
+        self, input_ids=None, generation_config=None, streamer=None, long_form=None, context_window=None, genre=None,
+        **kwargs,
+    ):
         """Sample codes, returned in natural layout (B * num_return_sequences, K, T + max_new_tokens) as int64.
 
         input_ids: None (unconditional) or prompt codes (B, K, T) in natural layout, ids in [0, codebook_size).
         Rows i*n ... (i+1)*n-1 continue prompt i (n = num_return_sequences), each an independent sample.
+        genre (conditional models): None (the null genre), a name for every row, or a list of names (None entries
+            allowed) with one per prompt or one per returned row.
+        guidance_scale (conditional models, a generation-config field): g > 1 samples with classifier-free
+            guidance, each codebook's logits null + g * (cond - null), from one batch holding every row twice
+            (with its genre and with the null genre); None or 1: plain conditional sampling.
         temperature, top_k and top_p may be one value or a list of one value per codebook.
         streamer: an object with put(frames) and end(); put gets each new frame (B*n, K, 1) once all its codebooks
             are known.
@@ -263,9 +294,11 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         """
         config = generation_config_with_overrides(generation_config or self.generation_config, kwargs)
         prompt = prepare_prompt(input_ids, self.config, self.device)
+        num_prompts = prompt.shape[0]
         prompt = prompt.repeat_interleave(config.num_return_sequences or 1, dim=0)
         if prompt.shape[0] == 0:
             raise ValueError("input_ids has an empty batch")
+        condition = GenreCondition.for_generation(self.config, genre, config.guidance_scale, num_prompts, prompt)
         max_new_tokens = config.max_new_tokens
         if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be a positive number of frames, got {max_new_tokens!r}")
@@ -276,9 +309,9 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             if self.config.position_embedding_type == "learned":
                 raise ValueError('long_form="sliding" needs a model without learned positions; use long_form="window"')
             window = check_context_window(context_window)
-            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer, attention_window=window)
+            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer, condition, attention_window=window)
         elif long_form == "window":
-            codes = self.generate_windowed(prompt, max_new_tokens, sampler, streamer, context_window)
+            codes = self.generate_windowed(prompt, max_new_tokens, sampler, streamer, condition, context_window)
         elif long_form is None:
             needed = prompt.shape[2] + max_new_tokens + num_codebooks
             if self.config.position_embedding_type == "learned" and needed > position_limit:
@@ -286,14 +319,14 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
                     f"{prompt.shape[2]} prompt + {max_new_tokens} new frames need {needed} positions, more than this "
                     f"model's {position_limit}: shorten the request or pass long_form='window'"
                 )
-            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer)
+            codes = self.generate_frames(prompt, max_new_tokens, sampler, streamer, condition)
         else:
             raise ValueError(f"long_form must be None, 'window' or 'sliding', got {long_form!r}")
         if streamer is not None:
             streamer.end()
         return codes
 
-    def generate_windowed(self, prompt, max_new_tokens, sampler, streamer, context_window):
+    def generate_windowed(self, prompt, max_new_tokens, sampler, streamer, condition, context_window):
         """Windowed continuation: generate while the positions last, then restart from the last frames."""
         num_codebooks = self.config.num_codebooks
         frames_per_context = self.config.max_position_embeddings - num_codebooks
@@ -303,7 +336,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         while remaining:
             context = codes[:, :, -window:] if codes.shape[2] > window else codes
             step = min(remaining, frames_per_context - context.shape[2])
-            new = self.generate_frames(context, step, sampler, streamer)[:, :, context.shape[2] :]
+            new = self.generate_frames(context, step, sampler, streamer, condition)[:, :, context.shape[2] :]
             codes = torch.cat([codes, new], dim=2)
             remaining -= step
         return codes
@@ -324,8 +357,9 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         self._compiled_decode = torch.compile(self.model.decode, **compile_options) if enabled else None
         self._decode_with_cuda_graph = enabled and cuda_graph
 
-    def generate_frames(self, prompt, max_new_tokens, sampler, streamer, attention_window=None):
-        """The decoding loop over delayed positions: prefill the prompt, then one position per step."""
+    def generate_frames(self, prompt, max_new_tokens, sampler, streamer, condition, attention_window=None):
+        """The decoding loop over delayed positions: prefill the prompt, then one position per step. The model
+        runs on `condition.model_rows` of the sampled rows (each row twice under guidance)."""
         batch, num_codebooks, prompt_frames = prompt.shape
         total_frames = prompt_frames + max_new_tokens
         num_positions = total_frames + num_codebooks  # start column + delayed frames
@@ -340,18 +374,20 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         sampled = (frame_of >= prompt_frames) & (frame_of < total_frames)
 
         compiled = self._compiled_decode
+        model_rows, genre_ids = condition.num_model_rows(batch), condition.model_genre_ids
         cache = MusicHybridCache(
-            self.config, batch, num_positions, prompt.device, self.dtype, attention_window=attention_window,
+            self.config, model_rows, num_positions, prompt.device, self.dtype, attention_window=attention_window,
             fixed_shape=compiled is not None,
         )
-        cache.packed_weights = pack_linear_weights(self, batch)
+        cache.packed_weights = pack_linear_weights(self, model_rows)
         decode = compiled or self.model.decode
         if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
             decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
-        hidden = self.model(tokens[:, :, :prefill_length], cache)
+        hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids)
         for position in range(prefill_length, num_positions):
-            logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(batch, num_codebooks, -1)
+            logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(model_rows, num_codebooks, -1)
+            logits = condition.guided_logits(logits)
             tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
             complete_frame = position - num_codebooks
             if streamer is not None and complete_frame >= prompt_frames:
@@ -359,9 +395,70 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             if position + 1 < num_positions:
                 positions = torch.full((1,), position, device=prompt.device)
                 # A contiguous copy: the same strides for every request length (a compiled step guards on them).
-                hidden = decode(tokens[:, :, position : position + 1].contiguous(), positions, cache)
+                hidden = decode(condition.model_rows(tokens[:, :, position : position + 1]), positions, cache, genre_ids)
                 cache.advance(1)
         return undo_delay_pattern(tokens[:, :, 1:])
+
+
+class GenreCondition:
+    """The genres of a generation's rows and its guidance scale, and how the model runs them.
+
+    Under guidance (g > 1) the model runs every row twice in one batch, first with its genre, then with the null
+    genre, through one cache; each codebook's logits become null + g * (cond - null) before sampling. Otherwise
+    it runs the rows once (with their genres, or unconditionally).
+    """
+
+    def __init__(self, genre_ids=None, guidance_scale=None, null_genre_id=None):
+        self.guidance_scale = guidance_scale
+        self.guided = guidance_scale is not None and guidance_scale != 1
+        if self.guided:
+            genre_ids = torch.cat([genre_ids, torch.full_like(genre_ids, null_genre_id)])
+        self.model_genre_ids = genre_ids  # (model rows,) or None for an unconditional model
+
+    @classmethod
+    def for_generation(cls, config, genre, guidance_scale, num_prompts, prompt):
+        """Check generate()'s genre and guidance_scale against the model; genres per row of `prompt` (num_prompts
+        prompts repeated num_return_sequences times)."""
+        if config.genres is None:
+            if genre is not None:
+                raise ValueError("genre= needs a genre-conditioned model; this model is unconditional (no genres)")
+            if guidance_scale is not None:
+                raise ValueError("guidance_scale needs a genre-conditioned model; this model is unconditional")
+            return cls()
+        rows = prompt.shape[0]
+        names = list(genre) if isinstance(genre, (list, tuple)) else [genre]
+        if len(names) == num_prompts:
+            names = [name for name in names for _ in range(rows // num_prompts)]
+        elif len(names) == 1:
+            names = names * rows
+        elif len(names) != rows:
+            raise ValueError(
+                f"genre needs one name, one per prompt ({num_prompts}) or one per returned row ({rows}); "
+                f"got {len(names)}"
+            )
+        genre_ids = torch.tensor([config.genre_id(name) for name in names], device=prompt.device)
+        if guidance_scale is not None:
+            if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+                math.isfinite(guidance_scale) and guidance_scale >= 1
+            ):
+                raise ValueError(f"guidance_scale must be a number >= 1 (1: no guidance), got {guidance_scale!r}")
+            if all(name is None for name in names):
+                raise ValueError("guidance_scale needs a genre to guide towards: pass genre=")
+        return cls(genre_ids, guidance_scale, config.null_genre_id)
+
+    def num_model_rows(self, rows):
+        return 2 * rows if self.guided else rows
+
+    def model_rows(self, tokens):
+        """The model's input for the sampled rows' tokens (contiguous: a compiled step guards on strides)."""
+        return torch.cat([tokens, tokens]) if self.guided else tokens.contiguous()
+
+    def guided_logits(self, logits):
+        """(model rows, K, V) -> (rows, K, V): null + g * (cond - null) under guidance, the logits otherwise."""
+        if not self.guided:
+            return logits
+        conditional, null = logits.float().chunk(2)
+        return null + self.guidance_scale * (conditional - null)
 
 
 def default_generation_config(config):
@@ -497,6 +594,23 @@ def check_token_ids(ids, config, name, upper, allow_ignore=False):
     if not valid:
         ignore = " or -100" if allow_ignore else ""
         raise ValueError(f"{name} must lie in [0, {upper}){ignore}")
+
+
+def check_genre_ids(genre_ids, config, batch, device):
+    """(B,) int64 genre ids in [0, len(genres)] for a conditional model (None: the null genre for every row);
+    None for an unconditional model, which refuses genre ids."""
+    if config.genres is None:
+        if genre_ids is not None:
+            raise ValueError("genre_ids needs a genre-conditioned model; this model is unconditional (no genres)")
+        return None
+    if genre_ids is None:
+        return torch.full((batch,), config.null_genre_id, dtype=torch.long, device=device)
+    if not torch.is_tensor(genre_ids) or genre_ids.shape != (batch,) or genre_ids.is_floating_point():
+        shape = tuple(genre_ids.shape) if torch.is_tensor(genre_ids) else type(genre_ids).__name__
+        raise ValueError(f"genre_ids must be integers of shape ({batch},), one per row, got {shape}")
+    if genre_ids.numel() and not bool(((genre_ids >= 0) & (genre_ids <= config.null_genre_id)).all()):
+        raise ValueError(f"genre_ids must lie in [0, {config.null_genre_id}] ({config.null_genre_id}: the null genre)")
+    return genre_ids.to(device=device, dtype=torch.long)
 
 
 def per_codebook_cross_entropy(logits, labels, label_smoothing=0.0):
