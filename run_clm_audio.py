@@ -21,10 +21,9 @@ import sys
 from dataclasses import dataclass, field
 
 import yaml
-from accelerate.state import PartialState
-from transformers import HfArgumentParser
 
-from training.loop import TrainingDiverged, execute, setup_run
+from cli.arguments import parse_dataclasses, report_error
+from cli.interrupts import treat_sigterm_as_interrupt
 
 MIXED_PRECISION_CHOICES = ["no", "fp16", "bf16"]
 
@@ -146,11 +145,11 @@ class AudioTrainingArguments:
 
 def parse_arguments(argv: list[str] | None = None):
     """(ModelArguments, DataTrainingArguments, AudioTrainingArguments) from argv, a leading YAML/JSON file first."""
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, AudioTrainingArguments))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         argv = config_file_arguments(argv[0]) + argv[1:]
-    return parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    return parse_dataclasses((ModelArguments, DataTrainingArguments, AudioTrainingArguments), argv,
+                             description=__doc__.split("\n\n")[0])
 
 
 def config_file_arguments(path: str) -> list[str]:
@@ -184,24 +183,35 @@ def config_file_arguments(path: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every user mistake is refused here, before any training, as one `error:` line and exit code 2."""
     try:
         model_args, data_args, training_args = parse_arguments(argv)
+    except ValueError as error:
+        return report_error(str(error))
+    treat_sigterm_as_interrupt()
+    from training.loop import TrainingDiverged, execute, interruption_message, setup_run  # torch, transformers: slow
+
+    try:
         run = setup_run(model_args, data_args, training_args)
-    except ValueError as error:  # every user mistake is found here, before any training
-        if PartialState().is_main_process:
-            print(f"error: {error}", file=sys.stderr)
-        return 2
+    except ValueError as error:
+        return report_error(str(error))
     try:
         execute(run)
     except TrainingDiverged as error:
         if run.accelerator.is_main_process:
             print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        if run.accelerator.is_main_process:
+            print(interruption_message(training_args), file=sys.stderr)
+        return 130
     return 0
 
 
 def run_training(model_args, data_args, training_args) -> dict:
     """Programmatic entry (the demo, tests): set up, train and/or evaluate; returns the results written to disk."""
+    from training.loop import execute, setup_run
+
     return execute(setup_run(model_args, data_args, training_args))
 
 

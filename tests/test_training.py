@@ -143,44 +143,6 @@ def test_nan_loss_stops_the_run_with_the_step_and_saves_the_last_good_state(data
     assert (output_dir / "checkpoint-2" / "model.safetensors").exists()
 
 
-def error_of(argv, capsys) -> str:
-    assert run_clm_audio.main(argv) == 2
-    return capsys.readouterr().err
-
-
-def test_user_mistakes_are_refused_before_training(dataset, tmp_path, capsys):
-    missing = str(tmp_path / "no-such-dataset")
-    assert "not found" in error_of(training_argv(missing, tmp_path / "a"), capsys)
-
-    eight_codebook_model = training_argv(dataset, tmp_path / "b", config_overrides="num_codebooks=8")
-    assert "9 codebooks per frame but the model has 8" in error_of(eight_codebook_model, capsys)
-    assert "nothing to do" in error_of(["--output_dir", str(tmp_path / "c"), "--dataset_name", dataset], capsys)
-    assert "--model_name_or_path" in error_of(["--output_dir", str(tmp_path / "c"), "--dataset_name", dataset,
-                                               "--do_eval"], capsys)
-    assert "unknown config fields ['hiden_size']" in error_of(
-        training_argv(dataset, tmp_path / "d", config_overrides="hiden_size=32"), capsys)
-    for attempt in "abcd":
-        assert not (tmp_path / attempt).exists() or not os.listdir(tmp_path / attempt)
-
-    # A finished run's folder is not reused silently, nor continued on codes from another codec.
-    output_dir = tmp_path / "run"
-    assert run_clm_audio.main(training_argv(dataset, output_dir, max_steps=2)) == 0
-    assert "already holds another run" in error_of(training_argv(dataset, output_dir, max_steps=4), capsys)
-    other_codec = make_codes_dataset(tmp_path / "other-codec", codec=random_codec(seed=1))
-    message = error_of(training_argv(other_codec, output_dir, max_steps=4, resume_from_checkpoint="latest"), capsys)
-    assert "another codec" in message and "seed=1" in message
-    message = error_of(["--model_name_or_path", str(output_dir), "--dataset_name", other_codec,
-                        "--output_dir", str(tmp_path / "e"), "--do_eval"], capsys)
-    assert "another codec" in message
-    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-2"]
-    assert [entry["step"] for entry in read_log(output_dir)] == [1, 2]
-
-    # Starting over is explicit.
-    assert run_clm_audio.main(training_argv(dataset, output_dir, max_steps=1, overwrite_output_dir=True)) == 0
-    assert [entry["step"] for entry in read_log(output_dir)] == [1]
-    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-1"]
-
-
 @pytest.mark.parametrize("recipe", ["hybrid-116m.yaml", "transformer-162m.yaml"])
 def test_reproduction_recipe_runs_with_small_overrides(recipe, dataset, tmp_path):
     recipe_path = os.path.join(REPO_ROOT, "recipes", recipe)

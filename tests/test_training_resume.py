@@ -52,3 +52,20 @@ def test_sigkill_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, d
     final_resumed = load_file(interrupted / "model.safetensors")
     assert final_reference.keys() == final_resumed.keys()
     assert all(torch.equal(final_reference[name], final_resumed[name]) for name in final_reference)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_says_which_checkpoint_is_complete_and_leaves_no_partial_one(tmp_path, signal_number):
+    dataset = make_codes_dataset(tmp_path / "codes")
+    output_dir = tmp_path / "run"
+    victim = start(training_argv(dataset, output_dir, max_steps=400, save_steps=2), tmp_path / "victim.log")
+    deadline = time.time() + 120
+    while not (output_dir / "checkpoint-2").is_dir():
+        assert victim.poll() is None and time.time() < deadline, (tmp_path / "victim.log").read_text()
+        time.sleep(0.005)
+    victim.send_signal(signal_number)
+    assert victim.wait(timeout=60) == 130
+    log = (tmp_path / "victim.log").read_text()
+    assert "interrupted: the last complete checkpoint is" in log and "Traceback" not in log, log
+    leftovers = [path.name for path in output_dir.iterdir() if path.name.endswith((".tmp", ".old", ".saving"))]
+    assert leftovers == [] and not (output_dir / "train_results.json").exists()

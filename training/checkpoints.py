@@ -14,8 +14,13 @@ import shutil
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 TEMPORARY_SUFFIX = ".tmp"
 PREVIOUS_SUFFIX = ".old"
-# Files a finished or running training leaves at the top of output_dir (besides its checkpoints).
-RUN_MARKERS = ("log_history.jsonl", "train_results.json")
+# Files a training or evaluation run leaves at the top of output_dir (besides its checkpoints): any of them means
+# finished work is there.
+RUN_MARKERS = ("log_history.jsonl", "train_results.json", "eval_results.json", "model.safetensors")
+# What --overwrite_output_dir removes, so that nothing of the previous run stays beside the new one.
+RUN_OUTPUTS = RUN_MARKERS + (
+    "config.json", "generation_config.json", "README.md", "training_curves.png", "codebook_metrics.png", "best",
+)
 
 
 def checkpoint_step(path: str) -> int | None:
@@ -52,9 +57,14 @@ def save_checkpoint(accelerator, output_dir: str, step: int, config, save_total_
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)  # left over by a run killed while saving
     accelerator.wait_for_everyone()
-    accelerator.save_state(temporary)
-    if accelerator.is_main_process:
-        config.save_pretrained(temporary)  # lets a resumed run check the codec before loading anything
+    try:
+        accelerator.save_state(temporary)
+        if accelerator.is_main_process:
+            config.save_pretrained(temporary)  # lets a resumed run check codec and architecture before loading
+    except BaseException:  # an interrupt while saving leaves the complete checkpoints only
+        if accelerator.is_main_process:
+            shutil.rmtree(temporary, ignore_errors=True)
+        raise
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         replace_directory(temporary, final)
@@ -70,13 +80,26 @@ def rotate_checkpoints(output_dir: str, save_total_limit: int | None) -> None:
         shutil.rmtree(stale)
 
 
-def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from: an explicit path, or the newest one in output_dir for "latest"."""
+def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str, overwrite_output_dir: bool):
+    """The checkpoint folder to resume from: an explicit path, or the newest one in output_dir for "latest".
+
+    "latest" with no checkpoint starts from scratch only where that loses nothing: in a fresh folder, or with
+    --overwrite_output_dir; a folder holding a finished run whose checkpoints are gone is refused.
+    """
     if resume_from_checkpoint is None:
         return None
     if resume_from_checkpoint == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        if checkpoints:
+            return checkpoints[-1]
+        finished = finished_run_files(output_dir)
+        if finished and not overwrite_output_dir:
+            raise ValueError(
+                f"--resume_from_checkpoint latest: output_dir {output_dir!r} holds a finished run ({finished[0]}, ...) "
+                "but no checkpoint-N to resume from; pass --overwrite_output_dir to start over there, or choose "
+                "another --output_dir"
+            )
+        return None
     if not os.path.isdir(resume_from_checkpoint) or checkpoint_step(resume_from_checkpoint) is None:
         raise ValueError(
             f"--resume_from_checkpoint {resume_from_checkpoint!r} is not a checkpoint-N folder "
@@ -85,20 +108,27 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
     return resume_from_checkpoint
 
 
-def prepare_output_dir(output_dir: str, overwrite_output_dir: bool, resuming: bool, is_main_process: bool) -> None:
-    """Refuse to mix two runs in one folder; with overwrite_output_dir, clear the previous run's training state."""
-    previous_run = list_checkpoints(output_dir) + [
-        os.path.join(output_dir, name) for name in RUN_MARKERS if os.path.exists(os.path.join(output_dir, name))
-    ]
+def finished_run_files(output_dir: str) -> list[str]:
+    return [name for name in RUN_MARKERS if os.path.exists(os.path.join(output_dir, name))]
+
+
+def check_output_dir(output_dir: str, overwrite_output_dir: bool, resuming: bool) -> None:
+    """Refuse to mix two runs in one folder (no side effect: called among the other checks, before any work)."""
+    previous_run = [os.path.basename(path) for path in list_checkpoints(output_dir)] + finished_run_files(output_dir)
     if previous_run and not (overwrite_output_dir or resuming):
         raise ValueError(
-            f"output_dir {output_dir!r} already holds another run ({os.path.basename(previous_run[0])}, ...): "
-            "pass --resume_from_checkpoint latest to continue it, or --overwrite_output_dir to start over"
+            f"output_dir {output_dir!r} already holds another run ({previous_run[0]}, ...): "
+            "pass --resume_from_checkpoint latest to continue its training, --overwrite_output_dir to replace it, "
+            "or another --output_dir"
         )
-    if overwrite_output_dir and not resuming and is_main_process:
-        for path in previous_run:
+
+
+def prepare_output_dir(output_dir: str, overwrite_output_dir: bool, resuming: bool) -> None:
+    """Create output_dir; with overwrite_output_dir (and not resuming), remove every output of the previous run."""
+    if overwrite_output_dir and not resuming:
+        for path in list_checkpoints(output_dir) + [os.path.join(output_dir, name) for name in RUN_OUTPUTS]:
             if os.path.isdir(path):
                 shutil.rmtree(path)
-            else:
+            elif os.path.exists(path):
                 os.remove(path)
     os.makedirs(output_dir, exist_ok=True)

@@ -29,6 +29,7 @@ from transformers import get_scheduler
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import IGNORE_INDEX, MusicHybridForCausalLM, weighted_codebook_mean
 from training.checkpoints import (
+    check_output_dir,
     checkpoint_step,
     list_checkpoints,
     prepare_output_dir,
@@ -91,6 +92,8 @@ class Run:
 
 
 def setup_run(model_args, data_args, training_args) -> Run:
+    """Check everything the user gave (every check raises ValueError, before anything is written), then create
+    output_dir, removing a previous run's outputs only with --overwrite_output_dir."""
     log_with = [tracker for tracker in training_args.report_to if tracker != "none"] or None
     accelerator = Accelerator(
         cpu=training_args.use_cpu or not has_accelerator_device(),
@@ -98,6 +101,7 @@ def setup_run(model_args, data_args, training_args) -> Run:
         log_with=log_with,
         project_dir=training_args.output_dir,
     )
+    output_dir, overwrite = training_args.output_dir, training_args.overwrite_output_dir
     if training_args.do_eval and not training_args.do_train and model_args.model_name_or_path is None:
         raise ValueError("evaluation alone needs --model_name_or_path (a trained model folder or Hub id)")
     splits, codec_identity = load_dataset_splits(data_args, training_args)
@@ -106,22 +110,55 @@ def setup_run(model_args, data_args, training_args) -> Run:
 
     resume_checkpoint = None
     if training_args.do_train:
-        resume_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+        resume_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir, overwrite)
         if resume_checkpoint:
-            checkpoint_config = MusicHybridConfig.from_pretrained(resume_checkpoint)
-            check_same_codec(checkpoint_config.codec, codec_identity, f"checkpoint {resume_checkpoint}")
-        prepare_output_dir(
-            training_args.output_dir,
-            training_args.overwrite_output_dir,
-            training_args.resume_from_checkpoint is not None,
-            accelerator.is_main_process,
-        )
-    else:
-        os.makedirs(training_args.output_dir, exist_ok=True)
+            check_resumable(resume_checkpoint, config)
+        elif training_args.resume_from_checkpoint == "latest":
+            accelerator.print(f"No checkpoint in {output_dir}: training starts from scratch.")
+    check_output_dir(output_dir, overwrite, resuming=resume_checkpoint is not None)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir, overwrite and training_args.do_train, resuming=resume_checkpoint is not None)
     accelerator.wait_for_everyone()
     return Run(
         model_args, data_args, training_args, accelerator, config,
         splits.get(data_args.train_split_name), splits.get(data_args.validation_split_name), resume_checkpoint,
+    )
+
+
+def check_resumable(checkpoint: str, config) -> None:
+    """The checkpoint must come from the same codec and architecture as this run, or its weights would not load."""
+    checkpoint_config = MusicHybridConfig.from_pretrained(checkpoint)
+    check_same_codec(checkpoint_config.codec, config.codec, f"checkpoint {checkpoint}")
+    saved, requested = comparable_settings(checkpoint_config), comparable_settings(config)
+    differing = [name for name in sorted(set(saved) | set(requested)) if saved.get(name) != requested.get(name)]
+    if differing:
+        details = "; ".join(f"{name}: {saved.get(name)!r} there, {requested.get(name)!r} now" for name in differing[:3])
+        raise ValueError(
+            f"checkpoint {checkpoint} was made with other model settings ({details}): resume with its "
+            "--model_preset / --model_name_or_path and --config_overrides, or start over with --overwrite_output_dir"
+        )
+
+
+def comparable_settings(config) -> dict:
+    """The config as JSON values, without what says only where and with what it was saved."""
+    bookkeeping = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype"}
+    return {name: value for name, value in json.loads(config.to_json_string()).items() if name not in bookkeeping}
+
+
+def check_exists(name: str, option: str, kind: str) -> None:
+    """A local path that does not exist is refused as such (not sent to the Hub, whose errors would confuse);
+    'namespace/name' may be either: it is local when the folder 'namespace' exists here, else it is looked up on the
+    Hub and refused only when that fails too (see `not_found`)."""
+    looks_local = os.path.isabs(name) or name.startswith(".") or name.count("/") != 1
+    if not os.path.exists(name) and (looks_local or os.path.isdir(os.path.dirname(name))):
+        raise ValueError(f"{option} {name!r}: no such folder; give the folder of a {kind}")
+
+
+def not_found(name: str, option: str, kind: str, error: Exception) -> ValueError:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return ValueError(
+        f"{option} {name!r}: no such folder, and no {kind} of that name could be loaded from the Hub ({reason}); "
+        "check the path"
     )
 
 
@@ -141,9 +178,13 @@ def load_dataset_splits(data_args, training_args):
     name = data_args.dataset_name
     if name is None:
         raise ValueError("--dataset_name is required (a tokenized dataset folder or Hub id from the data pipeline)")
-    if not os.path.exists(name) and (os.path.isabs(name) or name.startswith(".") or name.count("/") != 1):
-        raise ValueError(f"dataset {name!r} not found: no such folder")
-    dataset, codec_identity = load_codes_dataset(name)
+    check_exists(name, "--dataset_name", "codes dataset made by python -m data.build_dataset")
+    try:
+        dataset, codec_identity = load_codes_dataset(name)
+    except ValueError as error:
+        if os.path.exists(name):
+            raise
+        raise not_found(name, "--dataset_name", "codes dataset", error) from None
     needed = [data_args.train_split_name] if training_args.do_train else []
     needed += [data_args.validation_split_name] if training_args.do_eval else []
     missing = [split for split in needed if split not in dataset]
@@ -163,7 +204,7 @@ def build_config(model_args, training_args, codec_identity) -> MusicHybridConfig
     if training_args.codebook_loss_weights is not None:
         overrides["codebook_loss_weights"] = training_args.codebook_loss_weights
     if model_args.model_name_or_path:
-        saved = MusicHybridConfig.from_pretrained(model_args.model_name_or_path)
+        saved = load_saved_config(model_args.model_name_or_path)
         check_same_codec(saved.codec, codec_identity, f"model {model_args.model_name_or_path}")
         config = MusicHybridConfig.from_dict({**saved.to_dict(), **overrides})
     else:
@@ -171,6 +212,16 @@ def build_config(model_args, training_args, codec_identity) -> MusicHybridConfig
     if codec_identity is not None:
         config.codec = codec_identity
     return config
+
+
+def load_saved_config(name: str) -> MusicHybridConfig:
+    check_exists(name, "--model_name_or_path", "model saved by run_clm_audio.py")
+    try:
+        return MusicHybridConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        if os.path.isdir(name):
+            raise ValueError(f"--model_name_or_path {name!r} holds no music-hybrid model config: {error}") from None
+        raise not_found(name, "--model_name_or_path", "model", error) from None
 
 
 def check_same_codec(trained_codec: dict | None, dataset_codec: dict | None, what: str) -> None:
@@ -246,6 +297,17 @@ def execute(run: Run) -> dict:
         results["eval"] = evaluation
     accelerator.end_training()
     return results
+
+
+def interruption_message(training_args) -> str:
+    """What an interrupted run leaves: complete checkpoints (a checkpoint is renamed into place only when whole)."""
+    output_dir = training_args.output_dir
+    if not training_args.do_train:
+        return f"interrupted: nothing was written to {output_dir}"
+    checkpoints = list_checkpoints(output_dir)
+    if not checkpoints:
+        return f"interrupted before the first checkpoint: no checkpoint in {output_dir}, nothing to resume"
+    return f"interrupted: the last complete checkpoint is {checkpoints[-1]}; continue: --resume_from_checkpoint latest"
 
 
 def load_model(model_args, config) -> MusicHybridForCausalLM:
@@ -483,26 +545,17 @@ def save_model_folder(run: Run, model, directory: str, evaluation: dict | None, 
     Written to a temporary folder first; then either swapped in as a whole or, for output_dir itself (which also
     holds checkpoints and logs), moved in file by file.
     """
-    from training.model_card import write_model_card
-
     accelerator = run.accelerator
     temporary = directory.rstrip("/") + ".saving" if not as_files else os.path.join(directory, ".saving")
     state_dict = accelerator.get_state_dict(model)  # collective under FSDP: every process takes part
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
         shutil.rmtree(temporary, ignore_errors=True)
-        unwrapped.save_pretrained(temporary, state_dict=state_dict, save_function=accelerator.save)
-        if evaluation is not None:
-            write_json(os.path.join(temporary, EVAL_RESULTS_FILE), evaluation)
-        write_model_card(
-            temporary,
-            config=unwrapped.config,
-            num_parameters=unwrapped.num_parameters(),
-            training_arguments={**asdict(run.model_args), **asdict(run.data_args), **asdict(run.training_args)},
-            evaluation=evaluation,
-            dataset_name=run.data_args.dataset_name,
-            global_step=state.global_step,
-        )
+        try:
+            write_model_folder(run, unwrapped, temporary, state_dict, evaluation, state)
+        except BaseException:  # interrupted: the previous folder (if any) stays, and no half-written one
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
         if as_files:
             for name in os.listdir(temporary):
                 os.replace(os.path.join(temporary, name), os.path.join(directory, name))
@@ -510,6 +563,23 @@ def save_model_folder(run: Run, model, directory: str, evaluation: dict | None, 
         else:
             replace_directory(temporary, directory)
     accelerator.wait_for_everyone()
+
+
+def write_model_folder(run: Run, unwrapped, folder: str, state_dict, evaluation: dict | None, state) -> None:
+    from training.model_card import write_model_card
+
+    unwrapped.save_pretrained(folder, state_dict=state_dict, save_function=run.accelerator.save)
+    if evaluation is not None:
+        write_json(os.path.join(folder, EVAL_RESULTS_FILE), evaluation)
+    write_model_card(
+        folder,
+        config=unwrapped.config,
+        num_parameters=unwrapped.num_parameters(),
+        training_arguments={**asdict(run.model_args), **asdict(run.data_args), **asdict(run.training_args)},
+        evaluation=evaluation,
+        dataset_name=run.data_args.dataset_name,
+        global_step=state.global_step,
+    )
 
 
 def write_plots(output_dir: str, log_history: list, evaluation: dict | None) -> None:

@@ -1,0 +1,172 @@
+"""The rule of every command: a user mistake is refused before any work, as one `error: ...` line and exit code 2,
+with every file of the folders involved byte-identical afterwards. One table of mistakes per command."""
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from training_helpers import REPO_ROOT, make_codes_dataset, random_codec, subprocess_env, training_argv
+
+import run_clm_audio
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
+
+HEAVY_MODULES = ("torch", "transformers", "datasets", "accelerate")
+
+
+def folder_state(root) -> dict:
+    """Every file and folder under root, files with the hash of their bytes (equal: nothing written, moved, deleted)."""
+    state = {}
+    for folder, folders, files in os.walk(root):
+        for name in folders:
+            state[os.path.relpath(os.path.join(folder, name), root)] = "folder"
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as file:
+                state[os.path.relpath(path, root)] = hashlib.sha256(file.read()).hexdigest()
+    return state
+
+
+def refusal(main, argv, capsys) -> str:
+    """Run a command's main in-process; it must exit with 2 and print exactly one `error: ...` line."""
+    try:
+        code = main(argv)
+    except SystemExit as exit:  # argparse's own refusals
+        code = exit.code
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 2, captured
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    return lines[0]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# run_clm_audio.py
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def training_world(tmp_path_factory):
+    """Datasets from two codecs, a finished run with its checkpoint, and the same run with its checkpoints removed."""
+    root = tmp_path_factory.mktemp("training-world")
+    dataset = make_codes_dataset(root / "codes")
+    other_codec = make_codes_dataset(root / "other-codec", codec=random_codec(seed=1))
+    runs = root / "runs"
+    finished = runs / "finished"
+    assert run_clm_audio.main(training_argv(dataset, finished, max_steps=2, save_steps=2, do_eval=True,
+                                            max_eval_samples=2)) == 0
+    without_checkpoints = runs / "without-checkpoints"
+    shutil.copytree(finished, without_checkpoints)
+    shutil.rmtree(without_checkpoints / "checkpoint-2")
+    return {"root": root, "dataset": dataset, "other_codec": other_codec, "runs": runs, "finished": finished,
+            "without_checkpoints": without_checkpoints}
+
+
+TRAINING_MISTAKES = {
+    "missing dataset folder": (lambda w: training_argv(str(w["root"] / "nope"), w["runs"] / "new"), "no such folder"),
+    "missing dataset as dir/name": (lambda w: training_argv("runs/nope", w["runs"] / "new"), "no such folder"),
+    "missing model folder": (
+        lambda w: training_argv(w["dataset"], w["runs"] / "new", model_name_or_path=str(w["root"] / "no-model")),
+        "--model_name_or_path",
+    ),
+    "model and data codebooks differ": (
+        lambda w: training_argv(w["dataset"], w["runs"] / "new", config_overrides="num_codebooks=8"),
+        "9 codebooks per frame but the model has 8",
+    ),
+    "unknown config field": (
+        lambda w: training_argv(w["dataset"], w["runs"] / "new", config_overrides="hiden_size=32"),
+        "unknown config fields ['hiden_size']",
+    ),
+    "nothing to do": (lambda w: ["--output_dir", str(w["runs"] / "new"), "--dataset_name", w["dataset"]],
+                      "nothing to do"),
+    "evaluation without a model": (
+        lambda w: ["--output_dir", str(w["runs"] / "new"), "--dataset_name", w["dataset"], "--do_eval"],
+        "--model_name_or_path",
+    ),
+    "zero steps": (lambda w: training_argv(w["dataset"], w["runs"] / "new", max_steps=0), "--max_steps"),
+    "unknown choice": (lambda w: training_argv(w["dataset"], w["runs"] / "new", mixed_precision="fp8"), "fp8"),
+    "not a number": (lambda w: training_argv(w["dataset"], w["runs"] / "new", learning_rate="fast"), "fast"),
+    "missing config file": (lambda w: [str(w["root"] / "recipe.yaml")], "not found"),
+    "not a checkpoint folder": (
+        lambda w: training_argv(w["dataset"], w["runs"] / "new", resume_from_checkpoint=str(w["finished"])),
+        "not a checkpoint-N folder",
+    ),
+    "a finished run's folder": (lambda w: training_argv(w["dataset"], w["finished"]), "already holds another run"),
+    "latest on a finished run without checkpoints": (
+        lambda w: training_argv(w["dataset"], w["without_checkpoints"], resume_from_checkpoint="latest"),
+        "no checkpoint-N to resume from",
+    ),
+    "resume with another preset": (
+        lambda w: training_argv(w["dataset"], w["finished"], resume_from_checkpoint="latest",
+                                model_preset="transformer-tiny"),
+        "other model settings",
+    ),
+    "resume on another codec's codes": (
+        lambda w: training_argv(w["other_codec"], w["finished"], resume_from_checkpoint="latest"), "another codec"
+    ),
+    "evaluate on another codec's codes": (
+        lambda w: ["--model_name_or_path", str(w["finished"]), "--dataset_name", w["other_codec"],
+                   "--output_dir", str(w["runs"] / "new"), "--do_eval"],
+        "another codec",
+    ),
+    "evaluation over a finished run": (
+        lambda w: ["--model_name_or_path", str(w["finished"]), "--dataset_name", w["dataset"],
+                   "--output_dir", str(w["finished"]), "--do_eval"],
+        "already holds another run",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", TRAINING_MISTAKES)
+def test_run_clm_audio_refuses_user_mistakes_before_any_work(case, training_world, capsys, monkeypatch):
+    monkeypatch.chdir(training_world["root"])
+    make_argv, expected = TRAINING_MISTAKES[case]
+    before = folder_state(training_world["runs"])
+    assert expected in refusal(run_clm_audio.main, make_argv(training_world), capsys)
+    assert folder_state(training_world["runs"]) == before
+
+
+def test_resume_latest_in_a_fresh_folder_says_it_starts_from_scratch(training_world, capsys):
+    output_dir = training_world["root"] / "fresh"
+    argv = training_argv(training_world["dataset"], output_dir, max_steps=1, resume_from_checkpoint="latest")
+    assert run_clm_audio.main(argv) == 0
+    assert "training starts from scratch" in capsys.readouterr().out
+
+
+def test_overwrite_output_dir_leaves_nothing_of_the_previous_run(training_world):
+    output_dir = training_world["root"] / "overwritten"
+    shutil.copytree(training_world["finished"], output_dir)
+    assert run_clm_audio.main(training_argv(training_world["dataset"], output_dir, max_steps=1,
+                                            overwrite_output_dir=True)) == 0
+    assert not (output_dir / "eval_results.json").exists() and not (output_dir / "best").exists()
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-1"]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# --help and argument errors import nothing heavy (they answer at once)
+# ------------------------------------------------------------------------------------------------------------------
+
+
+COMMANDS = {
+    "run_clm_audio": "runpy.run_path('run_clm_audio.py', run_name='__main__')",
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("argv", [["--help"], ["--no-such-option"]], ids=["help", "bad-option"])
+def test_help_and_argument_errors_import_no_heavy_module(command, argv):
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['{command}', *{argv!r}]\n"
+        f"try:\n    {COMMANDS[command]}\nexcept SystemExit as exit:\n    code = exit.code\n"
+        f"print(code, [name for name in {HEAVY_MODULES!r} if name in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=120)
+    *messages, summary = result.stderr.strip().splitlines()
+    assert summary == ("0 []" if argv == ["--help"] else "2 []"), result.stderr
+    if argv != ["--help"]:
+        assert len(messages) == 1 and messages[0].startswith("error: "), result.stderr
