@@ -26,7 +26,9 @@ def decoding_linear(linear, x, cache=None):
     product, up to rounding. Anything else goes through the module as usual: GPUs, training, many rows, wrapped
     or hooked layers.
     """
-    if x.device.type != "cpu" or torch.is_grad_enabled() or not is_plain_linear(linear):
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not is_plain_layer(linear):
+        return linear(x)
+    if x.dtype != linear.weight.dtype:  # autocast, or a layer kept in another dtype
         return linear(x)
     rows = x.numel() // linear.in_features
     flat = x.reshape(rows, linear.in_features)
@@ -44,27 +46,36 @@ def decoding_linear(linear, x, cache=None):
 PACKED_MIN_ROWS = 4
 
 
-def is_plain_linear(linear):
-    hooked = linear._forward_hooks or linear._forward_pre_hooks or "forward" in linear.__dict__
-    return type(linear) is nn.Linear and not hooked and linear.weight.is_contiguous()
+def is_plain_layer(layer, layer_class=nn.Linear):
+    """Whether `layer` is exactly a `layer_class` with ordinary parameters, so that a product on its raw weight is
+    what calling it does: no wrapper (PEFT), hook, or tensor-subclass weight (torchao) that the product would
+    bypass or not understand."""
+    hooked = layer._forward_hooks or layer._forward_pre_hooks or "forward" in layer.__dict__
+    plain_parameters = all(type(p) is nn.Parameter for p in (layer.weight, layer.bias) if p is not None)
+    return type(layer) is layer_class and not hooked and plain_parameters and layer.weight.is_contiguous()
 
 
 def pack_linear_weights(model, rows):
     """{linear layer: its weight packed by oneDNN for products with `rows` rows}, for a generation of `rows`
     samples on CPU; empty where packing does not pay (fewer rows, GPUs) or this torch build cannot pack. The
     packed copies cost as much memory as the weights, for the generation's duration."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and is_plain_linear(m)]
-    if rows < PACKED_MIN_ROWS or not linears or linears[0].weight.device.type != "cpu" or not can_pack_weights():
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and is_plain_layer(m)]
+    if rows < PACKED_MIN_ROWS or not linears or linears[0].weight.device.type != "cpu":
         return {}
-    return {m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows) for m in linears}
+    return {
+        m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
+        for m in linears if can_pack_weights(m.weight.dtype)
+    }
 
 
 @functools.cache
-def can_pack_weights():
-    """Whether this torch build packs and multiplies weights with oneDNN (x86 builds do; the ops are private)."""
+def can_pack_weights(dtype=torch.float32):
+    """Whether this torch build and CPU pack and multiply weights of `dtype` with oneDNN (x86 builds do for
+    float32 and bfloat16; float16 needs AVX-512 FP16 or AVX-NE-CONVERT; the ops are private)."""
     try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 1)
-        return bool(torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), packed, None, "none", [], "").eq(2).all())
+        packed = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2, dtype=dtype), 1)
+        product = torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2, dtype=dtype), packed, None, "none", [], "")
+        return bool(product.eq(2).all())
     except (AttributeError, RuntimeError):
         return False
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
@@ -28,10 +28,10 @@ from transformers.utils import logging
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
-    from .fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, pack_linear_weights
+    from .fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
-    from fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, pack_linear_weights
+    from fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
 
 logger = logging.get_logger(__name__)
 
@@ -79,14 +79,25 @@ def codes_to_model_inputs(codes, config):
 
 
 @dataclass
+class MusicHybridModelOutput(ModelOutput):
+    """last_hidden_state: (B, T, hidden) after the final norm; hidden_states (with `output_hidden_states`): the
+    embeddings, then the output of every layer, the last one after the final norm (as transformers models)."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: "MusicHybridCache | None" = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
 class MusicHybridCausalLMOutput(ModelOutput):
-    """loss: mean (or weighted mean) of `codebook_losses`; logits: (B, K, T, codebook_size)."""
+    """loss: mean (or weighted mean) of `codebook_losses` (see `MusicHybridForCausalLM.forward` for the share of an
+    accumulated batch); logits: (B, K, T, codebook_size)."""
 
     loss: torch.FloatTensor | None = None
     codebook_losses: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: "MusicHybridCache | None" = None
-    hidden_states: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class MusicHybridPreTrainedModel(PreTrainedModel):
@@ -99,6 +110,15 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = False
     _is_stateful = True  # Mamba state: no assisted decoding or cache cropping
+    # The SSM's decay rates and skip weights stay float32 when loaded in half precision, as in transformers' Mamba
+    # models: exp(A) of a bfloat16 A_log is too coarse for the long-range decays.
+    _keep_in_fp32_modules_strict = ["mixer.A_log", r"mixer\.D$"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained, with auto_map naming the base model too: AutoModel then loads it from a
+        saved causal LM with remote code (save_pretrained itself writes only the saved class)."""
+        self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **getattr(self.config, "auto_map", {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -150,10 +170,20 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         if module is self:  # a non-persistent buffer: rebuilt after meta-device loading
             init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
 
-    def forward(self, input_ids, cache=None, genre_ids=None):
-        """input_ids (B, K, T) -> final hidden states (B, T, hidden); with a cache, continue from it and advance it.
-        genre_ids: (B,) genre ids of a conditional model, None for the null genre (see `check_genre_ids`)."""
+    def forward(
+        self, input_ids, cache=None, genre_ids=None, use_cache=None, output_hidden_states=None, attention_mask=None,
+        **unused,
+    ):
+        """input_ids (B, K, T) -> `MusicHybridModelOutput`; with a cache, continue from it and advance it (with
+        `use_cache` and no cache, a new one is made). genre_ids: (B,) genre ids of a conditional model, None for
+        the null genre (see `check_genre_ids`). attention_mask: all ones or None (see `refuse_unused_arguments`)."""
+        refuse_unused_arguments(attention_mask, unused)
+        check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
         genre_ids = check_genre_ids(genre_ids, self.config, input_ids.shape[0], input_ids.device)
+        if use_cache and cache is None:
+            cache = MusicHybridCache(
+                self.config, input_ids.shape[0], self.config.max_position_embeddings, input_ids.device, self.dtype
+            )
         past_length = 0 if cache is None else cache.length
         seq_length = input_ids.shape[2]
         if self.config.position_embedding_type == "learned" and past_length + seq_length > self.config.max_position_embeddings:
@@ -162,14 +192,19 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
                 f"{self.config.max_position_embeddings} of this model (learned positions)"
             )
         positions = torch.arange(past_length, past_length + seq_length, device=input_ids.device)
-        hidden_states = self.decode(input_ids, positions, cache, genre_ids)
+        all_hidden_states = [] if output_hidden_states else None
+        hidden_states = self.decode(input_ids, positions, cache, genre_ids, all_hidden_states)
         if cache is not None:
             cache.advance(seq_length)
-        return hidden_states
+        return MusicHybridModelOutput(
+            last_hidden_state=hidden_states, cache=cache,
+            hidden_states=None if all_hidden_states is None else tuple(all_hidden_states),
+        )
 
-    def decode(self, input_ids, positions, cache=None, genre_ids=None):
+    def decode(self, input_ids, positions, cache=None, genre_ids=None, all_hidden_states=None):
         """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller; a conditional model
-        needs `genre_ids` (B,) here (checked by `forward`).
+        needs `genre_ids` (B,) here (checked by `forward`). A list passed as `all_hidden_states` receives the input
+        of every layer and the final output.
 
         For one position and a fixed-shape cache this reads no Python value that changes from step to step, and
         its shapes change only when the cache shows more slots: `compile_decoding` compiles it (with dynamic
@@ -192,13 +227,18 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
             attention_mask = self.attention_mask(seq_length, cache, hidden_states)
 
         for layer in self.layers:
+            if all_hidden_states is not None:
+                all_hidden_states.append(hidden_states)
             if self.gradient_checkpointing and self.training:
                 hidden_states = self._gradient_checkpointing_func(
                     layer.__call__, hidden_states, positions, rotary, attention_mask, cache
                 )
             else:
                 hidden_states = layer(hidden_states, positions, rotary, attention_mask, cache)
-        return self.norm(hidden_states)
+        hidden_states = self.norm(hidden_states)
+        if all_hidden_states is not None:
+            all_hidden_states.append(hidden_states)
+        return hidden_states
 
     def attention_mask(self, seq_length, cache, hidden_states):
         """Additive causal mask for the attention layers, or None where the attention function is causal itself.
@@ -227,6 +267,10 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
 class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
     """The backbone plus one linear head per codebook over the real codes (special ids are never predicted)."""
 
+    # HF Trainer passes `num_items_in_batch` to forward, which then returns its share of the token-weighted loss of
+    # the whole accumulated batch (and Trainer neither divides it by the accumulation steps nor averages it again).
+    accepts_loss_kwargs = True
+
     def __init__(self, config):
         super().__init__(config)
         self.model = MusicHybridModel(config)
@@ -238,19 +282,29 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         log_mamba_path_once(config)
 
     def forward(
-        self, input_ids, labels=None, genre_ids=None, cache=None, use_cache=None, logits_to_keep=0, **kwargs
+        self, input_ids, labels=None, genre_ids=None, cache=None, use_cache=None, logits_to_keep=0,
+        output_hidden_states=None, return_dict=None, attention_mask=None, num_items_in_batch=None, **unused,
     ):
         """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
         where nothing is predicted (see `codes_to_model_inputs`). genre_ids: (B,) int64 genre ids of a conditional
         model (`config.genre_id(name)`; None: the null genre). With `use_cache`, a new `MusicHybridCache` is made
-        when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all)."""
-        check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
-        if use_cache and cache is None:
-            cache = MusicHybridCache(
-                self.config, input_ids.shape[0], self.config.max_position_embeddings, input_ids.device, self.dtype
+        when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all).
+
+        The loss is the (weighted) mean over codebooks of each codebook's mean cross entropy over its valid
+        positions, smoothed by `config.label_smoothing`. num_items_in_batch: the valid labels of a whole
+        accumulated batch, all codebooks together (HF Trainer passes it): the loss is then this batch's share,
+        its summed token losses over num_items_in_batch / K per codebook, so that gradient accumulation and DDP
+        give the loss and gradients of one large batch. attention_mask: all ones or None; arguments it does not
+        use raise ValueError (see `refuse_unused_arguments`)."""
+        if labels is None and num_items_in_batch is not None:
+            raise ValueError(
+                "forward() got num_items_in_batch without labels: HF Trainer takes the labels away for "
+                "TrainingArguments(label_smoothing_factor=...) (or a compute_loss_func) and would smooth them "
+                "unshifted, against the wrong positions. Leave label_smoothing_factor at 0 and set "
+                "model.config.label_smoothing instead: it smooths the shifted per-codebook loss over valid positions."
             )
-        hidden_states = self.model(input_ids, cache, genre_ids)
-        logits = self.codebook_logits(hidden_states[:, -logits_to_keep:])
+        backbone = self.model(input_ids, cache, genre_ids, use_cache, output_hidden_states, attention_mask, **unused)
+        logits = self.codebook_logits(backbone.last_hidden_state[:, -logits_to_keep:])
         loss = codebook_losses = None
         if labels is not None:
             check_token_ids(labels, self.config, "labels", self.config.codebook_size, allow_ignore=True)
@@ -258,11 +312,18 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
                 raise ValueError(f"labels have shape {tuple(labels.shape)}, input_ids {tuple(input_ids.shape)}")
             if logits_to_keep:
                 raise ValueError("labels need logits for every position: leave logits_to_keep at 0")
-            codebook_losses = per_codebook_cross_entropy(logits[..., :-1, :], labels[..., 1:], self.config.label_smoothing)
-            loss = weighted_codebook_mean(codebook_losses, self.config.codebook_loss_weights)
-        return MusicHybridCausalLMOutput(
-            loss=loss, codebook_losses=codebook_losses, logits=logits, cache=cache
+            sums, counts = codebook_loss_sums(logits[..., :-1, :], labels[..., 1:], self.config.label_smoothing)
+            codebook_losses = sums / counts.clamp(min=1)
+            if num_items_in_batch is None:
+                loss = weighted_codebook_mean(codebook_losses, self.config.codebook_loss_weights)
+            else:
+                share = sums * self.config.num_codebooks / num_items_in_batch
+                loss = weighted_codebook_mean(share, self.config.codebook_loss_weights)
+        output = MusicHybridCausalLMOutput(
+            loss=loss, codebook_losses=codebook_losses, logits=logits, cache=backbone.cache,
+            hidden_states=backbone.hidden_states,
         )
+        return output if return_dict is not False else output.to_tuple()
 
     def codebook_logits(self, hidden_states):
         """(B, T, hidden) -> (B, K, T, codebook_size)."""
@@ -384,7 +445,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
             decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
-        hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids)
+        hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids).last_hidden_state
         for position in range(prefill_length, num_positions):
             logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(model_rows, num_codebooks, -1)
             logits = condition.guided_logits(logits)
@@ -583,6 +644,22 @@ class UnsortedTopKWarper(TopKLogitsWarper):
         return scores.masked_fill(scores < kth_largest, self.filter_value)
 
 
+def refuse_unused_arguments(attention_mask, unused):
+    """forward() takes transformers' usual arguments where it honours them and refuses the rest by name. Callers
+    such as PEFT pass some as None or False (output_attentions, inputs_embeds), which ask for nothing.
+
+    attention_mask: the model has no padding mask: a mask of all ones (no padding) is accepted and changes
+    nothing. Short clips are padded with pad frames, whose labels are -100 (see `codes_to_model_inputs`)."""
+    given = sorted(name for name, value in unused.items() if value is not None and value is not False)
+    if given:
+        raise ValueError(f"forward() does not take {', '.join(given)}")
+    if attention_mask is not None and not bool(torch.all(attention_mask == 1)):
+        raise ValueError(
+            "attention_mask: this model takes no padding mask, only all ones; pad short clips with pad frames "
+            "(labels -100), as codes_to_model_inputs does"
+        )
+
+
 def check_token_ids(ids, config, name, upper, allow_ignore=False):
     """Shape and range checks that turn user mistakes into ValueErrors instead of index errors deep inside."""
     if not torch.is_tensor(ids) or ids.dim() != 3 or ids.shape[1] != config.num_codebooks:
@@ -613,8 +690,8 @@ def check_genre_ids(genre_ids, config, batch, device):
     return genre_ids.to(device=device, dtype=torch.long)
 
 
-def per_codebook_cross_entropy(logits, labels, label_smoothing=0.0):
-    """Mean cross entropy of each codebook over its valid (label != -100) positions: (K,)."""
+def codebook_loss_sums(logits, labels, label_smoothing=0.0):
+    """Summed cross entropy of each codebook over its valid (label != -100) positions, and their counts: (K,), (K,)."""
     num_codebooks, vocab = logits.shape[1], logits.shape[-1]
     token_losses = F.cross_entropy(
         logits.float().reshape(-1, vocab), labels.reshape(-1), ignore_index=IGNORE_INDEX,
@@ -622,7 +699,7 @@ def per_codebook_cross_entropy(logits, labels, label_smoothing=0.0):
     ).view(labels.shape)
     valid = (labels != IGNORE_INDEX).transpose(0, 1).reshape(num_codebooks, -1)
     sums = token_losses.transpose(0, 1).reshape(num_codebooks, -1).sum(dim=1)
-    return sums / valid.sum(dim=1).clamp(min=1)
+    return sums, valid.sum(dim=1)
 
 
 def weighted_codebook_mean(codebook_losses, weights):
@@ -976,20 +1053,21 @@ class MambaMixer(nn.Module):
         # checks never read cache.length for one position: a compiled step must not depend on it.
         single_step = cache is not None and hidden_states.shape[1] == 1
         if self.use_kernels(hidden_states):
-            if cache is None:
+            if cache is None and self.fused_kernel_sees_every_layer():
                 return self.kernel_fused_forward(hidden_states)
-            if single_step or cache.length == 0:
-                return self.kernel_cached_forward(hidden_states, cache)
+            if cache is None or single_step or cache.length == 0:
+                return self.kernel_forward(hidden_states, cache)
         if single_step:
             return self.torch_step(hidden_states, cache)
         return self.torch_forward(hidden_states, cache)
 
     def ssm_inputs(self, x):
-        """x (B, d_inner, T) after the conv -> dt (B, d_inner, T) before bias/softplus, B and C (B, d_state, T)."""
+        """x (B, d_inner, T) after the conv -> dt (B, d_inner, T) before the softplus, B and C (B, d_state, T).
+
+        dt_proj is called as a module, bias included, so that an adapter or hook on it takes part."""
         x_dbl = self.x_proj(x.transpose(1, 2))
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
-        return dt, B.transpose(1, 2), C.transpose(1, 2)
+        return self.dt_proj(dt).transpose(1, 2), B.transpose(1, 2), C.transpose(1, 2)
 
     def torch_forward(self, hidden_states, cache):
         # Time-major (B, T, d_inner) throughout: the layout in_proj produces and the scan works in, so no
@@ -1001,7 +1079,7 @@ class MambaMixer(nn.Module):
             initial_state = cache.ssm_states[self.layer_idx] if cache.length else None
             cache.decay_exponents(self.layer_idx, self.A_log)  # ready before decoding (one compiled step graph)
         dt, B, C = self.ssm_inputs(x.transpose(1, 2))
-        delta = F.softplus(dt + self.dt_proj.bias[:, None].to(dt.dtype))
+        delta = F.softplus(dt)
         A = -torch.exp(self.A_log.float())
         compiled = self.config.mamba_implementation == "compiled"
         y, last_state = selective_scan(x.transpose(1, 2), delta, A, B, C, initial_state, compiled=compiled)
@@ -1046,6 +1124,13 @@ class MambaMixer(nn.Module):
         y = (y + x * self.D.to(x.dtype)) * F.silu(z)
         return decoding_linear(self.out_proj, y, cache)[:, None]
 
+    def fused_kernel_sees_every_layer(self):
+        """mamba_inner_fn takes the raw weights of conv1d, x_proj, dt_proj and out_proj: only when each is a plain
+        layer does that equal calling it (a PEFT adapter, hook or quantized weight would be bypassed)."""
+        return is_plain_layer(self.conv1d, nn.Conv1d) and all(
+            is_plain_layer(layer) for layer in (self.x_proj, self.dt_proj, self.out_proj)
+        )
+
     def kernel_fused_forward(self, hidden_states):
         """Training path: one fused kernel for conv, projections, scan and gate (as mamba_ssm's Mamba)."""
         kernels = mamba_kernels()
@@ -1056,30 +1141,32 @@ class MambaMixer(nn.Module):
             self.D.float(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
         )
 
-    def kernel_cached_forward(self, hidden_states, cache):
-        """Prefill of an empty cache (causal_conv1d_fn + selective_scan_fn) or one decoding step
-        (causal_conv1d_update + selective_state_update), updating the cache in place."""
+    def kernel_forward(self, hidden_states, cache=None):
+        """The unfused kernels, the projections called as modules: a whole sequence without a cache (training
+        with wrapped projections), the prefill of an empty cache (causal_conv1d_fn + selective_scan_fn) or one
+        decoding step (causal_conv1d_update + selective_state_update), updating the cache in place."""
         kernels = mamba_kernels()
-        conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
         conv_weight = self.conv1d.weight.view(self.d_inner, self.d_conv)
         A = -torch.exp(self.A_log.float())
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        if hidden_states.shape[1] == 1:
+        if cache is not None and hidden_states.shape[1] == 1:
+            conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
             x = kernels["causal_conv1d_update"](x[..., 0], conv_state, conv_weight, self.conv1d.bias, "silu")
             dt, B, C = self.ssm_inputs(x[..., None])
             y = kernels["selective_state_update"](
-                ssm_state, x, dt[..., 0], A, B[..., 0], C[..., 0], self.D.float(), z=z[..., 0],
-                dt_bias=self.dt_proj.bias.float(), dt_softplus=True,
+                ssm_state, x, dt[..., 0], A, B[..., 0], C[..., 0], self.D.float(), z=z[..., 0], dt_softplus=True
             )
             return self.out_proj(y[:, None])
-        conv_state.copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
+        if cache is not None:
+            cache.conv_states[self.layer_idx].copy_(F.pad(x, (self.d_conv - x.shape[-1], 0)))
         x = kernels["causal_conv1d_fn"](x.contiguous(), conv_weight, self.conv1d.bias, activation="silu")
         dt, B, C = self.ssm_inputs(x)
         y, last_state = kernels["selective_scan_fn"](
             x, dt.contiguous(), A, B.contiguous(), C.contiguous(), self.D.float(), z=z.contiguous(),
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, return_last_state=True,
+            delta_softplus=True, return_last_state=True,
         )
-        ssm_state.copy_(last_state)
+        if cache is not None:
+            cache.ssm_states[self.layer_idx].copy_(last_state)
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -1315,6 +1402,8 @@ def sum_over_channels(states, vectors):
 # --------------------------------------------------------------------------------------------------------------------
 
 MusicHybridConfig.register_for_auto_class()
+MusicHybridModel.register_for_auto_class("AutoModel")
 MusicHybridForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 AutoConfig.register(MusicHybridConfig.model_type, MusicHybridConfig, exist_ok=True)
+AutoModel.register(MusicHybridConfig, MusicHybridModel, exist_ok=True)
 AutoModelForCausalLM.register(MusicHybridConfig, MusicHybridForCausalLM, exist_ok=True)

@@ -147,6 +147,30 @@ def test_fused_training_kernel_matches_the_torch_path_in_outputs_and_gradients(s
         assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), name
 
 
+def test_wrapped_projections_train_through_the_unfused_kernels_never_as_raw_weights(stand_in_kernels):
+    """mamba_inner_fn takes raw weights: with LoRA on the Mamba projections the kernel path must call the layers
+    (causal_conv1d_fn + selective_scan_fn), giving the torch path's outputs and every adapter its gradient."""
+    peft = pytest.importorskip("peft")
+    lora = dict(r=2, target_modules=["in_proj", "x_proj", "dt_proj", "out_proj"])
+    codes = torch.randint(0, 1024, (2, 9, 14), generator=torch.Generator().manual_seed(1))
+    results = []
+    for model in models_on_both_paths():
+        torch.manual_seed(3)
+        model = peft.get_peft_model(model, peft.LoraConfig(**lora))
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.data.normal_(std=0.1)
+        output = model(**codes_to_model_inputs(codes, model.config))
+        output.loss.backward()
+        results.append((output.logits, {n: p.grad for n, p in model.named_parameters() if "lora_" in n}))
+    assert set(stand_in_kernels) == {"causal_conv1d_fn", "selective_scan_fn"}
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-5
+    assert {name.split(".")[-4] for name in results[1][1]} == set(lora["target_modules"])
+    for name, grad in results[1][1].items():
+        assert grad is not None and grad.abs().sum() > 0, name
+        assert torch.allclose(grad, results[0][1][name], atol=1e-5, rtol=1e-4), name
+
+
 @pytest.mark.parametrize("name", ["hybrid-tiny", "mamba-tiny"])
 def test_cached_kernels_match_the_torch_path_in_outputs_and_cache_updates(stand_in_kernels, name):
     torch_model, kernel_model = models_on_both_paths(name)

@@ -1,0 +1,190 @@
+"""The doors a transformers user opens: HF Trainer's loss, PEFT adapters, AutoModel, forward's arguments, attention
+implementations, precisions and quantized weights. Each either works as transformers does or refuses clearly."""
+
+import pytest
+import torch
+from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments
+
+from configuration_music_hybrid import MusicHybridConfig
+from modeling_music_hybrid import MusicHybridForCausalLM, MusicHybridModel, codes_to_model_inputs
+
+LINEAR_LAYERS = ["in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out",
+                 "lm_head"]
+
+
+def tiny_model(name="hybrid-tiny", **overrides):
+    torch.manual_seed(0)
+    return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name, **overrides))
+
+
+def training_rows(config, lengths, frames=16):
+    """One row per length: `length` real frames, then pad frames (labels -100): unequal valid counts per row."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for length in lengths:
+        codes = torch.full((1, config.num_codebooks, frames), config.pad_token_id)
+        real = torch.randint(0, config.codebook_size, (1, config.num_codebooks, length), generator=generator)
+        codes[:, :, :length] = real
+        inputs = codes_to_model_inputs(codes, config)
+        rows.append({key: value[0] for key, value in inputs.items()})
+    return rows
+
+
+class GradientRecorder(TrainerCallback):
+    """Keeps the summed gradient of the step, taken just before the optimizer applies it."""
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        self.gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).clone()
+
+
+def trainer_step(tmp_path, rows, batch_size, accumulation, **arguments):
+    model = tiny_model()
+    args = TrainingArguments(
+        output_dir=str(tmp_path / f"run-{batch_size}-{accumulation}"), per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=accumulation, max_steps=1, logging_steps=1, learning_rate=1e-3, report_to=[],
+        save_strategy="no", use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, seed=0,
+        **arguments,
+    )
+    recorder = GradientRecorder()
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[recorder])
+    trainer.train()
+    logged = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    return logged, recorder.gradient
+
+
+def test_trainer_with_gradient_accumulation_logs_the_loss_and_gradients_of_one_large_batch(tmp_path):
+    config = MusicHybridConfig.from_preset("hybrid-tiny")
+    rows = training_rows(config, [16, 3, 9, 14])
+    large_logged, large_gradient = trainer_step(tmp_path, rows, batch_size=4, accumulation=1)
+    small_logged, small_gradient = trainer_step(tmp_path, rows, batch_size=2, accumulation=2)
+    # The large batch's loss is the token-weighted mean over all its valid positions.
+    batch = {key: torch.stack([row[key] for row in rows]) for key in rows[0]}
+    expected = tiny_model()(**batch).loss.item()
+    assert large_logged["loss"] == pytest.approx(expected, rel=1e-4)
+    assert small_logged["loss"] == pytest.approx(expected, rel=1e-4)
+    assert small_logged["grad_norm"] == pytest.approx(large_logged["grad_norm"], rel=1e-4)
+    torch.testing.assert_close(small_gradient, large_gradient, rtol=1e-4, atol=1e-7)
+
+
+def test_num_items_in_batch_turns_the_loss_into_the_batch_share_of_the_token_weighted_loss():
+    model = tiny_model().eval()
+    config = model.config
+    rows = training_rows(config, [16, 3, 9, 14])
+    batches = [{key: torch.stack([row[key] for row in rows[i : i + 2]]) for key in rows[0]} for i in (0, 2)]
+    num_items = sum(int((batch["labels"][..., 1:] != -100).sum()) for batch in batches)
+    shares = [model(**batch, num_items_in_batch=num_items).loss for batch in batches]
+    whole = model(**{key: torch.cat([batch[key] for batch in batches]) for key in rows[0]}).loss
+    torch.testing.assert_close(sum(shares), whole)
+
+
+def test_trainer_label_smoothing_is_refused_with_a_pointer_to_the_config(tmp_path):
+    rows = training_rows(MusicHybridConfig.from_preset("hybrid-tiny"), [16, 16])
+    with pytest.raises(ValueError, match=r"label_smoothing_factor.*config\.label_smoothing"):
+        trainer_step(tmp_path, rows, batch_size=2, accumulation=1, label_smoothing_factor=0.1)
+
+
+@pytest.mark.parametrize("name", ["hybrid-tiny", "transformer-tiny"])
+def test_lora_on_every_linear_layer_gets_gradients_on_the_torch_path(name):
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model(name), peft.LoraConfig(r=2, target_modules=LINEAR_LAYERS))
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 6)), model.config)
+    model(**inputs).loss.backward()
+    adapters = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    wrapped = {n.split(".lora_B")[0].rsplit(".", 1)[-1] for n in adapters}
+    mamba_layers = {"in_proj", "x_proj", "dt_proj", "out_proj"}
+    expected = set(LINEAR_LAYERS) - (mamba_layers if name == "transformer-tiny" else set())
+    assert wrapped == expected
+    without_gradient = [n for n, p in adapters.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not without_gradient
+
+
+def test_lora_adapters_take_part_in_decoding_exactly_as_merged_weights():
+    peft = pytest.importorskip("peft")
+    model = peft.get_peft_model(tiny_model().eval(), peft.LoraConfig(r=2, target_modules=LINEAR_LAYERS))
+    torch.manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(std=0.5)  # trained adapters: they change the result
+    # Four greedy rows: the batched decoding products (packed weights on CPUs that have them).
+    settings = dict(input_ids=torch.randint(0, 1024, (4, 9, 2)), max_new_tokens=6, do_sample=False)
+    adapted = model.generate(**settings)
+    merged = model.merge_and_unload().generate(**settings)
+    assert torch.equal(adapted, merged)
+    plain = tiny_model().eval().generate(**settings)
+    assert not torch.equal(adapted, plain)
+
+
+def test_auto_model_loads_the_base_model_from_a_saved_causal_lm(tmp_path):
+    model = tiny_model().eval()
+    model.save_pretrained(tmp_path)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is MusicHybridModel
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (1, 9, 5)), model.config)
+    expected = model.model(inputs["input_ids"]).last_hidden_state
+    torch.testing.assert_close(base(inputs["input_ids"]).last_hidden_state, expected)
+
+
+def test_forward_returns_the_embeddings_and_every_layer_output_as_hidden_states():
+    model = tiny_model().eval()
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)
+    output = model(**inputs, output_hidden_states=True)
+    assert len(output.hidden_states) == model.config.num_hidden_layers + 1
+    assert all(h.shape == (2, 14, model.config.hidden_size) for h in output.hidden_states)
+    torch.testing.assert_close(model.codebook_logits(output.hidden_states[-1]), output.logits)
+    assert model(**inputs).hidden_states is None
+    layers_output = model.model.layers[0](output.hidden_states[0], torch.arange(14), None, None, None)
+    torch.testing.assert_close(layers_output, output.hidden_states[1])
+
+
+def test_forward_refuses_arguments_it_does_not_use_and_padding_masks():
+    model = tiny_model().eval()
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)
+    with pytest.raises(ValueError, match="does not take position_ids"):
+        model(**inputs, position_ids=torch.arange(14))
+    with pytest.raises(ValueError, match="does not take output_attentions"):
+        model(**inputs, output_attentions=True)
+    padding = torch.ones(2, 14, dtype=torch.long)
+    padding[1, 10:] = 0
+    with pytest.raises(ValueError, match="attention_mask.*no padding mask"):
+        model(**inputs, attention_mask=padding)
+    # What PEFT and Trainer pass along: an all-ones mask and arguments that ask for nothing.
+    expected = model(**inputs).logits
+    same = model(**inputs, attention_mask=torch.ones(2, 14), output_attentions=False, inputs_embeds=None).logits
+    assert torch.equal(same, expected)
+    assert torch.equal(model(**inputs, return_dict=False)[1], model(**inputs).codebook_losses)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["hybrid-tiny", "transformer-tiny"])
+def test_half_precision_forward_and_generation_on_cpu_for_one_to_eight_samples(name, dtype):
+    reference = tiny_model(name).eval()
+    model = tiny_model(name).eval().to(dtype)
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)
+    output = model(**inputs)
+    assert output.logits.dtype == dtype
+    torch.testing.assert_close(output.logits.float(), reference(**inputs).logits, atol=0.1, rtol=0.05)
+    for samples in range(1, 9):  # from 4 samples on, decoding multiplies by packed weights where the CPU can
+        codes = model.generate(max_new_tokens=3, num_return_sequences=samples)
+        assert codes.shape == (samples, 9, 3) and 0 <= codes.min() and codes.max() < 1024
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ssm_decay_rates_and_skip_weights_stay_float32_when_loaded_in_half_precision(tmp_path, dtype):
+    tiny_model().save_pretrained(tmp_path)
+    model = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=dtype)
+    mixer = model.model.layers[0].mixer
+    assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
+    assert mixer.in_proj.weight.dtype == model.lm_head.weight.dtype == dtype
+    assert model.generate(max_new_tokens=2, num_return_sequences=4).shape == (4, 9, 2)
+
+
+def test_generation_with_torchao_int8_weights_steps_off_the_fast_products():
+    """torchao is an optional extra (its import prints noise that other CLI tests would see): run with
+    /work/venv-torchao or any environment that has it; skipped elsewhere."""
+    quantization = pytest.importorskip("torchao.quantization")
+    model = tiny_model().eval()
+    quantization.quantize_(model, quantization.Int8WeightOnlyConfig())
+    assert type(model.lm_head.weight) is not torch.nn.Parameter  # a tensor subclass now
+    for samples in (1, 2, 4):
+        codes = model.generate(max_new_tokens=3, num_return_sequences=samples)
+        assert codes.shape == (samples, 9, 3)
