@@ -35,6 +35,7 @@ def test_save_pretrained_writes_weights_config_generation_config_and_code(tmp_pa
     config = json.loads((folder / "config.json").read_text())
     assert config["auto_map"] == {
         "AutoConfig": "configuration_music_hybrid.MusicHybridConfig",
+        "AutoModel": "modeling_music_hybrid.MusicHybridModel",
         "AutoModelForCausalLM": "modeling_music_hybrid.MusicHybridForCausalLM",
     }
     assert config["codec"] == CODEC
@@ -50,7 +51,9 @@ def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_iden
     script = textwrap.dedent(f"""
         import sys
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModel, AutoModelForCausalLM
+        base = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        assert type(base).__name__ == "MusicHybridModel", type(base)
         model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
         assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
         logits = model(torch.load({str(tmp_path / 'input_ids.pt')!r})).logits
