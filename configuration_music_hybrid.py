@@ -15,6 +15,8 @@ ATTENTION = "full_attention"
 MAMBA = "linear_attention"
 LAYER_TYPES = (ATTENTION, MAMBA)
 POSITION_EMBEDDING_TYPES = ("learned", "rope", "none")
+MEMORY_AGGREGATIONS = ("gated", "residual", "sparse")
+SCAN_CHUNK_SIZE = 16  # the PyTorch selective scan's chunk: memory segments end on chunk ends
 
 # Published DAC 44.1 kHz codec: the default identity when a model is created
 # without a dataset (training overwrites it with the dataset's codec).
@@ -50,6 +52,23 @@ class MusicHybridConfig(PretrainedConfig):
         mamba_implementation: "auto" (mamba-ssm CUDA kernels on CUDA tensors when installed, PyTorch otherwise),
             "kernels" (always the kernels), "torch" (never) or "compiled" (the PyTorch scan with each chunk of
             steps fused by torch.compile: about twice as fast on CPU, compiled on first use; needs a C++ compiler).
+        mamba_memory_segment_length: memory caching (Behrouz et al. 2026, "Memory Caching: RNNs with Growing
+            Memory") in every Mamba layer when set, a positive multiple of 16 (the scan's chunk); None (the default)
+            is plain Mamba-1. The sequence is cut into segments of this many positions; each Mamba layer caches
+            its SSM state h^(i) at the end of every segment, with the key k^(i) = mean of B over the segment. Each
+            later position t reads the cached states with its C_t (C_t . h^(i)) next to the live readout
+            C_t . h_t, mixed by weights over <W_u x_t, k> / sqrt(d_state) (the live key: mean of B over the
+            current segment so far); W_u is the mixer's `memory_query`, nn.Linear(d_inner, d_state, bias=False),
+            the only new weight, initialised like every linear layer (normal, std `initializer_range`), so the
+            weights start near uniform over the live and cached memories. In the first segment the output is
+            plain Mamba-1's. Such layers run the PyTorch scan on every device (the CUDA kernels return no
+            segment-end states).
+        mamba_memory_aggregation: how the memories are mixed: "gated" (softmax of the scores over the live and
+            cached memories, the paper's gated residual memory), "residual" (every weight 1) or "sparse" (softmax
+            over the live memory and the `mamba_memory_top_k` cached segments of highest score).
+        mamba_memory_top_k: cached segments read by "sparse" (>= 1).
+        mamba_memory_max_segments: only this many most recent cached segments take part (None: all), in training
+            and decoding alike; it bounds the decoding cache.
         label_smoothing: applied to the training loss only (evaluation reports plain cross entropy).
         codebook_loss_weights: optional per-codebook weights of the loss (a weighted mean).
         codec: identity of the codec the codes come from (backend, model id, revision or seed, rates), so that
@@ -100,6 +119,10 @@ class MusicHybridConfig(PretrainedConfig):
         mamba_dt_max=0.1,
         mamba_dt_init_floor=1e-4,
         mamba_implementation="auto",
+        mamba_memory_segment_length=None,
+        mamba_memory_aggregation="gated",
+        mamba_memory_top_k=2,
+        mamba_memory_max_segments=None,
         initializer_range=0.02,
         label_smoothing=0.0,
         codebook_loss_weights=None,
@@ -141,6 +164,10 @@ class MusicHybridConfig(PretrainedConfig):
         self.mamba_dt_max = mamba_dt_max
         self.mamba_dt_init_floor = mamba_dt_init_floor
         self.mamba_implementation = mamba_implementation
+        self.mamba_memory_segment_length = mamba_memory_segment_length
+        self.mamba_memory_aggregation = mamba_memory_aggregation
+        self.mamba_memory_top_k = mamba_memory_top_k
+        self.mamba_memory_max_segments = mamba_memory_max_segments
         self.initializer_range = initializer_range
         self.label_smoothing = label_smoothing
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
@@ -177,6 +204,11 @@ class MusicHybridConfig(PretrainedConfig):
     @property
     def mamba_dt_rank_value(self):
         return math.ceil(self.hidden_size / 16) if self.mamba_dt_rank == "auto" else self.mamba_dt_rank
+
+    @property
+    def mamba_memory(self):
+        """Whether the Mamba layers cache their memory (see `mamba_memory_segment_length`)."""
+        return self.mamba_memory_segment_length is not None
 
     @property
     def num_attention_layers(self):
@@ -243,6 +275,22 @@ class MusicHybridConfig(PretrainedConfig):
                 "mamba_implementation",
                 f"must be 'auto', 'kernels', 'torch' or 'compiled', got {self.mamba_implementation!r}",
             )
+        segment_length = self.mamba_memory_segment_length
+        if segment_length is not None and (
+            not isinstance(segment_length, int) or segment_length <= 0 or segment_length % SCAN_CHUNK_SIZE
+        ):
+            fail(
+                "mamba_memory_segment_length",
+                f"must be None or a positive multiple of {SCAN_CHUNK_SIZE} (the scan's chunk), got {segment_length!r}",
+            )
+        if self.mamba_memory_aggregation not in MEMORY_AGGREGATIONS:
+            aggregation = self.mamba_memory_aggregation
+            fail("mamba_memory_aggregation", f"must be one of {MEMORY_AGGREGATIONS}, got {aggregation!r}")
+        if not isinstance(self.mamba_memory_top_k, int) or self.mamba_memory_top_k < 1:
+            fail("mamba_memory_top_k", f"must be an integer >= 1, got {self.mamba_memory_top_k!r}")
+        max_segments = self.mamba_memory_max_segments
+        if max_segments is not None and (not isinstance(max_segments, int) or max_segments < 1):
+            fail("mamba_memory_max_segments", f"must be None or an integer >= 1, got {max_segments!r}")
         if self.codebook_loss_weights is not None:
             if len(self.codebook_loss_weights) != self.num_codebooks:
                 fail("codebook_loss_weights", f"needs {self.num_codebooks} values, got {len(self.codebook_loss_weights)}")
@@ -308,6 +356,20 @@ PRESETS = {
     "hybrid-tiny": dict(
         description="Test-size hybrid: [mamba, attention] x2, d_model 64.",
         num_hidden_layers=4, attention_period=2, attention_offset=1, **_TINY,
+    ),
+    "hybrid-mc-116m": dict(
+        description="The published hybrid with gated memory caching in every Mamba layer (segments of 256 positions).",
+        num_hidden_layers=20, attention_period=4, attention_offset=3, mamba_mlp=False,
+        mamba_memory_segment_length=256, mamba_memory_aggregation="gated", **_PUBLISHED, **_MAMBA_1,
+    ),
+    "hybrid-mc-tiny": dict(
+        description="Test-size hybrid with memory caching: [mamba, attention] x2, d_model 64, segments of 16.",
+        num_hidden_layers=4, attention_period=2, attention_offset=1, mamba_memory_segment_length=16, **_TINY,
+    ),
+    "mamba-mc-tiny": dict(
+        description="Test-size pure Mamba model with memory caching: 2 Mamba layers with MLPs, segments of 16.",
+        num_hidden_layers=2, attention_period=0, mamba_mlp=True, position_embedding_type="none",
+        mamba_memory_segment_length=16, **_TINY,
     ),
     "mamba-tiny": dict(
         description="Test-size pure Mamba model: 2 Mamba layers with MLPs, d_model 64, no positions.",

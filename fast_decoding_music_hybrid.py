@@ -130,7 +130,8 @@ class CUDAGraphStep:
     The graph reads its inputs from fixed buffers and updates the generation's fixed-shape cache in place, so a
     replay launches the whole step at once instead of hundreds of small kernels. It is recorded again whenever the
     cache shows attention more slots (every VISIBLE_BLOCK positions). Recording follows a warm-up run (lazy
-    initialisation, kernel autotuning), which advances the Mamba states: they are restored before recording. The
+    initialisation, kernel autotuning), which advances the Mamba states (and memories): they are restored before
+    recording. The
     keys and values it writes sit at the next position, which the next replay writes again.
     """
 
@@ -149,7 +150,7 @@ class CUDAGraphStep:
     def record(self, input_ids, positions, cache, genre_ids):
         """genre_ids stay the same for a whole generation: the graph reads them where they are."""
         self.input_ids, self.positions = input_ids.clone(), positions.clone()
-        states = [*cache.conv_states.values(), *cache.ssm_states.values()]
+        states = cache.recurrent_states()
         saved = [state.clone() for state in states]
         side_stream = torch.cuda.Stream()
         side_stream.wait_stream(torch.cuda.current_stream())

@@ -723,13 +723,18 @@ class MusicHybridCache:
 
     Attention layers keep keys and values for `max_length` positions, or a ring of the last `attention_window`
     positions in sliding-window mode. Mamba layers keep their last `d_conv` inputs and the SSM state (float32),
-    whose size does not grow with the sequence.
+    whose size does not grow with the sequence. With memory caching they also keep their cached memories (float32;
+    see `MemorySettings`): slots of states (batch, slots, d_inner, d_state), keys (batch, slots, d_state) and
+    segment indices (slots,; -1 when empty), segment i in slot i % slots, and the sum of B over the current
+    segment (batch, d_state). There are `mamba_memory_max_segments` slots, or enough for every segment of
+    `max_length` positions.
 
     With `fixed_shape`, a single new position is written at its slot by index and attends over the "visible"
     slots under a mask (`single_position_mask`): the filled ones rounded up to a multiple of VISIBLE_BLOCK. Steps
     keep the same shapes for VISIBLE_BLOCK positions at a time, which a compiled step or a CUDA graph needs, and
     never read much more of a long cache than the filled part. Otherwise a step attends over the filled part
-    exactly (cheapest in eager mode).
+    exactly (cheapest in eager mode). Likewise a fixed-shape step reads every memory slot (the empty ones masked),
+    an eager one only the filled slots.
     """
 
     def __init__(self, config, batch_size, max_length, device, dtype, attention_window=None, fixed_shape=False):
@@ -743,6 +748,10 @@ class MusicHybridCache:
         self.keys, self.values, self.conv_states, self.ssm_states = {}, {}, {}, {}
         self.visible_keys, self.visible_values, self.visible_length = {}, {}, None
         self.mamba_decay_exponents = {}
+        self.memories, self.memory_settings = {}, MemorySettings.from_config(config)
+        if self.memory_settings is not None:
+            segment_length = self.memory_settings.segment_length
+            self.memory_slots = self.memory_settings.max_segments or max(1, max_length // segment_length)
         self.packed_weights = {}  # linear layer -> packed weight, for batched CPU decoding (see decoding_linear)
         for i, layer_type in enumerate(config.layer_types):
             if layer_type == ATTENTION:
@@ -752,13 +761,28 @@ class MusicHybridCache:
                 d_inner = config.mamba_d_inner
                 self.conv_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_conv, dtype=dtype, device=device)
                 self.ssm_states[i] = torch.zeros(batch_size, d_inner, config.mamba_d_state, dtype=torch.float32, device=device)
+                if self.memory_settings is not None:
+                    self.memories[i] = self.empty_memory(config, batch_size, device)
         self.advance(0)
+
+    def empty_memory(self, config, batch_size, device):
+        d_state, slots = config.mamba_d_state, self.memory_slots
+        return {
+            "states": torch.zeros(batch_size, slots, config.mamba_d_inner, d_state, dtype=torch.float32, device=device),
+            "keys": torch.zeros(batch_size, slots, d_state, dtype=torch.float32, device=device),
+            "segments": torch.full((slots,), -1, dtype=torch.long, device=device),
+            "key_sum": torch.zeros(batch_size, d_state, dtype=torch.float32, device=device),
+        }
 
     def advance(self, num_positions):
         """Count new positions. A fixed-shape cache then shows attention the slots up to the next multiple of
         VISIBLE_BLOCK past the filled ones (all of them in a ring). The views are made anew every time (cheap):
         with gradients on, views taken before the buffers were last written would be stale for autograd."""
         self.length += num_positions
+        if self.memories:
+            filled = min(self.memory_slots, self.length // self.memory_settings.segment_length)
+            self.memory_visible = self.memory_slots if self.fixed_shape else filled
+            self.memory_filled = filled
         if self.fixed_shape:
             visible = self.visible_length = min(self.capacity, -(-(self.length + 1) // VISIBLE_BLOCK) * VISIBLE_BLOCK)
             self.visible_keys = {i: keys[:, :, :visible] for i, keys in self.keys.items()}
@@ -793,6 +817,33 @@ class MusicHybridCache:
         filled = min(start + 1, capacity)
         return keys[:, :, :filled], values[:, :, :filled]
 
+    def cached_memory(self, layer_idx):
+        """The filled memory slots of a Mamba layer (states, keys, segment indices) and its key sum."""
+        memory, filled = self.memories[layer_idx], self.memory_filled
+        return memory["states"][:, :filled], memory["keys"][:, :filled], memory["segments"][:filled], memory["key_sum"]
+
+    def visible_memory(self, layer_idx):
+        """The memory slots a decoding step reads: every slot in a fixed-shape cache, the filled ones otherwise."""
+        memory, visible = self.memories[layer_idx], self.memory_visible
+        return memory["states"][:, :visible], memory["keys"][:, :visible], memory["segments"][:visible]
+
+    def store_memory(self, layer_idx, states, keys, segments, key_sum):
+        """Cache the memories of the segments that ended in a multi-position input (see `memory_cached_scan`)."""
+        memory, slots = self.memories[layer_idx], self.memory_slots
+        if self.memory_settings.max_segments is None and len(segments) and segments[-1] >= slots:
+            raise ValueError(f"The cache holds the memories of {slots} segments; segment {int(segments[-1])} ended")
+        kept = slice(max(0, len(segments) - slots), None)  # a ring keeps the most recent
+        slot = segments[kept] % slots
+        memory["states"].index_copy_(1, slot, states[:, kept].detach())
+        memory["keys"].index_copy_(1, slot, keys[:, kept].detach())
+        memory["segments"].index_copy_(0, slot, segments[kept])
+        memory["key_sum"].copy_(key_sum.detach())
+
+    def recurrent_states(self):
+        """Every tensor that a decoding step updates in place besides the attention slots it writes."""
+        memories = [tensor for memory in self.memories.values() for tensor in memory.values()]
+        return [*self.conv_states.values(), *self.ssm_states.values(), *memories]
+
     def single_position_mask(self, positions, dtype):
         """Additive mask (1, 1, 1, visible slots) of one query at `positions` (one element) in a fixed-shape cache:
         slot j holds a position up to the query's once j <= the query's position, in a plain buffer and a ring
@@ -814,8 +865,13 @@ class MusicHybridCache:
         return exponents
 
     def per_frame_bytes(self):
-        """Bytes added per generated position (attention K/V); the Mamba state is constant."""
-        return sum(2 * k[0, :, 0].numel() * k.shape[0] * k.element_size() for k in self.keys.values())
+        """Bytes added per generated position: attention K/V, and the cached memories per position (a state and
+        a key every segment) unless `mamba_memory_max_segments` bounds them; the Mamba state is constant."""
+        attention = sum(2 * k[0, :, 0].numel() * k.shape[0] * k.element_size() for k in self.keys.values())
+        if not self.memories or self.memory_settings.max_segments is not None:
+            return attention
+        per_segment = sum(m["states"][:, 0].nbytes + m["keys"][:, 0].nbytes for m in self.memories.values())
+        return attention + per_segment / self.memory_settings.segment_length
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -845,7 +901,7 @@ class MusicHybridDecoderLayer(nn.Module):
         if self.layer_type == ATTENTION:
             mixed = self.mixer(self.input_norm(hidden_states), positions, rotary, attention_mask, cache)
         else:
-            mixed = self.mixer(self.input_norm(hidden_states), cache)
+            mixed = self.mixer(self.input_norm(hidden_states), cache, positions)
         hidden_states = hidden_states + self.dropout(mixed)
         if self.has_mlp:
             hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states), cache))
@@ -983,6 +1039,12 @@ def mamba_kernels():
 def log_mamba_path_once(config):
     if MAMBA not in config.layer_types:
         return
+    if config.mamba_memory:
+        logger.info_once(
+            "Mamba layers with memory caching run the PyTorch chunked selective scan on every device (the mamba-ssm "
+            "kernels return no segment-end states)"
+        )
+        return
     if mamba_kernels() is not None and torch.cuda.is_available():
         logger.info_once("Mamba layers run the mamba-ssm / causal-conv1d CUDA kernels on CUDA tensors")
     else:
@@ -1021,6 +1083,9 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(self.d_inner))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.mamba_proj_bias)
+        self.memory = MemorySettings.from_config(config)
+        if self.memory is not None:  # the query W_u x_t that scores the cached memories (see MemorySettings)
+            self.memory_query = nn.Linear(self.d_inner, self.d_state, bias=False)
 
     def reset_ssm_parameters(self):
         """mamba_ssm's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform draw."""
@@ -1039,7 +1104,7 @@ class MambaMixer(nn.Module):
 
     def use_kernels(self, hidden_states):
         choice = self.config.mamba_implementation
-        if choice in ("torch", "compiled"):
+        if choice in ("torch", "compiled") or self.memory is not None:  # the kernels keep no segment-end states
             return False
         if choice == "kernels":
             if mamba_kernels() is None:
@@ -1047,8 +1112,9 @@ class MambaMixer(nn.Module):
             return True
         return hidden_states.is_cuda and mamba_kernels() is not None
 
-    def forward(self, hidden_states, cache=None):
-        """hidden_states (B, T, hidden) -> (B, T, hidden); with a cache, continue from and update its state."""
+    def forward(self, hidden_states, cache=None, positions=None):
+        """hidden_states (B, T, hidden) -> (B, T, hidden); with a cache, continue from and update its state.
+        `positions` (a tensor) is needed by a decoding step with memory caching."""
         # One position with a cache is a decoding step, also on an empty cache (zero state = zero padding). The
         # checks never read cache.length for one position: a compiled step must not depend on it.
         single_step = cache is not None and hidden_states.shape[1] == 1
@@ -1058,7 +1124,7 @@ class MambaMixer(nn.Module):
             if cache is None or single_step or cache.length == 0:
                 return self.kernel_forward(hidden_states, cache)
         if single_step:
-            return self.torch_step(hidden_states, cache)
+            return self.torch_step(hidden_states, cache, positions)
         return self.torch_forward(hidden_states, cache)
 
     def ssm_inputs(self, x):
@@ -1082,10 +1148,20 @@ class MambaMixer(nn.Module):
         delta = F.softplus(dt)
         A = -torch.exp(self.A_log.float())
         compiled = self.config.mamba_implementation == "compiled"
-        y, last_state = selective_scan(x.transpose(1, 2), delta, A, B, C, initial_state, compiled=compiled)
+        if self.memory is None:
+            y, last_state = selective_scan(x.transpose(1, 2), delta, A, B, C, initial_state, compiled=compiled)
+            y = y.transpose(1, 2)
+        else:
+            cached = None if cache is None else cache.cached_memory(self.layer_idx)
+            y, last_state, new_memory = memory_cached_scan(
+                x.transpose(1, 2), delta, A, B, C, self.memory_query(x), initial_state,
+                start=0 if cache is None else cache.length, settings=self.memory, cached=cached, compiled=compiled,
+            )
+            if cache is not None:
+                cache.store_memory(self.layer_idx, *new_memory)
         if cache is not None:
             cache.ssm_states[self.layer_idx].copy_(last_state)
-        y = y.transpose(1, 2).to(x.dtype) + x * self.D.to(x.dtype)
+        y = y.to(x.dtype) + x * self.D.to(x.dtype)
         return self.out_proj(y * F.silu(z))
 
     def causal_conv(self, x, cache):
@@ -1106,9 +1182,10 @@ class MambaMixer(nn.Module):
             out = torch.addcmul(out, x_padded[:, shift : shift + seq_length], weight[:, shift])
         return out if self.conv1d.bias is None else out + self.conv1d.bias
 
-    def torch_step(self, hidden_states, cache):
+    def torch_step(self, hidden_states, cache, positions=None):
         """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
-        with no per-step work beyond the step itself (no conv call over a padded window, no scan setup)."""
+        with no per-step work beyond the step itself (no conv call over a padded window, no scan setup). With
+        memory caching, the step at `positions` (one element) also reads and updates the cached memories."""
         conv_state, ssm_state = cache.conv_states[self.layer_idx], cache.ssm_states[self.layer_idx]
         x, z = decoding_linear(self.in_proj, hidden_states[:, 0], cache).chunk(2, dim=-1)
         conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None].to(conv_state.dtype)], dim=-1))
@@ -1120,8 +1197,11 @@ class MambaMixer(nn.Module):
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(decoding_linear(self.dt_proj, dt, cache))
         exponents = cache.decay_exponents(self.layer_idx, self.A_log)
-        y = selective_state_step(ssm_state, x, delta, exponents, B, C).to(x.dtype)
-        y = (y + x * self.D.to(x.dtype)) * F.silu(z)
+        y = selective_state_step(ssm_state, x, delta, exponents, B, C)
+        if self.memory is not None:
+            query = decoding_linear(self.memory_query, x, cache)
+            y = memory_step(cache, self.layer_idx, self.memory, y, ssm_state, query, B, C, positions)
+        y = (y.to(x.dtype) + x * self.D.to(x.dtype)) * F.silu(z)
         return decoding_linear(self.out_proj, y, cache)[:, None]
 
     def fused_kernel_sees_every_layer(self):
@@ -1171,6 +1251,137 @@ class MambaMixer(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# Memory caching (Behrouz et al. 2026, "Memory Caching: RNNs with Growing Memory")
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MemorySettings:
+    """Memory caching of a Mamba layer. The sequence is cut into segments of `segment_length` positions; the SSM
+    state h^(i) right after segment i is cached with the key k^(i) = mean of B over segment i. Position t of
+    segment s reads the live memory (r = C_t . h_t, key: mean of B over segment s up to t) and the cached ones
+    (r^(i) = C_t . h^(i), i < s; the `max_segments` most recent when set): y_t = sum_j g_t^(j) r_t^(j) + D x_t,
+    with g from the scores <W_u x_t, k^(j)> / sqrt(d_state) by `aggregation` (see `memory_weights`). The readout
+    is linear in the state, so reading n cached states is one matrix product (see `read_memories`)."""
+
+    segment_length: int
+    aggregation: str
+    top_k: int
+    max_segments: int | None
+
+    @classmethod
+    def from_config(cls, config):
+        if not config.mamba_memory:
+            return None
+        return cls(
+            config.mamba_memory_segment_length, config.mamba_memory_aggregation, config.mamba_memory_top_k,
+            config.mamba_memory_max_segments,
+        )
+
+    def valid(self, memory_segments, position_segments):
+        """Which cached segments (n,) the positions' segments (..., 1) read: (..., n). Empty slots hold -1."""
+        valid = (memory_segments >= 0) & (memory_segments < position_segments)
+        if self.max_segments is not None:
+            valid &= memory_segments >= position_segments - self.max_segments
+        return valid
+
+
+def memory_cached_scan(u, delta, A, B, C, query, initial_state, start, settings, cached=None, compiled=False):
+    """The Mamba-1 scan with memory caching over inputs at positions start, start + 1, ... (see `MemorySettings`).
+
+    u, delta (batch, d_inner, T), A, B, C and initial_state as in `selective_scan`; query = W_u x (batch, T,
+    d_state). cached: the memories of earlier positions, (states (batch, n, d_inner, d_state), keys (batch, n,
+    d_state), segment indices (n,), the sum of B over the current segment before `start`), or None. Returns y
+    (batch, T, d_inner) in float32 (before the D x term), the last state and the new memories (the same four
+    fields, for the segments that end inside the inputs, and the key sum after them).
+    """
+    segment_length, length = settings.segment_length, u.shape[-1]
+    y_live, last_state, segment_states = selective_scan(
+        u, delta, A, B, C, initial_state, compiled=compiled, offset=start, segment_length=segment_length
+    )
+    device = u.device
+    steps = torch.arange(length, device=device)
+    segments = (start + steps) // segment_length
+    in_segment = (start + steps) % segment_length
+    # The live key: the running mean of B over the current segment (a cumulative sum restarted at segment starts,
+    # continued from the cached sum when the first segment began before the inputs).
+    B = B.float().transpose(1, 2)
+    cumulative = F.pad(B.cumsum(1), (0, 0, 1, 0))
+    running_sums = cumulative[:, 1:] - cumulative[:, (steps - in_segment).clamp(min=0)]
+    if cached is not None:
+        running_sums = running_sums + cached[3][:, None] * (steps < in_segment)[None, :, None]
+    live_keys = running_sums / (in_segment + 1)[None, :, None]
+    ends = torch.nonzero(in_segment == segment_length - 1)[:, 0]
+    new_memory = (segment_states.transpose(0, 1), live_keys[:, ends], segments[ends], running_sums[:, -1])
+    states, keys, memory_segments = new_memory[:3]
+    if cached is not None:
+        states, keys = torch.cat([cached[0], states], dim=1), torch.cat([cached[1], keys], dim=1)
+        memory_segments = torch.cat([cached[2], memory_segments])
+    scale = query.shape[-1] ** -0.5  # 1 / sqrt(d_state)
+    query = query.float()
+    live_scores = (query * live_keys).sum(-1) * scale
+    scores = torch.matmul(query, keys.transpose(1, 2)) * scale
+    valid = settings.valid(memory_segments, segments[:, None])
+    live_weights, weights = memory_weights(live_scores, scores, valid, settings)
+    y = live_weights[..., None] * y_live.transpose(1, 2) + read_memories(weights, C.float().transpose(1, 2), states)
+    return y, last_state, new_memory
+
+
+def memory_weights(live_scores, scores, valid, settings):
+    """The weights g of the live memory (...) and the cached ones (..., n), zero where not `valid`.
+
+    "gated": softmax over the live and valid cached scores; "residual": every weight 1; "sparse": softmax over the
+    live score and the `top_k` highest valid cached scores.
+    """
+    if settings.aggregation == "residual":
+        return torch.ones_like(live_scores), valid.to(scores.dtype).expand_as(scores)
+    if settings.aggregation == "sparse" and scores.shape[-1] > settings.top_k:
+        masked = scores.masked_fill(~valid, -math.inf)
+        top = masked.topk(settings.top_k, dim=-1).indices
+        valid = torch.zeros_like(masked, dtype=torch.bool).scatter_(-1, top, True) & valid
+    weights = torch.softmax(torch.cat([live_scores[..., None], scores.masked_fill(~valid, -math.inf)], dim=-1), dim=-1)
+    return weights[..., 0], weights[..., 1:]
+
+
+def read_memories(weights, C, states):
+    """sum_i weights_ti (C_t . h^(i)) = sum_(i,n) (weights_ti C_tn) h^(i)_n: one product of (batch, T, n d_state)
+    by (batch, n d_state, d_inner), never the (batch, T, n, d_inner) readouts themselves.
+    weights (batch, T, n), C (batch, T, d_state), states (batch, n, d_inner, d_state) -> (batch, T, d_inner)."""
+    batch, length, num_memories = weights.shape
+    if num_memories == 0:
+        return C.new_zeros(batch, length, states.shape[2])
+    mixed_queries = (weights[..., None] * C[:, :, None, :]).reshape(batch, length, -1)
+    return torch.matmul(mixed_queries, states.transpose(2, 3).reshape(batch, -1, states.shape[2]))
+
+
+def memory_step(cache, layer_idx, settings, y_live, state, query, B, C, positions):
+    """One decoding step of memory caching: y_live = C . h_t (batch, d_inner) of the new state `state`; B, C,
+    query (batch, d_state); positions: the step's position (one element, a tensor: a compiled step reads no
+    Python value that changes). Reads the cached memories, then updates the key sum and, at a segment's last
+    position, caches the state and key in their slot. Returns y (batch, d_inner) before the D x term."""
+    memory = cache.memories[layer_idx]
+    segment_length = settings.segment_length
+    segment, in_segment = positions // segment_length, positions % segment_length
+    B, C, query = B.float(), C.float(), query.float()
+    key_sum = torch.where(in_segment == 0, B, memory["key_sum"] + B)
+    memory["key_sum"].copy_(key_sum)
+    live_key = key_sum / (in_segment + 1)
+    states, keys, memory_segments = cache.visible_memory(layer_idx)
+    scale = query.shape[-1] ** -0.5  # 1 / sqrt(d_state)
+    live_scores = (query * live_key).sum(-1) * scale
+    scores = torch.matmul(keys, query[:, :, None])[..., 0] * scale
+    live_weights, weights = memory_weights(live_scores, scores, settings.valid(memory_segments, segment), settings)
+    y = live_weights[:, None] * y_live + read_memories(weights[:, None], C[:, None], states)[:, 0]
+    # Written by index whatever the position (a fixed-shape step): the slot's old content unless a segment ends.
+    segment_ends = in_segment == segment_length - 1
+    slot = segment % memory["segments"].shape[0]
+    for buffer, new, dim in ((memory["states"], state[:, None], 1), (memory["keys"], live_key[:, None], 1),
+                             (memory["segments"], segment, 0)):
+        buffer.index_copy_(dim, slot, torch.where(segment_ends, new, buffer.index_select(dim, slot)))
+    return y
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Selective scan in PyTorch
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -1184,7 +1395,9 @@ def decay_exponents(A_log):
     return -torch.exp(A_log.float()) * LOG2_E
 
 
-def selective_scan(u, delta, A, B, C, initial_state=None, chunk_size=16, compiled=False):
+def selective_scan(
+    u, delta, A, B, C, initial_state=None, chunk_size=16, compiled=False, offset=0, segment_length=None
+):
     """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t;  y_t = <h_t, C_t>, in float32.
 
     u, delta: (batch, d_inner, T); A: (d_inner, d_state); B, C: (batch, d_state, T); initial_state: (batch,
@@ -1198,15 +1411,42 @@ def selective_scan(u, delta, A, B, C, initial_state=None, chunk_size=16, compile
     compiled: run every whole chunk, forward and backward, as one kernel that torch.compile fuses (see
     `fused_chunk_forward`); the same results to float32 rounding, about twice as fast on CPU, compiled on first
     use (seconds; needs a C++ compiler on CPU).
+
+    segment_length (a multiple of chunk_size; memory caching): the inputs start at position `offset` of a
+    sequence cut into segments of that length; the chunks follow the same grid (a shorter first chunk when
+    `offset` is not on it), so every segment ends at a chunk's end. Then a third output holds the states right
+    after each segment end inside the inputs, (segments, batch, d_inner, d_state), and gradients flow from them
+    back through the scan.
     """
     if initial_state is None:
         initial_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
     inputs = (u, delta, A, B, C, initial_state)
+    grid = ScanGrid(u.shape[-1], chunk_size, offset, segment_length)
     if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-        return SelectiveScan.apply(*inputs, chunk_size, compiled)
-    with torch.autocast(u.device.type, enabled=False):
-        y, last_state, _ = scan_forward(*inputs, chunk_size, compiled, keep_start_states=False)
-    return y, last_state
+        y, last_state, segment_states = SelectiveScan.apply(*inputs, grid, compiled)
+    else:
+        with torch.autocast(u.device.type, enabled=False):
+            y, last_state, segment_states, _ = scan_forward(*inputs, grid, compiled, keep_start_states=False)
+    return (y, last_state) if segment_length is None else (y, last_state, segment_states)
+
+
+class ScanGrid:
+    """Where the scan's chunks start, and which chunk ends are segment ends (see `selective_scan`)."""
+
+    def __init__(self, length, chunk_size, offset=0, segment_length=None):
+        if segment_length is not None and segment_length % chunk_size:
+            raise ValueError(f"segment_length {segment_length} is not a multiple of the chunk size {chunk_size}")
+        self.chunk_size = chunk_size
+        first = (-offset) % chunk_size or chunk_size
+        self.starts = [0] + list(range(first, length, chunk_size)) if length else []
+        self.ends = self.starts[1:] + [length]
+        # Indices of the chunks that end a segment, in order.
+        self.segment_chunks = [] if segment_length is None else [
+            i for i, end in enumerate(self.ends) if (offset + end) % segment_length == 0
+        ]
+
+    def spans(self):
+        return [slice(start, end) for start, end in zip(self.starts, self.ends, strict=True)]
 
 
 class SelectiveScan(torch.autograd.Function):
@@ -1214,61 +1454,75 @@ class SelectiveScan(torch.autograd.Function):
     plain loop and keeps every state)."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, initial_state, chunk_size, compiled):
+    def forward(ctx, u, delta, A, B, C, initial_state, grid, compiled):
         with torch.autocast(u.device.type, enabled=False):
-            y, last_state, saved = scan_forward(
-                u, delta, A, B, C, initial_state, chunk_size, compiled, keep_start_states=True
+            y, last_state, segment_states, saved = scan_forward(
+                u, delta, A, B, C, initial_state, grid, compiled, keep_start_states=True
             )
         ctx.save_for_backward(*saved)
-        ctx.chunk_size, ctx.compiled = chunk_size, compiled
-        return y, last_state
+        ctx.grid, ctx.compiled = grid, compiled
+        return y, last_state, segment_states
 
     @staticmethod
-    def backward(ctx, grad_y, grad_last_state):
+    def backward(ctx, grad_y, grad_last_state, grad_segment_states):
         with torch.autocast(grad_y.device.type, enabled=False):
-            gradients = scan_backward(*ctx.saved_tensors, grad_y, grad_last_state, ctx.chunk_size, ctx.compiled)
+            gradients = scan_backward(
+                *ctx.saved_tensors, grad_y, grad_last_state, grad_segment_states, ctx.grid, ctx.compiled
+            )
         return gradients + (None, None)
 
 
-def scan_forward(u, delta, A, B, C, initial_state, chunk_size, compiled, keep_start_states):
-    """y (batch, d_inner, T), the last state and, for the backward pass, the time-major inputs and chunk starts."""
+def scan_forward(u, delta, A, B, C, initial_state, grid, compiled, keep_start_states):
+    """y (batch, d_inner, T), the last state, the segment-end states and, for the backward pass, the time-major
+    inputs and chunk starts."""
     u, delta, B, C = (time_major(t) for t in (u, delta, B, C))
     A = A.float()
     exponents = A * LOG2_E
+    chunk_size = grid.chunk_size
     y = torch.empty_like(u)
     decay, states = scan_buffers(initial_state, chunk_size)
-    chunk_starts = range(0, u.shape[0], chunk_size)
-    start_states = u.new_empty((len(chunk_starts) if keep_start_states else 0,) + tuple(initial_state.shape))
+    spans = grid.spans()
+    start_states = u.new_empty((len(spans) if keep_start_states else 0,) + tuple(initial_state.shape))
+    segment_states = u.new_empty((len(grid.segment_chunks),) + tuple(initial_state.shape))
+    segment_ends = iter(enumerate(grid.segment_chunks))
+    next_segment = next(segment_ends, None)
     state = initial_state.float()
-    for i, start in enumerate(chunk_starts):
-        span = slice(start, start + chunk_size)
+    for i, span in enumerate(spans):
         if keep_start_states:
             start_states[i] = state
-        if compiled and u[span].shape[0] == chunk_size:  # a last, shorter chunk would compile again
+        if compiled and u[span].shape[0] == chunk_size:  # a shorter chunk would compile again
             y[span], state = compiled_chunk_function(fused_chunk_forward)(
                 state, u[span], delta[span], exponents, B[span], C[span]
             )
-            continue
-        _, h = chunk_states(state, u[span], delta[span], exponents, B[span], decay, states)
-        y[span] = sum_over_state(h[1:], C[span])
-        state = h[-1]
-    return y.permute(1, 2, 0), state.clone(), (u, delta, A, B, C, start_states)
+        else:
+            _, h = chunk_states(state, u[span], delta[span], exponents, B[span], decay, states)
+            y[span] = sum_over_state(h[1:], C[span])
+            state = h[-1]
+        if next_segment is not None and next_segment[1] == i:
+            segment_states[next_segment[0]] = state
+            next_segment = next(segment_ends, None)
+    return y.permute(1, 2, 0), state.clone(), segment_states, (u, delta, A, B, C, start_states)
 
 
-def scan_backward(u, delta, A, B, C, start_states, grad_y, grad_last_state, chunk_size, compiled):
-    """Gradients of (u, delta, A, B, C, initial_state), chunk by chunk from the end (see `chunk_gradients`)."""
+def scan_backward(u, delta, A, B, C, start_states, grad_y, grad_last_state, grad_segment_states, grid, compiled):
+    """Gradients of (u, delta, A, B, C, initial_state), chunk by chunk from the end (see `chunk_gradients`); a
+    segment-end state's gradient joins the gradient flowing into the end of its chunk."""
     grad_y = time_major(grad_y)
     grad_u, grad_delta, grad_B, grad_C = (torch.empty_like(t) for t in (u, delta, B, C))
     grad_A = torch.zeros_like(A)
     exponents = A * LOG2_E
-    decay, states = scan_buffers(start_states[0], chunk_size)
+    decay, states = scan_buffers(start_states[0], grid.chunk_size)
     grad_states = torch.empty_like(decay)
+    segment_of_chunk = {} if grad_segment_states is None else {i: j for j, i in enumerate(grid.segment_chunks)}
     # decay_{t+1} g_{t+1} for the first step after the current chunk.
     future = torch.zeros_like(start_states[0]) if grad_last_state is None else grad_last_state.float()
-    for i in reversed(range(start_states.shape[0])):
-        span = slice(i * chunk_size, (i + 1) * chunk_size)
+    spans = grid.spans()
+    for i in reversed(range(len(spans))):
+        span = spans[i]
+        if i in segment_of_chunk:
+            future = future + grad_segment_states[segment_of_chunk[i]].float()
         chunk = (start_states[i], u[span], delta[span], A, exponents, B[span], C[span], grad_y[span], future)
-        if compiled and u[span].shape[0] == chunk_size:
+        if compiled and u[span].shape[0] == grid.chunk_size:
             gradients = compiled_chunk_function(fused_chunk_backward)(*chunk)
         else:
             gradients = chunk_gradients(*chunk, decay, states, grad_states)

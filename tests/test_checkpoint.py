@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -42,8 +43,9 @@ def test_save_pretrained_writes_weights_config_generation_config_and_code(tmp_pa
     assert json.loads((folder / "generation_config.json").read_text())["top_k"] == 250
 
 
-def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_identical_logits(tmp_path):
-    model, folder = saved_model(tmp_path)
+@pytest.mark.parametrize("name", ["hybrid-tiny", "hybrid-mc-tiny"])  # memory caching: 21 positions, 2 segments
+def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_identical_logits(tmp_path, name):
+    model, folder = saved_model(tmp_path, name)
     codes = torch.randint(0, 1024, (1, 9, 12), generator=torch.Generator().manual_seed(0))
     inputs = codes_to_model_inputs(codes, model.config)
     torch.save(inputs["input_ids"], tmp_path / "input_ids.pt")

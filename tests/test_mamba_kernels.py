@@ -234,3 +234,17 @@ def test_real_cuda_kernels_match_the_torch_path():
     prompt = codes[:, :, :8]
     generated = [model.generate(prompt, max_new_tokens=8, do_sample=False) for model in (torch_model, kernel_model)]
     assert torch.equal(generated[0], generated[1])
+
+
+def test_memory_caching_layers_run_the_torch_path_beside_the_kernels(stand_in_kernels):
+    """Layers with memory caching need the segment-end states, which the kernels do not return: with the
+    kernels installed (and even insisted on) they run the PyTorch path, in training and in decoding."""
+    torch_model, kernel_model = models_on_both_paths("hybrid-mc-tiny")
+    codes = torch.randint(0, 1024, (2, 9, 40), generator=torch.Generator().manual_seed(3))
+    inputs = codes_to_model_inputs(codes, torch_model.config)
+    outputs = [model(**inputs) for model in (torch_model, kernel_model)]
+    assert torch.equal(outputs[0].logits, outputs[1].logits)
+    prompt = codes[:, :, :4]
+    generated = [model.generate(prompt, max_new_tokens=30, do_sample=False) for model in (torch_model, kernel_model)]
+    assert torch.equal(generated[0], generated[1])
+    assert stand_in_kernels == []
