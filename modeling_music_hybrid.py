@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.generation import GenerateDecoderOnlyOutput
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.modeling_outputs import ModelOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -113,6 +114,18 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
     # The SSM's decay rates and skip weights stay float32 when loaded in half precision, as in transformers' Mamba
     # models: exp(A) of a bfloat16 A_log is too coarse for the long-range decays.
     _keep_in_fp32_modules_strict = ["mixer.A_log", r"mixer\.D$"]
+
+    @classmethod
+    def _can_set_attn_implementation(cls):
+        """set_attn_implementation works at run time: every attention call reads config._attn_implementation
+        (transformers' own check looks for get_interface in the source, which the attention avoids for dynamo)."""
+        return True
+
+    def resize_token_embeddings(self, *args, **kwargs):
+        raise ValueError(
+            "resize_token_embeddings: the vocabulary is the codec's (codebook_size codes per codebook plus pad, bos "
+            "and eos) and cannot grow; a codec with other codes needs a new model (MusicHybridConfig(codebook_size=...))"
+        )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained, with auto_map naming the base model too: AutoModel then loads it from a
@@ -352,17 +365,22 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             the last `context_window` frames are prefilled again as a new prompt, as in audiocraft; any model) or
             "sliding" (attention sees the last `context_window` positions while Mamba state carries on; models
             without learned positions).
+
+        As in transformers, a passed `generation_config` is merged into the model's (the fields it leaves unset
+        keep the model's values) and keyword arguments override both; `max_length` counts frames, the prompt's
+        included; `return_dict_in_generate=True` returns a `GenerateDecoderOnlyOutput` holding `sequences`. Every
+        setting this model does not implement (beam search, repetition penalties, end tokens, scores, ...) raises
+        ValueError naming it (see `GENERATION_FIELDS_HONOURED`). Prompts of different lengths cannot share a batch
+        (each would need its own delay-pattern alignment): generate them one at a time.
         """
-        config = generation_config_with_overrides(generation_config or self.generation_config, kwargs)
+        config, explicit = merged_generation_config(self.generation_config, generation_config, kwargs)
         prompt = prepare_prompt(input_ids, self.config, self.device)
         num_prompts = prompt.shape[0]
         prompt = prompt.repeat_interleave(config.num_return_sequences or 1, dim=0)
         if prompt.shape[0] == 0:
             raise ValueError("input_ids has an empty batch")
         condition = GenreCondition.for_generation(self.config, genre, config.guidance_scale, num_prompts, prompt)
-        max_new_tokens = config.max_new_tokens
-        if not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
-            raise ValueError(f"max_new_tokens must be a positive number of frames, got {max_new_tokens!r}")
+        max_new_tokens = frames_to_generate(config, explicit, prompt.shape[2])
         sampler = CodebookSampler(config, self.config.num_codebooks)
         num_codebooks = self.config.num_codebooks
         position_limit = self.config.max_position_embeddings
@@ -385,7 +403,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             raise ValueError(f"long_form must be None, 'window' or 'sliding', got {long_form!r}")
         if streamer is not None:
             streamer.end()
-        return codes
+        return GenerateDecoderOnlyOutput(sequences=codes) if config.return_dict_in_generate else codes
 
     def generate_windowed(self, prompt, max_new_tokens, sampler, streamer, condition, context_window):
         """Windowed continuation: generate while the positions last, then restart from the last frames."""
@@ -537,23 +555,82 @@ def default_generation_config(config):
 
 PER_CODEBOOK_SETTINGS = ("temperature", "top_k", "top_p")
 
+# The GenerationConfig fields that generate() implements. Every other field must be unset (None) or hold its
+# neutral value below (older transformers wrote those into saved configs), or generate() refuses it by name.
+GENERATION_FIELDS_HONOURED = {
+    "do_sample", "temperature", "top_k", "top_p", "max_new_tokens", "max_length", "num_return_sequences",
+    "guidance_scale", "return_dict_in_generate", "bos_token_id", "pad_token_id", "transformers_version",
+    "_from_model_config",
+}
+GENERATION_NEUTRAL_VALUES = {
+    "num_beams": 1, "num_beam_groups": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+    "length_penalty": 1.0, "typical_p": 1.0, "min_length": 0, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "diversity_penalty": 0.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "early_stopping": False, "use_cache": True, "output_scores": False, "output_logits": False,
+    "output_attentions": False, "output_hidden_states": False, "remove_invalid_values": False,
+    "renormalize_logits": False, "low_memory": False, "is_assistant": False, "disable_compile": False,
+    "token_healing": False, "num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
+    "assistant_confidence_threshold": 0.4, "assistant_lookbehind": 10, "target_lookbehind": 10,
+}
 
-def generation_config_with_overrides(generation_config, overrides):
-    """A copy of the generation config with keyword overrides; per-codebook lists kept aside from validation."""
-    config = copy.deepcopy(generation_config)
+
+def merged_generation_config(model_generation_config, passed, overrides):
+    """The generation settings of one call and the names the caller set: the model's config, updated by the
+    fields a passed GenerationConfig sets, then by keyword overrides (per-codebook lists kept aside from
+    transformers' validation). Refuses keywords that are no setting and settings generate() does not implement."""
+    config = copy.deepcopy(model_generation_config)
+    explicit = set(overrides)
+    if passed is not None:
+        passed_fields = {k: v for k, v in passed.to_diff_dict().items() if k != "transformers_version"}
+        config.update(**passed_fields)
+        explicit |= set(passed_fields)
     per_codebook = {name: overrides.pop(name) for name in PER_CODEBOOK_SETTINGS if name in overrides}
     unused = config.update(**overrides)
     if unused:
-        raise ValueError(f"generate() got unknown arguments {sorted(unused)}")
+        raise ValueError(f"generate() does not take {', '.join(sorted(unused))}")
     for name, value in per_codebook.items():
         setattr(config, name, value)
-    return config
+    refused = sorted(
+        name for name, value in config.to_dict().items()
+        if name not in GENERATION_FIELDS_HONOURED and value is not None and value != GENERATION_NEUTRAL_VALUES.get(name)
+    )
+    if refused:
+        settings = ", ".join(f"{name}={getattr(config, name)!r}" for name in refused)
+        raise ValueError(
+            f"generate() does not implement {settings}: it samples every frame with the cache, no beams, penalties, "
+            "end tokens or scores (the length is max_new_tokens or max_length frames)"
+        )
+    return config, explicit
+
+
+def frames_to_generate(config, explicit, prompt_frames):
+    """max_new_tokens, or max_length (frames, the prompt's included) when the caller set it instead."""
+    if {"max_length", "max_new_tokens"} <= explicit:
+        raise ValueError("pass max_new_tokens (new frames) or max_length (frames with the prompt), not both")
+    if config.max_length is not None and ("max_length" in explicit or config.max_new_tokens is None):
+        if not isinstance(config.max_length, int) or config.max_length <= prompt_frames:
+            raise ValueError(
+                f"max_length counts frames with the prompt's {prompt_frames}: it must be a larger number, got "
+                f"{config.max_length!r}"
+            )
+        return config.max_length - prompt_frames
+    if not isinstance(config.max_new_tokens, int) or config.max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be a positive number of frames, got {config.max_new_tokens!r}")
+    return config.max_new_tokens
 
 
 def prepare_prompt(input_ids, config, device):
     """Validate natural-layout prompt codes; None is an empty prompt of batch 1."""
     if input_ids is None:
         return torch.zeros((1, config.num_codebooks, 0), dtype=torch.long, device=device)
+    if isinstance(input_ids, (list, tuple)) and all(torch.is_tensor(p) for p in input_ids):
+        lengths = sorted({p.shape[-1] for p in input_ids})
+        if len(lengths) > 1:
+            raise ValueError(
+                f"prompts of different lengths ({', '.join(map(str, lengths))} frames) cannot share a batch: "
+                "generate each prompt on its own, or cut them to one length"
+            )
+        input_ids = torch.stack(list(input_ids)) if input_ids else torch.zeros(0, config.num_codebooks, 0)
     if not torch.is_tensor(input_ids):
         input_ids = torch.as_tensor(input_ids)
     if input_ids.dim() != 3 or input_ids.shape[1] != config.num_codebooks:

@@ -147,7 +147,7 @@ def test_bad_lengths_and_arguments_raise_value_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate(max_new_tokens=0)
-    with pytest.raises(ValueError, match="unknown arguments"):
+    with pytest.raises(ValueError, match="does not take temprature"):
         model.generate(max_new_tokens=2, temprature=0.5)
     with pytest.raises(ValueError, match="long_form"):
         model.generate(max_new_tokens=2, long_form="loop")

@@ -1,9 +1,14 @@
 """The doors a transformers user opens: HF Trainer's loss, PEFT adapters, AutoModel, forward's arguments, attention
 implementations, precisions and quantized weights. Each either works as transformers does or refuses clearly."""
 
+import re
+
 import pytest
 import torch
-from transformers import AutoModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoModel, GenerationConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers.modeling_outputs import ModelOutput
+
+import modeling_music_hybrid
 
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM, MusicHybridModel, codes_to_model_inputs
@@ -188,3 +193,89 @@ def test_generation_with_torchao_int8_weights_steps_off_the_fast_products():
     for samples in (1, 2, 4):
         codes = model.generate(max_new_tokens=3, num_return_sequences=samples)
         assert codes.shape == (samples, 9, 3)
+
+
+def test_set_attn_implementation_switches_at_run_time_with_the_same_logits(monkeypatch):
+    model = tiny_model().eval()
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)
+    sdpa_logits = model(**inputs).logits
+    calls = []
+    eager = modeling_music_hybrid.eager_attention_forward
+    counted = lambda *args, **kwargs: calls.append(1) or eager(*args, **kwargs)  # noqa: E731
+    monkeypatch.setattr(modeling_music_hybrid, "eager_attention_forward", counted)
+    model.set_attn_implementation("eager")
+    assert model.config._attn_implementation == "eager"
+    torch.testing.assert_close(model(**inputs).logits, sdpa_logits)
+    assert len(calls) == model.config.num_attention_layers
+
+
+def test_resize_token_embeddings_is_refused_because_the_vocabulary_is_the_codecs():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="vocabulary is the codec's"):
+        model.resize_token_embeddings(1030)
+    assert model.model.embed_tokens.num_embeddings == 9 * 1027
+
+
+def test_a_passed_generation_config_is_merged_into_the_models():
+    model = tiny_model().eval()
+    torch.manual_seed(0)
+    merged = model.generate(generation_config=GenerationConfig(top_k=50, max_new_tokens=4))
+    torch.manual_seed(0)
+    assert torch.equal(merged, model.generate(top_k=50, max_new_tokens=4))  # do_sample etc. kept from the model's
+    assert merged.shape == (1, 9, 4)
+    # Unset fields keep the model's values: its max_new_tokens when the passed config has none.
+    model.generation_config.max_new_tokens = 3
+    assert model.generate(generation_config=GenerationConfig(top_k=50)).shape == (1, 9, 3)
+
+
+def test_max_length_counts_frames_with_the_prompt():
+    model = tiny_model().eval()
+    prompt = torch.randint(0, 1024, (2, 9, 3))
+    assert model.generate(prompt, max_length=7).shape == (2, 9, 7)
+    assert model.generate(prompt, generation_config=GenerationConfig(max_length=5)).shape == (2, 9, 5)
+    with pytest.raises(ValueError, match="max_length counts frames with the prompt's 3"):
+        model.generate(prompt, max_length=3)
+    with pytest.raises(ValueError, match="not both"):
+        model.generate(prompt, max_length=7, max_new_tokens=2)
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (dict(num_beams=2), "num_beams=2"),
+        (dict(repetition_penalty=1.3), "repetition_penalty=1.3"),
+        (dict(eos_token_id=1026), "eos_token_id=1026"),
+        (dict(min_new_tokens=2), "min_new_tokens=2"),
+        (dict(use_cache=False), "use_cache=False"),
+        (dict(return_dict_in_generate=True, output_scores=True), "output_scores=True"),
+        (dict(no_repeat_ngram_size=3), "no_repeat_ngram_size=3"),
+        (dict(generation_config=GenerationConfig(num_beams=3)), "num_beams=3"),
+        (dict(guidance_scale=3.0), "guidance_scale"),  # unconditional model; genre models implement it
+        (dict(attention_mask=torch.ones(1, 3)), "does not take attention_mask"),
+        (dict(logits_processor=[]), "does not take logits_processor"),
+    ],
+)
+def test_generate_refuses_every_setting_it_does_not_implement_by_name(arguments, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        tiny_model().generate(max_new_tokens=2, **arguments)
+
+
+def test_return_dict_in_generate_returns_a_model_output_with_sequences():
+    model = tiny_model().eval()
+    torch.manual_seed(0)
+    output = model.generate(max_new_tokens=3, num_return_sequences=2, return_dict_in_generate=True)
+    assert isinstance(output, ModelOutput)
+    torch.manual_seed(0)
+    assert torch.equal(output.sequences, model.generate(max_new_tokens=3, num_return_sequences=2))
+
+
+def test_prompts_of_different_lengths_are_refused_and_a_list_of_equal_lengths_is_one_batch():
+    model = tiny_model().eval()
+    prompts = [torch.randint(0, 1024, (9, 3)), torch.randint(0, 1024, (9, 5))]
+    with pytest.raises(ValueError, match=r"prompts of different lengths \(3, 5 frames\)"):
+        model.generate(prompts, max_new_tokens=2)
+    prompts[1] = prompts[1][:, :3]
+    torch.manual_seed(0)
+    listed = model.generate(prompts, max_new_tokens=2)
+    torch.manual_seed(0)
+    assert torch.equal(listed, model.generate(torch.stack(prompts), max_new_tokens=2))
