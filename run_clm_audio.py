@@ -50,6 +50,17 @@ class ModelArguments:
         metadata={"help": "Config fields to override, 'field=value,field=value' (values parsed as JSON when they "
                   "can be) or a JSON object, e.g. 'hidden_dropout=0.1,max_position_embeddings=4096'."},
     )
+    genre_conditioning: bool = field(
+        default=False,
+        metadata={"help": "Condition a new model on genres: the genre list comes from the training split's genre "
+                  "column (rows without one, and unseen validation genres, get the null genre). A model or "
+                  "checkpoint that is already conditional keeps its own list."},
+    )
+    condition_dropout: float | None = field(
+        default=None,
+        metadata={"help": "Probability that a training example sees the null genre (classifier-free guidance "
+                  "needs it); unset: the model's own, or 0.1 for a new conditional model."},
+    )
 
 
 @dataclass

@@ -21,12 +21,17 @@ def start(argv, log_path):
 
 # With dropout on, every draw from torch's global generator between the restored RNG state and the first resumed
 # step (creating the DataLoader iterator draws one) changes the dropout masks; with dropout off it cannot be seen.
-@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no-dropout", "dropout"])
-def test_sigkill_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, dropout):
+# Condition dropout (genre conditioning) draws which samples see the null genre: those draws must line up too.
+@pytest.mark.parametrize(
+    "dropout, genre_options",
+    [(0.0, {}), (0.1, {}), (0.1, dict(genre_conditioning=True, condition_dropout=0.5))],
+    ids=["no-dropout", "dropout", "dropout-and-condition-dropout"],
+)
+def test_sigkill_then_resume_gives_the_uninterrupted_run_bit_for_bit(tmp_path, dropout, genre_options):
     dataset = make_codes_dataset(tmp_path / "codes")
     # Accumulation included: resuming must skip whole optimizer steps' worth of micro-batches.
     options = dict(max_steps=24, save_steps=4, per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                   config_overrides=f"hidden_dropout={dropout},attention_dropout={dropout}")
+                   config_overrides=f"hidden_dropout={dropout},attention_dropout={dropout}", **genre_options)
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     reference = start(training_argv(dataset, uninterrupted, **options), tmp_path / "reference.log")
     victim = start(training_argv(dataset, interrupted, **options), tmp_path / "victim.log")

@@ -8,7 +8,9 @@ inputs by `codes_to_model_inputs`, which gives pad frames the label -100 so they
 Training order is a pure function of (seed, sample index): sample i belongs to epoch i // num_rows, takes the row at
 position i % num_rows of that epoch's permutation and a crop offset drawn from a generator seeded with
 (seed, epoch, position). No global or worker RNG is involved, so a resumed run starting at micro-batch m sees
-exactly the batches an uninterrupted run would, without drawing (or loading) the skipped ones.
+exactly the batches an uninterrupted run would, without drawing (or loading) the skipped ones. A genre-conditioned
+model's condition dropout is part of the same function: whether sample i sees the null genre is drawn from a
+generator seeded with (seed, i), and i fixes the step and the example within it.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from modeling_music_hybrid import codes_to_model_inputs
 # Domain tags keep the permutation and crop generators apart even where their seed tuples could coincide.
 _PERMUTATION_STREAM = 0
 _CROP_STREAM = 1
+_CONDITION_STREAM = 2
 
 
 def frames_per_segment(segment_length: int, num_codebooks: int) -> int:
@@ -60,14 +63,50 @@ class CodesWindows(Dataset):
         return torch.from_numpy(window)
 
 
+class GenreWindows(Dataset):
+    """CodesWindows with each row's genre id, for a genre-conditioned model: items (window, genre id).
+
+    Keys are (row, start) or, from a training sampler with condition dropout, (row, start, drop_condition); a dropped
+    condition gives the null genre.
+    """
+
+    def __init__(self, windows: CodesWindows, row_genre_ids: list[int], null_genre_id: int):
+        self.windows = windows
+        self.row_genre_ids = row_genre_ids
+        self.null_genre_id = null_genre_id
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, key: tuple) -> tuple[torch.Tensor, int]:
+        row, start, *drop_condition = key
+        genre_id = self.null_genre_id if any(drop_condition) else self.row_genre_ids[int(row)]
+        return self.windows[(row, start)], genre_id
+
+
+def row_genre_ids(codes_dataset, config) -> list[int]:
+    """The genre id of every row of a codes dataset for a conditional model: rows without a genre, or with one the
+    model does not know, get the null genre."""
+    return [
+        config.null_genre_id if genre not in config.genres else config.genres.index(genre)
+        for genre in codes_dataset["genre"]
+    ]
+
+
 class CodesCollator:
-    """Stacks equal-length windows and lays them out for the model (start column, delay pattern, labels)."""
+    """Stacks equal-length windows and lays them out for the model (start column, delay pattern, labels), with
+    `genre_ids` when the items carry them (see GenreWindows)."""
 
     def __init__(self, config):
         self.config = config
 
-    def __call__(self, windows: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return codes_to_model_inputs(torch.stack(windows), self.config)
+    def __call__(self, items: list) -> dict[str, torch.Tensor]:
+        if not isinstance(items[0], tuple):
+            return codes_to_model_inputs(torch.stack(items), self.config)
+        windows, genre_ids = zip(*items, strict=True)
+        inputs = codes_to_model_inputs(torch.stack(windows), self.config)
+        inputs["genre_ids"] = torch.tensor(genre_ids, dtype=torch.long)
+        return inputs
 
 
 class RandomCropBatchSampler:
@@ -77,6 +116,9 @@ class RandomCropBatchSampler:
     so one micro-batch of size 4 on one process holds the same samples as two of size 2 (gradient accumulation)
     or one of size 2 on each of two processes (DDP). Each epoch visits every row once, in a seeded order; rows
     shorter than a crop are taken whole (and padded by CodesWindows).
+
+    With `condition_dropout` (a probability; None for unconditional models) the keys are (row, start,
+    drop_condition): each sample drops its genre with that probability, independently of every other sample.
     """
 
     def __init__(
@@ -88,6 +130,7 @@ class RandomCropBatchSampler:
         num_processes: int = 1,
         process_index: int = 0,
         start_batch: int = 0,
+        condition_dropout: float | None = None,
     ):
         if not row_num_frames:
             raise ValueError("the training split has no rows")
@@ -98,6 +141,7 @@ class RandomCropBatchSampler:
         self.num_processes = num_processes
         self.process_index = process_index
         self.start_batch = start_batch
+        self.condition_dropout = condition_dropout
         self._order_epoch, self._order = None, None  # consecutive samples share an epoch: keep its permutation
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
@@ -107,12 +151,16 @@ class RandomCropBatchSampler:
             yield [self.crop(sample) for sample in range(first, first + self.batch_size)]
             micro_batch += 1
 
-    def crop(self, sample_index: int) -> tuple[int, int]:
+    def crop(self, sample_index: int) -> tuple:
         epoch, position = divmod(sample_index, len(self.row_num_frames))
         row = int(self._epoch_order(epoch)[position])
         latest_start = max(0, int(self.row_num_frames[row]) - self.frames)
         offset_rng = np.random.default_rng([self.seed, _CROP_STREAM, epoch, position])
-        return row, int(offset_rng.integers(0, latest_start + 1))
+        key = (row, int(offset_rng.integers(0, latest_start + 1)))
+        if self.condition_dropout is None:
+            return key
+        dropout_rng = np.random.default_rng([self.seed, _CONDITION_STREAM, sample_index])
+        return key + (bool(dropout_rng.random() < self.condition_dropout),)
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:

@@ -6,6 +6,10 @@ two checkpoints evaluated on them can be compared segment by segment (paired tes
 
 Losses are plain cross entropy (no label smoothing, whatever the model was trained with), summed over every valid
 position of a codebook and divided by their count, so the numbers are token-weighted and independent of batching.
+
+A genre-conditioned model is scored with each segment's true genre (the null genre where the track has none the
+model knows), and a second time with the null genre: the paired difference, null minus true, is the information
+the genre gives about the codes ("genre information", nats per token), with bootstrap intervals over segments.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from comparison.paired_statistics import compare_losses
 from modeling_music_hybrid import IGNORE_INDEX
-from training.crops import CodesCollator, CodesWindows, frames_per_segment
+from training.crops import CodesCollator, CodesWindows, GenreWindows, frames_per_segment, row_genre_ids
 
 TOP_K = 5
 
@@ -60,7 +65,8 @@ def evaluate_model(
     accelerator=None,
     progress: bool = True,
 ) -> dict:
-    """Per-codebook loss, top-1 and top-5 accuracy of `model` on the validation segments, as a JSON-able dict.
+    """Per-codebook loss, top-1 and top-5 accuracy of `model` on the validation segments, as a JSON-able dict;
+    for a genre-conditioned model also "genre_information" (see `genre_information`).
 
     With an accelerator, process r evaluates segments r, r + W, ... (padded to equal counts so that wrapped models
     run the same number of forward passes everywhere) and the per-segment sums are gathered on every process.
@@ -80,6 +86,10 @@ def evaluate_model(
     local_segments = [segments[i] if i < len(segments) else padding for i in local_indices]
     keys = [(segment.row, segment.row_offset) for segment in local_segments]
     windows = CodesWindows(validation_dataset, frames_per_segment(segment_length, num_codebooks), config.pad_token_id)
+    conditional = config.genres is not None
+    if conditional:
+        genre_of_row = row_genre_ids(validation_dataset, config)
+        windows = GenreWindows(windows, genre_of_row, config.null_genre_id)
     loader = DataLoader(windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config))
 
     was_training = model.training
@@ -88,18 +98,28 @@ def evaluate_model(
     is_main = accelerator.is_main_process if accelerator else True
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", disable=not (progress and is_main)):
-            logits = model(input_ids=batch["input_ids"].to(device)).logits
-            local_sums.append(segment_sums(logits, batch["labels"].to(device)))
+            input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+            genre_ids = batch["genre_ids"].to(device) if conditional else None
+            sums = segment_sums(model(input_ids=input_ids, genre_ids=genre_ids).logits, labels)
+            if conditional:  # the null genre's cross entropy as a fifth row
+                null_sums = segment_sums(model(input_ids=input_ids).logits, labels)
+                sums = torch.cat([sums, null_sums[:, :1]], dim=1)
+            local_sums.append(sums)
     model.train(was_training)
 
-    sums = torch.cat(local_sums)  # (per_process, 4, K)
+    sums = torch.cat(local_sums)  # (per_process, 4 or 5, K)
     if accelerator:
         sums = accelerator.gather(sums.contiguous())
     # gathered rows are process-major: row r * per_process + i is segment r + num_processes * i
     order = [r + num_processes * i for r in range(num_processes) for i in range(per_process)]
     by_segment = torch.empty_like(sums)
     by_segment[order] = sums
-    return metrics_from_sums(by_segment[: len(segments)].double().cpu(), segments, segment_length)
+    by_segment = by_segment[: len(segments)].double().cpu()
+    result = metrics_from_sums(by_segment[:, :4], segments, segment_length)
+    if conditional:
+        known = [genre_of_row[segment.row] != config.null_genre_id for segment in segments]
+        result["genre_information"] = genre_information(by_segment, known)
+    return result
 
 
 def segment_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -142,6 +162,32 @@ def metrics_from_sums(sums: torch.Tensor, segments: list[Segment], segment_lengt
     }
 
 
+def genre_information(sums: torch.Tensor, known_genre: list[bool]) -> dict:
+    """Per-codebook loss with the true and with the null genre over the segments whose genre the model knows, and
+    their paired difference (null - true: positive when the genre helps) with bootstrap intervals over segments.
+    sums: (segments, 5, K) from evaluate_model (row 4: the null genre's summed cross entropy)."""
+    sums = sums[torch.tensor(known_genre, dtype=torch.bool)]
+    if sums.shape[0] == 0:
+        return {"num_segments": 0}
+    count = sums[:, 1]
+    true_losses, null_losses = (sums[:, 0] / count).numpy(), (sums[:, 4] / count).numpy()
+    weights = count[:, 0].numpy()  # every codebook predicts each real frame once
+    per_codebook = compare_losses(true_losses, null_losses, weights=weights)
+    mean = compare_losses(true_losses.mean(1, keepdims=True), null_losses.mean(1, keepdims=True), weights=weights)
+    total = count.sum(0)
+    return {
+        "num_segments": int(sums.shape[0]),
+        "codebook_loss_true_genre": (sums[:, 0].sum(0) / total).tolist(),
+        "codebook_loss_null_genre": (sums[:, 4].sum(0) / total).tolist(),
+        "codebook_information": per_codebook.difference,
+        "codebook_information_ci": [list(pair) for pair in zip(per_codebook.ci_low, per_codebook.ci_high, strict=True)],
+        "codebook_p_value_holm": per_codebook.p_value_holm,
+        "mean_information": mean.difference[0],
+        "mean_information_ci": [mean.ci_low[0], mean.ci_high[0]],
+        "confidence": per_codebook.confidence,
+    }
+
+
 def format_metrics_table(result: dict) -> str:
     """The published table: one row per codebook plus the mean, columns loss / top-1 / top-5 (markdown)."""
     lines = ["| codebook | loss | top-1 | top-5 |", "|---:|---:|---:|---:|"]
@@ -154,4 +200,32 @@ def format_metrics_table(result: dict) -> str:
         f"Perplexity exp(mean loss) = {result['perplexity']:.2f} over {result['num_segments']} segments of "
         f"{result['segment_length']} positions (cross entropy without label smoothing)."
     )
+    if "genre_information" in result:
+        lines += ["", format_genre_information(result["genre_information"])]
+    return "\n".join(lines)
+
+
+def format_genre_information(information: dict) -> str:
+    """The genre-information table: loss with the true and the null genre, their difference and its interval."""
+    if not information["num_segments"]:
+        return "Genre information: no validation segment has a genre the model knows."
+    confidence = f"{information['confidence']:.0%}"
+    lines = [
+        f"| codebook | loss, true genre | loss, null genre | genre information (nats) | {confidence} interval |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    rows = zip(
+        information["codebook_loss_true_genre"], information["codebook_loss_null_genre"],
+        information["codebook_information"], information["codebook_information_ci"], strict=True,
+    )
+    for codebook, (true_loss, null_loss, difference, (low, high)) in enumerate(rows):
+        interval = f"[{low:+.4f}, {high:+.4f}]"
+        lines.append(f"| {codebook} | {true_loss:.3f} | {null_loss:.3f} | {difference:+.4f} | {interval} |")
+    true_mean = sum(information["codebook_loss_true_genre"]) / len(information["codebook_loss_true_genre"])
+    null_mean = sum(information["codebook_loss_null_genre"]) / len(information["codebook_loss_null_genre"])
+    low, high = information["mean_information_ci"]
+    difference = information["mean_information"]
+    lines.append(f"| mean | {true_mean:.3f} | {null_mean:.3f} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] |")
+    lines += ["", f"Genre information = loss with the null genre - loss with the true genre, paired over "
+              f"{information['num_segments']} segments whose genre the model knows (bootstrap intervals)."]
     return "\n".join(lines)

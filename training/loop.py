@@ -37,8 +37,16 @@ from training.checkpoints import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
-from training.crops import CodesCollator, CodesWindows, RandomCropBatchSampler, frames_per_segment
+from training.crops import (
+    CodesCollator,
+    CodesWindows,
+    GenreWindows,
+    RandomCropBatchSampler,
+    frames_per_segment,
+    row_genre_ids,
+)
 from training.evaluation import evaluate_model, format_metrics_table
+from training.genres import configure_genres
 
 LOG_HISTORY_FILE = "log_history.jsonl"
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -109,8 +117,19 @@ def setup_run(model_args, data_args, training_args) -> Run:
     check_dataset_matches_model(splits, config)
 
     resume_checkpoint = None
+    checkpoint_config = None
     if training_args.do_train:
         resume_checkpoint = resolve_resume_checkpoint(training_args.resume_from_checkpoint, output_dir, overwrite)
+    if resume_checkpoint:
+        checkpoint_config = MusicHybridConfig.from_pretrained(resume_checkpoint)
+        if model_args.genre_conditioning and checkpoint_config.genres is None:
+            raise ValueError(
+                f"checkpoint {resume_checkpoint} was trained without genre conditioning: resume without "
+                "--genre_conditioning, or start a new run"
+            )
+    # Before the resume check: a conditional checkpoint's genres are part of the settings it compares.
+    genre_lines = configure_genres(config, model_args, splits, data_args.train_split_name, checkpoint_config)
+    if training_args.do_train:
         if resume_checkpoint:
             check_resumable(resume_checkpoint, config)
         elif training_args.resume_from_checkpoint == "latest":
@@ -118,6 +137,8 @@ def setup_run(model_args, data_args, training_args) -> Run:
     check_output_dir(output_dir, overwrite, resuming=resume_checkpoint is not None)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, overwrite and training_args.do_train, resuming=resume_checkpoint is not None)
+    for line in genre_lines:
+        accelerator.print(line)
     accelerator.wait_for_everyone()
     return Run(
         model_args, data_args, training_args, accelerator, config,
@@ -344,13 +365,18 @@ def train(run: Run, model) -> dict:
     accelerator.init_trackers("music-hybrid", config={k: v for k, v in run_config.items() if is_scalar(v)})
 
     frames = frames_per_segment(run.data_args.segment_length, config.num_codebooks)
+    conditional = config.genres is not None
     sampler = RandomCropBatchSampler(
         list(run.train_dataset["num_frames"]), frames, args.per_device_train_batch_size, args.seed,
         accelerator.num_processes, accelerator.process_index,
         start_batch=state.global_step * args.gradient_accumulation_steps,
+        condition_dropout=config.condition_dropout if conditional else None,
     )
+    windows = CodesWindows(run.train_dataset, frames, config.pad_token_id)
+    if conditional:
+        windows = GenreWindows(windows, row_genre_ids(run.train_dataset, config), config.null_genre_id)
     loader = DataLoader(
-        CodesWindows(run.train_dataset, frames, config.pad_token_id),
+        windows,
         batch_sampler=sampler,
         collate_fn=CodesCollator(config),
         num_workers=args.dataloader_num_workers,
@@ -461,7 +487,12 @@ def accumulate_gradients(accelerator, model, batches: list[dict], config) -> tup
         last = index == len(batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
             labels = batch["labels"].to(accelerator.device)
-            output = model(input_ids=batch["input_ids"].to(accelerator.device), labels=labels)
+            genre_ids = batch.get("genre_ids")
+            output = model(
+                input_ids=batch["input_ids"].to(accelerator.device),
+                labels=labels,
+                genre_ids=None if genre_ids is None else genre_ids.to(accelerator.device),
+            )
             sums = output.codebook_losses * valid_token_counts(labels)
             loss = weighted_codebook_mean(sums / step_counts, config.codebook_loss_weights)
             accelerator.backward(loss * accelerator.num_processes)
