@@ -7,7 +7,6 @@ import json
 import types
 
 import numpy as np
-import pytest
 import torch
 from datasets import Dataset, DatasetDict
 
@@ -117,7 +116,9 @@ def error_of(argv, capsys):
 
 def test_genre_options_refuse_what_they_cannot_do(tmp_path, capsys):
     unlabelled = make_codes_dataset(tmp_path / "unlabelled")
-    no_genres = DatasetDict(train=genre_split(4, 60, 0, "t", [None] * 4), validation=genre_split(2, 60, 1, "v", [None] * 2))
+    no_genres = DatasetDict(
+        train=genre_split(4, 60, 0, "t", [None] * 4), validation=genre_split(2, 60, 1, "v", [None] * 2)
+    )
     save_codes_dataset(no_genres, str(tmp_path / "no-genres"), random_codec())
     capsys.readouterr()
     message = error_of(training_argv(str(tmp_path / "no-genres"), tmp_path / "a", genre_conditioning=True), capsys)
