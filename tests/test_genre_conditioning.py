@@ -8,7 +8,7 @@ from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridCache, MusicHybridForCausalLM, codes_to_model_inputs
 
 GENRES = ["Rock", "Jazz", "Folk"]
-PRESETS_UNDER_TEST = ["transformer-tiny", "hybrid-tiny", "mamba-tiny"]
+PRESETS_UNDER_TEST = ["transformer-tiny", "hybrid-tiny", "mamba-tiny", "hybrid-mc-tiny", "mamba-mc-tiny"]
 
 
 def conditional_model(name="hybrid-tiny", **overrides):
