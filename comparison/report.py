@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from comparison.paired_statistics import compare_losses, mean_interval
+from comparison.paired_statistics import compare_losses, holm_adjust, mean_interval
 
 RESULTS_FILENAME = "eval_results.json"
 REPORT_FILENAMES = {
@@ -16,6 +16,7 @@ REPORT_FILENAMES = {
     "json": "comparison.json",
     "loss_plot": "loss_per_codebook.png",
     "difference_plot": "loss_difference.png",
+    "position_plot": "loss_by_position.png",
 }
 _REQUIRED_RESULT_KEYS = (
     "segment_length",
@@ -116,6 +117,15 @@ def _model_summary(model, num_resamples, confidence, seed):
         summary[key] = results[key]
     summary["codebook_loss_ci_low"] = ci_low.tolist()
     summary["codebook_loss_ci_high"] = ci_high.tolist()
+    if _has_buckets(model):
+        intervals = [
+            mean_interval(losses, weights, num_resamples=num_resamples, confidence=confidence, seed=seed)
+            for losses, weights in _bucket_losses(model)
+        ]
+        summary["bucket_positions"] = results["bucket_positions"]
+        summary["bucket_mean_loss"] = results["bucket_mean_loss"]
+        summary["bucket_mean_loss_ci_low"] = [float(low[0]) for _, low, _ in intervals]
+        summary["bucket_mean_loss_ci_high"] = [float(high[0]) for _, _, high in intervals]
     return summary
 
 
@@ -142,7 +152,38 @@ def _compare_pair(reference, candidate, num_resamples, confidence, alpha, seed):
         "codebooks_significantly_higher": int(np.sum((differences > 0) & np.asarray(per_codebook["significant"]))),
     }
     comparison["summary"] = _summary_sentence(comparison, len(differences))
+    if _has_buckets(reference) and _has_buckets(candidate):
+        comparison["bucket_loss_difference"] = _compare_buckets(reference, candidate, settings)
     return comparison
+
+
+def _compare_buckets(reference, candidate, settings):
+    """Candidate minus reference of the mean loss over codebooks in each position bucket: paired bootstrap over
+    segments (each segment weighted by its tokens in the bucket), Holm over the buckets."""
+    settings = {key: value for key, value in settings.items() if key != "weights"}
+    tests = []
+    for (losses_reference, weights), (losses_candidate, _) in zip(
+        _bucket_losses(reference), _bucket_losses(candidate), strict=True
+    ):
+        tests.append(compare_losses(losses_reference, losses_candidate, weights=weights, **settings).to_dict())
+    p_value_holm = holm_adjust([test["p_value"][0] for test in tests])
+    result = {key: [test[key][0] for test in tests] for key in ("difference", "ci_low", "ci_high", "p_value")}
+    result["p_value_holm"] = p_value_holm.tolist()
+    result["significant"] = (p_value_holm < settings["alpha"]).tolist()
+    result["bucket_positions"] = reference.results["bucket_positions"]
+    return result
+
+
+def _has_buckets(model):
+    return "segment_bucket_codebook_loss" in model.results
+
+
+def _bucket_losses(model):
+    """Per bucket: the mean over codebooks of each segment's loss there (segments,) and the segment's tokens there
+    as weights (a bucket left empty by a track's padded end weighs nothing)."""
+    losses = np.asarray(model.results["segment_bucket_codebook_loss"], dtype=np.float64).mean(axis=2)
+    weights = np.asarray(model.results["segment_bucket_num_tokens"], dtype=np.float64)
+    return [(losses[:, b], weights[:, b]) for b in range(losses.shape[1])]
 
 
 def _summary_sentence(comparison, num_codebooks):
@@ -164,6 +205,8 @@ def write_report(report, output_dir):
     _write_atomically(output_dir / REPORT_FILENAMES["markdown"], render_markdown(report).encode())
     plot_losses(report, output_dir / REPORT_FILENAMES["loss_plot"])
     plot_differences(report, output_dir / REPORT_FILENAMES["difference_plot"])
+    if all("bucket_mean_loss" in model for model in report["models"]):
+        plot_loss_by_position(report, output_dir / REPORT_FILENAMES["position_plot"])
 
 
 def render_markdown(report):
@@ -236,6 +279,28 @@ def _pair_tables(reference, candidate, comparison, percent):
         f"{_format_percent(reference['mean_top5'])} | {_format_percent(candidate['mean_top5'])} | "
         f"{_format_percent(candidate['mean_top5'] - reference['mean_top5'], sign=True)} |"
     )
+    if "bucket_loss_difference" in comparison:
+        lines += ["", *_bucket_table(reference, candidate, comparison["bucket_loss_difference"], percent)]
+    return lines
+
+
+def _bucket_table(reference, candidate, test, percent):
+    """Mean loss over codebooks by position in the segment: where in the segment the two models differ."""
+    ref, cand = reference["name"], candidate["name"]
+    lines = [
+        f"Loss by position in the segment (mean over codebooks; p Holm-corrected over the "
+        f"{len(test['difference'])} buckets):",
+        "",
+        f"| Positions | {ref} Loss | {cand} Loss | Δ | {percent}% CI | p (Holm) |",
+        "|---|---:|---:|---:|---|---:|",
+    ]
+    for b, (first, last) in enumerate(test["bucket_positions"]):
+        mark = "*" if test["significant"][b] else ""
+        lines.append(
+            f"| {first}-{last} | {reference['bucket_mean_loss'][b]:.3f} | {candidate['bucket_mean_loss'][b]:.3f} | "
+            f"{test['difference'][b]:+.3f}{mark} | [{test['ci_low'][b]:+.3f}, {test['ci_high'][b]:+.3f}] | "
+            f"{_format_p(test['p_value_holm'][b])} |"
+        )
     return lines
 
 
@@ -281,6 +346,23 @@ def plot_differences(report, path):
         f"Loss difference with {round(100 * report['confidence'])}% paired bootstrap intervals "
         "(filled: significant after Holm)"
     )
+    axes.legend()
+    _save_figure(figure, path)
+
+
+def plot_loss_by_position(report, path):
+    """Mean loss over codebooks against position in the segment (bucket centres), one line per model, with
+    bootstrap intervals: long-range memory shows as a loss that keeps falling late in the segment."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for model in report["models"]:
+        centres = [(first + last) / 2 for first, last in model["bucket_positions"]]
+        loss = np.asarray(model["bucket_mean_loss"])
+        error = [loss - model["bucket_mean_loss_ci_low"], np.asarray(model["bucket_mean_loss_ci_high"]) - loss]
+        axes.errorbar(centres, loss, yerr=np.clip(error, 0, None), fmt="o-", capsize=3, label=model["name"])
+    axes.set_xlabel("position in the segment")
+    axes.set_ylabel("validation loss (nats, mean over codebooks)")
+    axes.set_title(f"Loss by position with {round(100 * report['confidence'])}% bootstrap intervals")
     axes.legend()
     _save_figure(figure, path)
 

@@ -183,3 +183,34 @@ def test_checkpoint_trained_on_another_codec_is_refused(tiny_checkpoints, tmp_pa
     ]
     assert main(arguments) == 2
     assert "validation data uses" in capsys.readouterr().err
+
+
+def test_loss_by_position_bucket_is_compared_per_bucket_and_plotted(tmp_path):
+    """A candidate better only late in the segment (the long-range effect memory should have): the bucket table
+    shows significant differences in the late buckets only, and loss_by_position.png is drawn."""
+    rng = np.random.default_rng(1)
+    segment_effect = rng.normal(0.0, 0.4, size=(NUM_SEGMENTS, 1, 1))
+    base = np.linspace(4.0, 5.7, NUM_CODEBOOKS)[None, None, :] + segment_effect + np.zeros((1, 8, 1))
+    late = np.where(np.arange(8) >= 4, -0.05, 0.0)[None, :, None]
+    paths = []
+    for name, offset in (("mamba", 0.0), ("memory", late)):
+        buckets = base + offset + rng.normal(0.0, 0.01, size=base.shape)
+        path = write_results(tmp_path / name, buckets.mean(axis=1))
+        results = json.loads(path.read_text())
+        results.update(
+            position_buckets=8, bucket_positions=[[max(1, 8 * b), 8 * b + 7] for b in range(8)],
+            bucket_codebook_loss=buckets.mean(axis=0).tolist(), bucket_mean_loss=buckets.mean(axis=(0, 2)).tolist(),
+            segment_bucket_codebook_loss=buckets.tolist(), segment_bucket_num_tokens=[[8] * 8] * NUM_SEGMENTS,
+        )
+        path.write_text(json.dumps(results))
+        paths.append(path)
+    output_dir = tmp_path / "report"
+    assert main([*map(str, paths), "--output-dir", str(output_dir), "--num-resamples", "500"]) == 0
+    report = json.loads((output_dir / "comparison.json").read_text())
+    test = report["comparisons"][0]["bucket_loss_difference"]
+    assert test["significant"] == [False] * 4 + [True] * 4
+    assert np.allclose(test["difference"][4:], -0.05, atol=0.01)
+    assert all(low <= d <= high for d, low, high in zip(test["difference"], test["ci_low"], test["ci_high"], strict=True))
+    markdown = (output_dir / "comparison.md").read_text()
+    assert "| Positions | mamba Loss | memory Loss | Δ | 95% CI | p (Holm) |" in markdown and "| 32-39 |" in markdown
+    assert (output_dir / "loss_by_position.png").read_bytes().startswith(PNG_SIGNATURE)

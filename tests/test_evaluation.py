@@ -79,3 +79,31 @@ def test_table_has_one_row_per_codebook_and_the_mean(model):
     assert [line.split("|")[1].strip() for line in lines[2:11]] == [str(k) for k in range(9)]
     assert lines[11].startswith("| mean | ")
     assert "Perplexity" in table
+
+
+def test_losses_by_position_bucket_are_the_per_token_losses_grouped_by_position(model):
+    """One 55-frame track is one 64-position segment: its bucket losses are the mean cross entropy of the tokens
+    predicted at positions 1-7, 8-15, ..., 56-63, per codebook."""
+    dataset = synthetic_split([55, 30], "v")
+    result = evaluate_model(model, dataset, segment_length=64, batch_size=2, progress=False)
+    assert result["position_buckets"] == 8 and result["bucket_positions"][0] == [1, 7]
+    inputs = codes_to_model_inputs(torch.tensor(dataset[0]["codes"]).unsqueeze(0), model.config)
+    with torch.no_grad():
+        logits = model(inputs["input_ids"]).logits[:, :, :-1]
+    targets = inputs["labels"][:, :, 1:]
+    token_losses = torch.nn.functional.cross_entropy(
+        logits.transpose(1, -1), targets.clamp(min=0).transpose(1, -1), reduction="none"
+    ).transpose(1, -1)[0]
+    valid = targets[0] != -100
+    bucket_of = torch.arange(1, 64) * 8 // 64
+    expected = torch.zeros(8, 9, dtype=torch.float64)
+    for b in range(8):
+        in_bucket = valid & (bucket_of == b)
+        expected[b] = (token_losses * in_bucket).sum(-1).double() / in_bucket.sum(-1).clamp(min=1)
+    segment_buckets = torch.tensor(result["segment_bucket_codebook_loss"], dtype=torch.float64)
+    assert segment_buckets.shape == (2, 8, 9)
+    torch.testing.assert_close(segment_buckets[0], expected, rtol=1e-5, atol=1e-6)
+    tokens = (valid[:, None] & (bucket_of[None, None] == torch.arange(8)[None, :, None])).sum((0, 2))
+    assert result["segment_bucket_num_tokens"][0] == tokens.tolist()
+    # 30 frames fill positions up to 38 (codebook 8) of the second, padded segment: later buckets hold no token
+    assert result["segment_bucket_num_tokens"][1][5:] == [0, 0, 0]

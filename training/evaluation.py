@@ -10,6 +10,10 @@ position of a codebook and divided by their count, so the numbers are token-weig
 A genre-conditioned model is scored with each segment's true genre (the null genre where the track has none the
 model knows), and a second time with the null genre: the paired difference, null minus true, is the information
 the genre gives about the codes ("genre information", nats per token), with bootstrap intervals over segments.
+
+Long range: the losses are also kept by position in the segment, in POSITION_BUCKETS equal buckets of the segment's
+positions (a predicted token at position j of an S-position segment falls in bucket j * POSITION_BUCKETS // S), per
+segment too, so that a model with more memory can be compared with another bucket by bucket.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from modeling_music_hybrid import IGNORE_INDEX
 from training.crops import CodesCollator, CodesWindows, GenreWindows, frames_per_segment, row_genre_ids
 
 TOP_K = 5
+POSITION_BUCKETS = 8
+SUM_ROWS = 4 + 2 * POSITION_BUCKETS  # the rows of `segment_sums`
 
 
 @dataclass(frozen=True)
@@ -101,13 +107,13 @@ def evaluate_model(
             input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
             genre_ids = batch["genre_ids"].to(device) if conditional else None
             sums = segment_sums(model(input_ids=input_ids, genre_ids=genre_ids).logits, labels)
-            if conditional:  # the null genre's cross entropy as a fifth row
+            if conditional:  # the null genre's cross entropy as a last row
                 null_sums = segment_sums(model(input_ids=input_ids).logits, labels)
                 sums = torch.cat([sums, null_sums[:, :1]], dim=1)
             local_sums.append(sums)
     model.train(was_training)
 
-    sums = torch.cat(local_sums)  # (per_process, 4 or 5, K)
+    sums = torch.cat(local_sums)  # (per_process, SUM_ROWS or SUM_ROWS + 1, K)
     if accelerator:
         sums = accelerator.gather(sums.contiguous())
     # gathered rows are process-major: row r * per_process + i is segment r + num_processes * i
@@ -115,7 +121,7 @@ def evaluate_model(
     by_segment = torch.empty_like(sums)
     by_segment[order] = sums
     by_segment = by_segment[: len(segments)].double().cpu()
-    result = metrics_from_sums(by_segment[:, :4], segments, segment_length)
+    result = metrics_from_sums(by_segment[:, :SUM_ROWS], segments, segment_length)
     if conditional:
         known = [genre_of_row[segment.row] != config.null_genre_id for segment in segments]
         result["genre_information"] = genre_information(by_segment, known)
@@ -123,7 +129,8 @@ def evaluate_model(
 
 
 def segment_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, 4, K): summed cross entropy, valid-token count, top-1 hits and top-k hits of each segment and codebook.
+    """(B, SUM_ROWS, K): summed cross entropy, valid-token count, top-1 hits and top-k hits of each segment and
+    codebook, then the summed cross entropy and the valid-token count of each position bucket.
 
     logits (B, K, S, V) at position i predict the input at i + 1, so they are compared with labels shifted by one.
     """
@@ -137,11 +144,23 @@ def segment_sums(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     hits = top == safe_targets.unsqueeze(-1)
     top1 = hits[..., 0] & valid
     topk = hits.any(dim=-1) & valid
-    return torch.stack([cross_entropy.sum(-1), valid.sum(-1), top1.sum(-1), topk.sum(-1)], dim=1).float()
+    totals = torch.stack([cross_entropy.sum(-1), valid.sum(-1), top1.sum(-1), topk.sum(-1)], dim=1).float()
+    positions = torch.arange(1, labels.shape[2], device=labels.device)  # of the predicted tokens
+    buckets = F.one_hot(positions * POSITION_BUCKETS // labels.shape[2], POSITION_BUCKETS).float()
+    by_bucket = [torch.matmul(values.float(), buckets).transpose(1, 2) for values in (cross_entropy, valid)]
+    return torch.cat([totals, *by_bucket], dim=1)
 
 
 def metrics_from_sums(sums: torch.Tensor, segments: list[Segment], segment_length: int) -> dict:
-    loss_sum, count, top1, topk = sums.unbind(dim=1)  # each (num_segments, K)
+    """The metrics dict (see `evaluate_model`). The bucket entries: `bucket_positions` ([first, last] positions of
+    each bucket), `bucket_codebook_loss` (buckets, K) and `bucket_mean_loss`, and per segment
+    `segment_bucket_codebook_loss` (segments, buckets, K; 0 where a bucket holds no token of a codebook, e.g. the
+    padded end of a track's last segment) with `segment_bucket_num_tokens` (segments, buckets; valid tokens of
+    every codebook) as its weights."""
+    loss_sum, count, top1, topk = sums[:, :4].unbind(dim=1)  # each (num_segments, K)
+    # each (num_segments, buckets, K)
+    bucket_loss_sum, bucket_count = sums[:, 4:].unflatten(1, (2, POSITION_BUCKETS)).unbind(dim=1)
+    bucket_loss = bucket_loss_sum.sum(0) / bucket_count.sum(0).clamp(min=1)
     total = count.sum(0)
     codebook_loss = loss_sum.sum(0) / total
     mean_loss = codebook_loss.mean().item()
@@ -159,18 +178,30 @@ def metrics_from_sums(sums: torch.Tensor, segments: list[Segment], segment_lengt
         "num_tokens": int(total.sum().item()),
         "segment_codebook_loss": (loss_sum / count).tolist(),
         "segment_num_frames": count[:, 0].long().tolist(),  # every codebook predicts each real frame once
+        "position_buckets": POSITION_BUCKETS,
+        "bucket_positions": bucket_positions(segment_length),
+        "bucket_codebook_loss": bucket_loss.tolist(),
+        "bucket_mean_loss": bucket_loss.mean(1).tolist(),
+        "segment_bucket_codebook_loss": (bucket_loss_sum / bucket_count.clamp(min=1)).tolist(),
+        "segment_bucket_num_tokens": bucket_count.sum(-1).long().tolist(),
     }
+
+
+def bucket_positions(segment_length: int) -> list[list[int]]:
+    """[first, last] position of each bucket's predicted tokens (positions 1 .. segment_length - 1)."""
+    edges = [max(1, -(-b * segment_length // POSITION_BUCKETS)) for b in range(POSITION_BUCKETS + 1)]
+    return [[edges[b], edges[b + 1] - 1] for b in range(POSITION_BUCKETS)]
 
 
 def genre_information(sums: torch.Tensor, known_genre: list[bool]) -> dict:
     """Per-codebook loss with the true and with the null genre over the segments whose genre the model knows, and
     their paired difference (null - true: positive when the genre helps) with bootstrap intervals over segments.
-    sums: (segments, 5, K) from evaluate_model (row 4: the null genre's summed cross entropy)."""
+    sums: (segments, SUM_ROWS + 1, K) from evaluate_model (last row: the null genre's summed cross entropy)."""
     sums = sums[torch.tensor(known_genre, dtype=torch.bool)]
     if sums.shape[0] == 0:
         return {"num_segments": 0}
     count = sums[:, 1]
-    true_losses, null_losses = (sums[:, 0] / count).numpy(), (sums[:, 4] / count).numpy()
+    true_losses, null_losses = (sums[:, 0] / count).numpy(), (sums[:, -1] / count).numpy()
     weights = count[:, 0].numpy()  # every codebook predicts each real frame once
     per_codebook = compare_losses(true_losses, null_losses, weights=weights)
     mean = compare_losses(true_losses.mean(1, keepdims=True), null_losses.mean(1, keepdims=True), weights=weights)
@@ -178,7 +209,7 @@ def genre_information(sums: torch.Tensor, known_genre: list[bool]) -> dict:
     return {
         "num_segments": int(sums.shape[0]),
         "codebook_loss_true_genre": (sums[:, 0].sum(0) / total).tolist(),
-        "codebook_loss_null_genre": (sums[:, 4].sum(0) / total).tolist(),
+        "codebook_loss_null_genre": (sums[:, -1].sum(0) / total).tolist(),
         "codebook_information": per_codebook.difference,
         "codebook_information_ci": [list(pair) for pair in zip(per_codebook.ci_low, per_codebook.ci_high, strict=True)],
         "codebook_p_value_holm": per_codebook.p_value_holm,
