@@ -4,6 +4,9 @@
     python generate_audio.py runs/hybrid --output-dir samples --prompt intro.mp3 --duration 20
     python generate_audio.py runs/transformer --output-dir samples --duration 300 --long-form window
     python generate_audio.py runs/hybrid --output-dir out --duration 60 --stream --top-k 250 250 250 100 50 50 50 50 50
+    python generate_audio.py runs/genres --list-genres
+    python generate_audio.py runs/genres --output-dir samples --genre Rock --guidance-scale 3.0 --num-samples 2
+    python generate_audio.py runs/genres --output-dir samples --genre Rock Jazz Folk --num-samples 3
 
 Codes are decoded with the codec recorded in the checkpoint's config, in overlapping chunks
 while they are generated; each WAV file is appended to as the audio becomes final. With
@@ -20,12 +23,16 @@ positions).
 import argparse
 import sys
 
-from generation.pipeline import DTYPES, LONG_FORM_MODES, generate_audio, one_or_list
+from generation.pipeline import DTYPES, LONG_FORM_MODES, checkpoint_genres, generate_audio, one_or_list
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
+        if args.list_genres:
+            return list_genres(args.model)
+        if args.output_dir is None:
+            raise ValueError("--output-dir is required")
         result = generate_audio(
             args.model,
             args.output_dir,
@@ -47,6 +54,8 @@ def main(argv=None):
             dtype=args.dtype,
             prefix=args.prefix,
             compile_decoding=args.compile,
+            genre=args.genre,
+            guidance_scale=args.guidance_scale,
         )
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -63,13 +72,19 @@ def main(argv=None):
     return 0
 
 
+def list_genres(model):
+    genres = checkpoint_genres(model)
+    print("\n".join(genres) if genres else f"{model} is unconditional: it takes no genre")
+    return 0
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Generate music with a music-hybrid checkpoint (unconditional or continuing an audio prompt) "
         "and write 44.1 kHz WAV files.",
     )
     parser.add_argument("model", help="checkpoint folder or Hub id")
-    parser.add_argument("--output-dir", "--output_dir", required=True, help="folder for the WAV files")
+    parser.add_argument("--output-dir", "--output_dir", help="folder for the WAV files (required to generate)")
     parser.add_argument("--num-samples", "--num_samples", type=int, default=1, help="how many files to generate (default: 1)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of new audio per file (default: 10)")
     parser.add_argument(
@@ -106,6 +121,17 @@ def parse_args(argv=None):
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights dtype")
     parser.add_argument("--prefix", default="sample", help="file names: PREFIX_000.wav, PREFIX_001.wav, ...")
+    parser.add_argument(
+        "--genre", nargs="+",
+        help="genre-conditioned checkpoints: one genre for every sample, or one per sample (see --list-genres); "
+        "file names carry it",
+    )
+    parser.add_argument(
+        "--guidance-scale", "--guidance_scale", type=float,
+        help="classifier-free guidance with --genre: logits null + g * (genre - null); default 3.0 (MusicGen's), "
+        "1 for none; above 1 each step runs the samples twice, with and without the genre",
+    )
+    parser.add_argument("--list-genres", "--list_genres", action="store_true", help="print the checkpoint's genres")
     parser.add_argument(
         "--compile", action="store_true",
         help="compile the decoding step (and replay it as a CUDA graph on GPUs): faster per frame after a one-off "

@@ -4,6 +4,7 @@ decode them in chunks as they arrive, and write each sample as a WAV file (strea
 import json
 import math
 import os
+import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from generation.chunked_decoder import ChunkedDecoder
 from generation.streaming_wav import StreamingWavWriter
 
 LONG_FORM_MODES = ("window", "sliding")
+DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre is asked for
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PARTIAL_SUFFIX = ".partial"
 
@@ -46,6 +48,8 @@ class Plan:
     new_samples: int
     sampling: dict
     context_window: int | None
+    genres: list | None  # one per sample (None: an unconditional model, or no genre asked for)
+    guidance_scale: float | None
 
 
 
@@ -71,6 +75,8 @@ def generate_audio(
     prefix="sample",
     progress=True,
     compile_decoding=False,
+    genre=None,
+    guidance_scale=None,
 ):
     """Generate `num_samples` WAV files of `duration` seconds of new audio each; see the module docstring.
 
@@ -78,13 +84,18 @@ def generate_audio(
     codec: the codec identity (dict) or the --codec text expected; the checkpoint's recorded codec is used.
     compile_decoding: run the decoding steps compiled (`MusicHybridForCausalLM.compile_decoding`), as CUDA graphs
     on a GPU.
+    genre: a genre of a conditional checkpoint for every sample, or a list with one per sample; file names carry
+    it. guidance_scale: classifier-free guidance (default 3.0 with a genre; 1: none).
     """
     from modeling_music_hybrid import MusicHybridForCausalLM
     from processing_music_hybrid import load_codec
 
     _check_run_settings(num_samples, batch_size, chunk_seconds, dtype)
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
-    plan = plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec)
+    plan = plan_generation(
+        model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre, guidance_scale,
+        num_samples,
+    )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -104,10 +115,9 @@ def generate_audio(
     paths, codes = [], []
     with tqdm(total=num_batches * plan.new_frames, unit="frame", desc="generating", disable=not progress) as bar:
         for batch_start in range(0, num_samples, batch_size):
-            batch_paths = [
-                output_dir / f"{prefix}_{index:03d}.wav"
-                for index in range(batch_start, min(num_samples, batch_start + batch_size))
-            ]
+            indices = range(batch_start, min(num_samples, batch_start + batch_size))
+            batch_genres = None if plan.genres is None else [plan.genres[index] for index in indices]
+            batch_paths = [output_dir / sample_file_name(prefix, index, plan.genres) for index in indices]
             written_paths = (
                 batch_paths if stream else [path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
             )
@@ -130,6 +140,8 @@ def generate_audio(
                         streamer=streamer,
                         long_form=long_form,
                         context_window=plan.context_window,
+                        genre=batch_genres,
+                        guidance_scale=plan.guidance_scale,
                         **plan.sampling,
                     ).cpu()
                 )
@@ -141,18 +153,17 @@ def generate_audio(
     return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
 
 
-def plan_generation(model_name_or_path, duration, prompt, sampling, long_form, context_window, codec):
+def plan_generation(
+    model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre=None,
+    guidance_scale=None, num_samples=1,
+):
     """Check the request against the checkpoint's config (not its weights); raise ValueError on the first problem."""
-    from configuration_music_hybrid import MusicHybridConfig
-
     if not duration or duration <= 0 or not math.isfinite(duration):
         raise ValueError(f"--duration must be a positive number of seconds, got {duration}")
     if long_form not in (None, *LONG_FORM_MODES):
         raise ValueError(f"--long-form must be one of {LONG_FORM_MODES}, got {long_form!r}")
-    try:
-        config = MusicHybridConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the checkpoint config of {model_name_or_path}: {error}") from None
+    config = load_checkpoint_config(model_name_or_path)
+    genres, guidance_scale = check_genres(config, genre, guidance_scale, num_samples)
     codec_identity = resolve_codec_identity(config, codec)
     sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
     prompt_audio = None if prompt is None else load_prompt_audio(prompt, sample_rate, hop_length)
@@ -162,7 +173,56 @@ def plan_generation(model_name_or_path, duration, prompt, sampling, long_form, c
     sampling = {name: _check_per_codebook(name, value, config.num_codebooks) for name, value in sampling.items()}
     frame_seconds = hop_length / sample_rate
     context_window = check_context(config, prompt_frames, new_frames, long_form, context_window, frame_seconds)
-    return Plan(codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window)
+    return Plan(
+        codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window, genres, guidance_scale
+    )
+
+
+def load_checkpoint_config(model_name_or_path):
+    from configuration_music_hybrid import MusicHybridConfig
+
+    try:
+        return MusicHybridConfig.from_pretrained(model_name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load the checkpoint config of {model_name_or_path}: {error}") from None
+
+
+def checkpoint_genres(model_name_or_path):
+    """The genres a checkpoint is conditioned on (--list-genres), None for an unconditional one."""
+    return load_checkpoint_config(model_name_or_path).genres
+
+
+def check_genres(config, genre, guidance_scale, num_samples):
+    """(genre of every sample or None, guidance scale) for the request; ValueError for what the checkpoint cannot do.
+    A genre without --guidance-scale is sampled with MusicGen's guidance scale 3.0."""
+    names = None if genre is None else [genre] if isinstance(genre, str) else list(genre)
+    if config.genres is None:
+        if names is not None or guidance_scale is not None:
+            option = "--genre" if names is not None else "--guidance-scale"
+            raise ValueError(f"{option} needs a genre-conditioned checkpoint; this one is unconditional")
+        return None, None
+    if names is None:
+        if guidance_scale is not None:
+            raise ValueError("--guidance-scale needs --genre: guidance pushes the samples towards a genre")
+        return None, None
+    unknown = [name for name in names if name not in config.genres]
+    if unknown:
+        raise ValueError(f"unknown genre {unknown[0]!r}; this checkpoint knows: {', '.join(config.genres)}")
+    if len(names) not in (1, num_samples):
+        raise ValueError(f"--genre takes one genre or one per sample ({num_samples}), got {len(names)}")
+    if guidance_scale is None:
+        guidance_scale = DEFAULT_GUIDANCE_SCALE
+    if not math.isfinite(guidance_scale) or guidance_scale < 1:
+        raise ValueError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {guidance_scale}")
+    return names * num_samples if len(names) == 1 else names, guidance_scale
+
+
+def sample_file_name(prefix, index, genres):
+    """PREFIX_000.wav, or PREFIX_000_Hip-Hop.wav with the sample's genre (made safe for any file system)."""
+    if genres is None:
+        return f"{prefix}_{index:03d}.wav"
+    genre = re.sub(r"[^A-Za-z0-9]+", "-", genres[index]).strip("-") or "genre"
+    return f"{prefix}_{index:03d}_{genre}.wav"
 
 
 def load_prompt_audio(path, sample_rate, hop_length):
