@@ -310,10 +310,12 @@ class MusicHybridConfig(PretrainedConfig):
 
     @classmethod
     def from_preset(cls, name, **overrides):
-        """A preset by name (see `PRESETS`), with any field overridden."""
+        """A preset by name (see `PRESETS`), with any field overridden. It records the published DAC 44.1 kHz codec
+        unless `codec` is given (training replaces it with its dataset's codec)."""
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         fields = {key: value for key, value in PRESETS[name].items() if key != "description"}
+        fields["codec"] = dict(PRETRAINED_DAC_IDENTITY)
         fields.update(overrides)
         return cls(**fields)
 

@@ -12,6 +12,7 @@ trust_remote_code loading, where they form a package.
 
 import copy
 import functools
+import json
 import math
 from dataclasses import dataclass
 
@@ -30,9 +31,11 @@ from transformers.utils import logging
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from .fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
+    from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
+    from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 
 logger = logging.get_logger(__name__)
 
@@ -292,6 +295,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         self.post_init()
         self.generation_config = default_generation_config(config)
         self._compiled_decode, self._decode_with_cuda_graph = None, False  # see compile_decoding
+        self._codec = None  # (identity as JSON, Codec): see `codec`
         log_mamba_path_once(config)
 
     def forward(
@@ -337,6 +341,40 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             hidden_states=backbone.hidden_states,
         )
         return output if return_dict is not False else output.to_tuple()
+
+    @property
+    def codec(self):
+        """The codec that `config.codec` names (processing_music_hybrid.Codec: a transformers DacModel, pretrained
+        or seeded random), built on first use on the model's device and kept; built again if config.codec changes."""
+        identity = self.config.codec
+        if identity is None:
+            raise ValueError(
+                "this model records no codec (config.codec is None): set model.config.codec to the identity of the "
+                "codec its training codes came from, e.g. processing_music_hybrid.pretrained_codec_identity()"
+            )
+        key = json.dumps(identity, sort_keys=True)
+        if self._codec is None or self._codec[0] != key:
+            try:
+                self._codec = (key, load_codec(identity, device=self.device))
+            except CodecUnavailableError as error:
+                raise CodecUnavailableError(
+                    f"this model's codes come from the codec {identity.get('model_id')!r} (config.codec: backend "
+                    f"{identity.get('backend')!r}, revision {identity.get('revision')!r}), which cannot be loaded: "
+                    f"{error} From Python: connect once to the Hugging Face Hub (the weights are then cached), or "
+                    "download them and set model.config.codec['model_id'] to that folder."
+                ) from error
+        return self._codec[1]
+
+    def decode_audio(self, codes):
+        """Codes (B, K, T) in natural layout (what generate returns, or its output object) -> float32 waveforms
+        (B, T * hop) on the CPU at `config.codec["sample_rate"]`, decoded by `codec`."""
+        return self.codec.decode(getattr(codes, "sequences", codes))
+
+    def encode_audio(self, waveform, sampling_rate):
+        """Audio -> codes (B, K, T) int64 on the model's device, a prompt for generate(). waveform: (samples,) one
+        mono clip, (channels, samples) one clip (channels averaged), or (batch, channels, samples) of equal length;
+        at any `sampling_rate`, resampled to the codec's with soxr."""
+        return torch.stack(self.codec.encode(waveform_clips(waveform, sampling_rate))).to(self.device)
 
     def codebook_logits(self, hidden_states):
         """(B, T, hidden) -> (B, K, T, codebook_size)."""

@@ -7,6 +7,11 @@ Three backends share the same network (encoder, residual quantizer, decoder):
 A codec is described by a JSON-able identity dict that travels with the datasets it
 produced, so training and generation can check they use the same one.
 
+save_pretrained ships this file with every checkpoint (the model imports it for decode_audio /
+encode_audio): it imports only torch, transformers, numpy and huggingface_hub at the top; optional
+packages (dac, soxr) are imported where they are needed, inside try blocks, which transformers'
+remote-code import check skips.
+
 Codes of a clip never depend on what it is batched with: clips are cut into windows
 and only windows of equal length are stacked, so every window sees exactly the
 samples (and zero padding) it would see alone. Long clips are encoded window by
@@ -236,6 +241,27 @@ def plan_windows(num_frames, window_frames, overlap_frames):
     middles = [(next_start + start + window_frames) // 2 for start, next_start in zip(starts, starts[1:], strict=False)]
     bounds = [0] + middles + [num_frames]
     return [Window(start, start + window_frames, bounds[i], bounds[i + 1]) for i, start in enumerate(starts)]
+
+
+def waveform_clips(waveform, sampling_rate):
+    """Prompt audio -> a list of mono float32 clips at 44.1 kHz: (samples,) is one mono clip, (channels, samples)
+    one clip whose channels are averaged, (batch, channels, samples) a batch. Other rates are resampled with soxr
+    (high quality), imported only then."""
+    waveform = torch.as_tensor(waveform).detach().float().cpu()
+    if waveform.dim() not in (1, 2, 3) or waveform.shape[-1] == 0:
+        raise ValueError(
+            "waveform must be (samples,), (channels, samples) or (batch, channels, samples) with samples, "
+            f"got shape {tuple(waveform.shape)}"
+        )
+    clips = waveform.reshape(-1, *waveform.shape[-2:]).mean(dim=1) if waveform.dim() > 1 else waveform[None]
+    if sampling_rate == SAMPLE_RATE:
+        return list(clips)
+    try:
+        import soxr
+    except ImportError as error:
+        message = f"audio at {sampling_rate} Hz must be resampled to {SAMPLE_RATE} Hz: pip install soxr"
+        raise ImportError(message) from error
+    return [torch.from_numpy(soxr.resample(clip.numpy(), sampling_rate, SAMPLE_RATE, quality="HQ")) for clip in clips]
 
 
 def num_frames_for(num_samples):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -9,22 +10,49 @@ import textwrap
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.dynamic_module_utils import get_imports
 
 from configuration_music_hybrid import MusicHybridConfig
+from data.audio import to_mono_44k
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
+from processing_music_hybrid import load_codec, random_codec_identity
 
 # Every file the remote code imports; save_pretrained must ship each of them.
-SHIPPED_CODE_FILES = {"modeling_music_hybrid.py", "configuration_music_hybrid.py", "fast_decoding_music_hybrid.py"}
+SHIPPED_CODE_FILES = {
+    "modeling_music_hybrid.py", "configuration_music_hybrid.py", "fast_decoding_music_hybrid.py",
+    "processing_music_hybrid.py",
+}
 CODEC = {"backend": "random", "model_id": None, "revision": None, "seed": 3, "config_overrides": None,
          "sample_rate": 44100, "hop_length": 512, "num_codebooks": 9, "codebook_size": 1024}
 
 
-def saved_model(tmp_path, name="hybrid-tiny"):
+def saved_model(tmp_path, name="hybrid-tiny", codec=CODEC, folder_name="checkpoint"):
     torch.manual_seed(0)
-    model = MusicHybridForCausalLM(MusicHybridConfig.from_preset(name, codec=CODEC)).eval()
-    folder = tmp_path / "checkpoint"
+    model = MusicHybridForCausalLM(MusicHybridConfig.from_preset(name, codec=codec)).eval()
+    folder = tmp_path / folder_name
     model.save_pretrained(folder)
     return model, folder
+
+
+def run_in_fresh_process(script, tmp_path, **environment):
+    """Run `script` with this interpreter in another directory, without this repository on the path; assert that
+    it succeeds and imported none of the repository's modules (the checkpoint's own copies have other names)."""
+    repository_modules = sorted(name.removesuffix(".py") for name in SHIPPED_CODE_FILES) + ["data", "training"]
+    script += textwrap.dedent(f"""
+        import sys
+        assert not set({repository_modules!r}) & set(sys.modules), "the checkpoint used this repository's files"
+    """)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir(exist_ok=True)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), **environment)
+    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_a_model_made_from_a_preset_records_the_published_codec():
+    assert MusicHybridConfig.from_preset("hybrid-tiny").codec["model_id"] == "descript/dac_44khz"
 
 
 def test_save_pretrained_writes_weights_config_generation_config_and_code(tmp_path):
@@ -63,15 +91,8 @@ def test_fresh_process_in_another_directory_loads_with_remote_code_and_gets_iden
         torch.manual_seed(0)
         codes = model.generate(max_new_tokens=4, num_return_sequences=2)
         assert codes.shape == (2, 9, 4), codes.shape
-        repository_modules = {{name.removesuffix(".py") for name in {sorted(SHIPPED_CODE_FILES)!r}}}
-        assert not repository_modules & set(sys.modules), "the checkpoint used this repository's files"
     """)
-    workdir = tmp_path / "elsewhere"
-    workdir.mkdir()
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["HF_MODULES_CACHE"] = str(tmp_path / "modules")
-    result = subprocess.run([sys.executable, "-c", script], cwd=workdir, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_in_fresh_process(script, tmp_path)
     assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
 
 
@@ -91,3 +112,54 @@ def test_non_persistent_buffers_are_rebuilt_after_loading(tmp_path):
     loaded = MusicHybridForCausalLM.from_pretrained(folder)
     assert torch.equal(loaded.model.codebook_offsets, torch.arange(9) * 1027)
     assert torch.equal(loaded.model.rotary_emb.inv_freq, model.model.rotary_emb.inv_freq)
+
+
+def test_fresh_process_gets_audio_in_and_out_from_the_checkpoint_alone(tmp_path):
+    """decode_audio / encode_audio build the codec that config.codec names from the shipped processing file; a
+    model whose codec cannot be loaded (the pretrained DAC, offline, empty cache) says which and what to do."""
+    codec_identity = random_codec_identity(seed=3, small=True)
+    _, folder = saved_model(tmp_path, codec=codec_identity)
+    pretrained_folder = tmp_path / "pretrained-codec"
+    MusicHybridForCausalLM(MusicHybridConfig.from_preset("hybrid-tiny")).save_pretrained(pretrained_folder)
+    stereo = torch.randn(2, 11025, generator=torch.Generator().manual_seed(0)) * 0.1  # 0.5 s at 22.05 kHz
+    torch.save(stereo, tmp_path / "stereo.pt")
+    script = textwrap.dedent(f"""
+        import warnings
+        import torch
+        from transformers import AutoModelForCausalLM
+        warnings.simplefilter("ignore")  # the random codec says it is random
+        model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
+        torch.manual_seed(0)
+        codes = model.generate(max_new_tokens=4, num_return_sequences=2)
+        audio = model.decode_audio(codes)
+        assert audio.shape == (2, 4 * 512) and audio.dtype == torch.float32, (audio.shape, audio.dtype)
+        prompt = model.encode_audio(torch.load({str(tmp_path / 'stereo.pt')!r}), sampling_rate=22050)
+        torch.save((codes, audio, prompt), {str(tmp_path / 'audio.pt')!r})
+        continued = model.generate(prompt, max_new_tokens=2)
+        assert torch.equal(continued[:, :, : prompt.shape[2]], prompt)
+
+        offline = AutoModelForCausalLM.from_pretrained({str(pretrained_folder)!r}, trust_remote_code=True)
+        assert offline.config.codec["model_id"] == "descript/dac_44khz"
+        try:
+            offline.decode_audio(codes)
+        except ValueError as error:
+            message = str(error)
+        assert "descript/dac_44khz" in message and "Hugging Face Hub" in message, message
+    """)
+    run_in_fresh_process(script, tmp_path, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "empty-hf-home"))
+    codes, audio, prompt = torch.load(tmp_path / "audio.pt")
+    with pytest.warns(UserWarning, match="RANDOM"):
+        codec = load_codec(codec_identity, device="cpu")
+    torch.testing.assert_close(audio, codec.decode(codes))
+    # The data pipeline's downmix and resampling, then its codec: the same prompt codes.
+    reference = codec.encode([to_mono_44k(stereo.T.numpy(), 22050)])[0]
+    assert prompt.shape == (1, 9, 44) and torch.equal(prompt[0], reference)
+
+
+def test_shipped_files_import_only_what_a_hub_user_has():
+    """transformers refuses remote code whose imports (outside try blocks) are not installed: the shipped files
+    import only torch, transformers, numpy, huggingface_hub and each other at the top."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    allowed = {"torch", "transformers", "numpy", "huggingface_hub"}
+    for name in SHIPPED_CODE_FILES:
+        assert set(get_imports(root / name)) - set(sys.stdlib_module_names) <= allowed, name
