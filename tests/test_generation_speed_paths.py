@@ -9,6 +9,7 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.logits_process import TopKLogitsWarper
 
+from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 import fast_decoding_music_hybrid
 from fast_decoding_music_hybrid import PACKED_MIN_ROWS, can_pack_weights, decoding_linear, pack_linear_weights
@@ -121,12 +122,7 @@ def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kin
     codes, greedy and sampled with the same seed, with and without packed weights. The fixed-shape step with
     dynamic shapes is captured once per kind of batch (1; 2 or 3; 4 or more, with packed weights on CPU),
     whatever the lengths."""
-    captures = []
-
-    def counting_backend(graph_module, example_inputs):
-        captures.append(graph_module)
-        return graph_module.forward
-
+    counting_backend = CountingBackend()
     model = tiny_model()
     prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
     eager_greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
@@ -141,7 +137,7 @@ def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kin
     model.generate(prompt.repeat(3, 1, 1), max_new_tokens=300, do_sample=False)  # longer cache, batch 6
     model.generate(max_new_tokens=5, do_sample=False)  # batch 1
     model.generate(max_new_tokens=260, do_sample=False)
-    assert len(captures) == 3
+    assert len(counting_backend.graphs) == 3
     model.compile_decoding(False)
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
 

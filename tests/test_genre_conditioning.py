@@ -4,6 +4,7 @@ classifier-free guidance through every decoding path (packed weights, compiled s
 import pytest
 import torch
 
+from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridCache, MusicHybridForCausalLM, codes_to_model_inputs
 
@@ -176,19 +177,14 @@ def test_guidance_with_streaming_long_form_and_sampling_seeds():
 
 def test_compiled_decoding_and_packed_weights_give_the_same_guided_codes():
     """Guided batches of 1 and 2 samples are model batches of 2 and 4 (packed weights on CPU from 4 rows)."""
-    captures = []
-
-    def counting_backend(graph_module, example_inputs):
-        captures.append(graph_module)
-        return graph_module.forward
-
+    counting_backend = CountingBackend()
     model = conditional_model()
     requests = [dict(genre="Folk"), dict(input_ids=random_codes(batch=2, frames=2), genre=["Folk", "Rock"])]
     eager = [model.generate(max_new_tokens=5, do_sample=False, guidance_scale=3.0, **r) for r in requests]
     model.compile_decoding(backend=counting_backend)
     for request, expected in zip(requests, eager, strict=True):
         assert torch.equal(model.generate(max_new_tokens=5, do_sample=False, guidance_scale=3.0, **request), expected)
-    assert len(captures) == 2  # one graph per kind of batch (2-3 rows; 4 or more)
+    assert len(counting_backend.graphs) == 2  # one graph per kind of batch (2-3 rows; 4 or more)
     model.compile_decoding(False)
 
 

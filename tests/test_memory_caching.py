@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import (
     MambaMixer, MemorySettings, MusicHybridCache, MusicHybridForCausalLM, codes_to_model_inputs, memory_cached_scan,
@@ -281,18 +282,13 @@ def test_a_second_multi_position_input_continues_the_memories():
 def test_compiled_decoding_equals_eager_and_compiles_once():
     """The fixed-shape step reads every memory slot under a mask: one graph for the whole generation, across
     the segment ends where memories are cached."""
-    captures = []
-
-    def counting_backend(graph_module, example_inputs):
-        captures.append(graph_module)
-        return graph_module.forward
-
+    counting_backend = CountingBackend()
     model = memory_model("gated", name="mamba-mc-tiny")
     prompt = torch.randint(0, 1024, (2, 9, 5), generator=torch.Generator().manual_seed(7))
     eager = model.generate(prompt, max_new_tokens=60, do_sample=False)
     model.compile_decoding(backend=counting_backend)
     assert torch.equal(model.generate(prompt, max_new_tokens=60, do_sample=False), eager)
-    assert len(captures) == 1
+    assert len(counting_backend.graphs) == 1
 
 
 def test_sliding_long_form_runs_the_memory_on_and_max_segments_bounds_it():
