@@ -1,16 +1,24 @@
-"""What makes decoding fast, kept apart from the model: few-row CPU products, packed weights, CUDA graphs.
+"""What makes decoding fast, kept apart from the model: few-row CPU products, packed weights, int8 weights, the
+thread count, CUDA graphs.
 
-A decoding step multiplies every weight by one row per sample. `decoding_linear` picks the fastest product for
-those few rows on CPU and steps aside for anything it does not know (GPUs, gradients, wrapped, hooked or
-quantized layers); `CUDAGraphStep` replays a compiled step as one CUDA graph. modeling_music_hybrid.py imports
-this file, and save_pretrained ships it with the weights.
+A decoding step multiplies every weight by one row per sample, so it reads every weight once: bytes per step set
+the speed. `decoding_linear` picks the fastest product for those few rows on CPU and steps aside for anything it
+does not know (GPUs, gradients, wrapped, hooked or quantized layers); `quantize_linear_layers` swaps the linear
+layers for `Int8Linear` (a quarter of the bytes); `decoding_threads` picks the thread count of a generation;
+`CUDAGraphStep` replays a compiled step as one CUDA graph. modeling_music_hybrid.py imports this file, and
+save_pretrained ships it with the weights.
 """
 
+import contextlib
 import functools
+import os
+import time
+import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 
 def decoding_linear(linear, x, cache=None):
@@ -24,7 +32,7 @@ def decoding_linear(linear, x, cache=None):
     PACKED_MIN_ROWS rows on, oneDNN multiplies by a copy of the weight that the generation packed once into its
     own layout (`pack_linear_weights`, held by the cache), 1.5-2x faster than BLAS. Each output is the same dot
     product, up to rounding. Anything else goes through the module as usual: GPUs, training, many rows, wrapped
-    or hooked layers.
+    or hooked layers, and `Int8Linear` layers (whose own product is the fastest for them, compiled steps included).
     """
     if x.device.type != "cpu" or torch.is_grad_enabled() or not is_plain_layer(linear):
         return linear(x)
@@ -89,8 +97,9 @@ def compiler_opaque(product):
     inductor would otherwise rewrite a one-row product into a slower reduction of its own, and it cannot trace
     packed weights. Eager calls skip the op's dispatch (a few microseconds a call)."""
     name = product.__name__
+    x, weight, third = product.__code__.co_varnames[:3]  # (x, weight, bias) or (x, weight, scales)
     if not hasattr(torch.ops.music_hybrid, name):  # defined already when this file is imported again as remote code
-        DECODING_PRODUCTS.define(f"{name}(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+        DECODING_PRODUCTS.define(f"{name}(Tensor {x}, Tensor {weight}, Tensor? {third}) -> Tensor")
         DECODING_PRODUCTS.impl(name, product, "CompositeExplicitAutograd")
         torch.library.register_fake(
             f"music_hybrid::{name}", lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
@@ -122,6 +131,152 @@ def split_weight_product(x, weight, bias):
 def packed_weight_product(x, packed, bias):
     """x (rows, in) @ weight.T + bias with the weight packed by `pack_linear_weights`."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# int8 weights
+# --------------------------------------------------------------------------------------------------------------------
+
+QUANTIZATION_MODES = ("int8",)
+
+
+def quantize_linear_layers(model, mode, keep_float=()):
+    """Replace every plain nn.Linear of `model` by an `Int8Linear` (in place) and return the model, except those
+    whose attribute name is in `keep_float`.
+
+    Only for float32 models on CPU, where the int8 product exists; embedding tables stay float32 (a step reads
+    only one row of them per codebook). Wrapped layers (PEFT) keep their wrapper and adapters: the plain linear
+    inside is quantized, the adapters (in ModuleDicts keyed by adapter name) stay float32.
+    """
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization mode must be one of {list(QUANTIZATION_MODES)}, got {mode!r}")
+    parameter = next(model.parameters())
+    if parameter.device.type != "cpu":
+        raise ValueError(
+            f"int8 weights are for CPU decoding; this model is on {parameter.device.type}: on GPUs decode in "
+            "bfloat16 (dtype=torch.bfloat16) instead"
+        )
+    if parameter.dtype != torch.float32:
+        raise ValueError(f"quantize a float32 model (this one is {parameter.dtype}): int8 products take float32 rows")
+    if not can_run_int8_products():
+        engines = torch.backends.quantized.supported_engines
+        raise ValueError(f"this torch build has no int8 CPU products (quantized engines: {engines})")
+    for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
+        for name, child in list(parent.named_children()):
+            if is_plain_layer(child) and name not in keep_float:
+                setattr(parent, name, Int8Linear(child))
+    return model
+
+
+class Int8Linear(nn.Module):
+    """A linear layer with int8 weights, one scale per output channel, for CPU inference.
+
+    The product is fbgemm's dynamic int8 one (`torch.ops.quantized.linear_dynamic`, the kernel behind the
+    deprecated `torch.ao.quantization.quantize_dynamic`): each call quantizes its input rows to 8 bits (one scale
+    per call) and multiplies by the weight packed for fbgemm. It is the one int8 product fast enough here: at one
+    row, the maintained ones (oneDNN's qlinear, `torch._weight_int8pack_mm`, `torch._int_mm`) took 1.8x its time
+    or more on the 2-core AMD EPYC, float32 4x. Its packing goes through torch's deprecated quantized tensors, which
+    `can_run_int8_products` checks once; the warning they give is kept from users.
+    """
+
+    def __init__(self, linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("weight_scales", scales)
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    def forward(self, x):
+        out = int8_weight_product(x.reshape(-1, self.in_features), self.weight, self.weight_scales)
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if self.bias is None else out + self.bias
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+@compiler_opaque
+def int8_weight_product(x, weight, scales):
+    """x (rows, in) @ (weight * scales[:, None]).T for an `Int8Linear`'s int8 weight and per-channel scales."""
+    if weight.device.type != "cpu":
+        raise RuntimeError(f"int8 weights multiply on CPU only, this one is on {weight.device}: decode on CPU")
+    # reduce_range: 7-bit rows, so that fbgemm's int16 sums of pairs of products cannot overflow without VNNI
+    return torch.ops.quantized.linear_dynamic(x.contiguous(), fbgemm_packed(weight, scales), True)
+
+
+# Each int8 weight tensor -> its fbgemm-packed copy, made at its first product (and again for a copy of the layer).
+FBGEMM_PACKED = WeakIdKeyDictionary()
+
+
+def fbgemm_packed(weight, scales):
+    packed = FBGEMM_PACKED.get(weight)
+    if packed is None:
+        packed = FBGEMM_PACKED[weight] = torch.ops.quantized.linear_prepack(as_quantized_tensor(weight, scales), None)
+    return packed
+
+
+def as_quantized_tensor(weight, scales):
+    with warnings.catch_warnings():  # torch's quantized tensors are deprecated; fbgemm's packing still takes them
+        warnings.simplefilter("ignore", UserWarning)
+        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
+        return torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
+
+
+@functools.cache
+def can_run_int8_products():
+    """Whether this torch build packs and multiplies int8 weights (fbgemm on x86, qnnpack on ARM)."""
+    try:
+        weight, scales = torch.eye(4, dtype=torch.int8).mul_(127), torch.full((4,), 1 / 127)
+        packed = torch.ops.quantized.linear_prepack(as_quantized_tensor(weight, scales), None)
+        return bool(torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, True).sub(1).abs().max() < 0.05)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Thread count
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def decoding_threads(model, rows):
+    """Run the block (a generation) on the thread count that decodes fastest now: torch's or one.
+
+    Products split over threads wait for the slowest core, so where other processes keep a core busy, all
+    threads decode far slower than one. A short calibration at the start (the head's product at both counts, a
+    few milliseconds, interleaved) decides once for the whole generation: never per step. Int8 products split
+    the output channels over threads, so the choice does not change their results; float32 ones may round
+    differently.
+    """
+    threads = torch.get_num_threads()
+    head = model.get_output_embeddings()
+    on_cpu = head is not None and next(model.parameters()).device.type == "cpu"
+    chosen = fastest_thread_count(head, rows, threads) if on_cpu and threads > 1 and available_cores() > 1 else threads
+    torch.set_num_threads(chosen)
+    try:
+        yield chosen
+    finally:
+        torch.set_num_threads(threads)
+
+
+def available_cores():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def fastest_thread_count(linear, rows, threads, rounds=5):
+    """threads or 1, whichever runs `rows` rows through `linear` faster (best of `rounds` interleaved rounds)."""
+    x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
+    best = {threads: float("inf"), 1: float("inf")}
+    with torch.no_grad():
+        for _ in range(rounds):
+            for count in best:
+                torch.set_num_threads(count)
+                start = time.perf_counter()
+                decoding_linear(linear, x)
+                best[count] = min(best[count], time.perf_counter() - start)
+    return min(best, key=best.get)
 
 
 class CUDAGraphStep:

@@ -30,11 +30,15 @@ from transformers.utils import logging
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
-    from .fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
+    from .fast_decoding_music_hybrid import (
+        CUDAGraphStep, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights, quantize_linear_layers,
+    )
     from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
-    from fast_decoding_music_hybrid import CUDAGraphStep, decoding_linear, is_plain_layer, pack_linear_weights
+    from fast_decoding_music_hybrid import (
+        CUDAGraphStep, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights, quantize_linear_layers,
+    )
     from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 
 logger = logging.get_logger(__name__)
@@ -474,6 +478,16 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         self._compiled_decode = torch.compile(self.model.decode, **compile_options) if enabled else None
         self._decode_with_cuda_graph = enabled and cuda_graph
 
+    def quantize_weights(self, mode="int8"):
+        """Quantize the linear layers to int8 (one scale per output channel) for CPU decoding; returns the model.
+
+        A decoding step reads every weight once, so a quarter of the bytes decodes up to 4x faster than float32.
+        In place, for inference, on a float32 model on CPU (on GPUs, decode in bfloat16). The embedding tables
+        stay float32, and so does each Mamba dt_proj: its outputs set the decays exp(delta A) of the state, where
+        errors compound over time, and it holds 1% of the weights. See `Int8Linear` for the product.
+        """
+        return quantize_linear_layers(self, mode, keep_float=("dt_proj",))
+
     def generate_frames(self, prompt, max_new_tokens, sampler, streamer, condition, attention_window=None):
         """The decoding loop over delayed positions: prefill the prompt, then one position per step. The model
         runs on `condition.model_rows` of the sampled rows (each row twice under guidance)."""
@@ -501,19 +515,22 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
             decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
-        hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids).last_hidden_state
-        for position in range(prefill_length, num_positions):
-            logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(model_rows, num_codebooks, -1)
-            logits = condition.guided_logits(logits)
-            tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
-            complete_frame = position - num_codebooks
-            if streamer is not None and complete_frame >= prompt_frames:
-                streamer.put(undo_delay_pattern(tokens[:, :, position - num_codebooks + 1 : position + 1]))
-            if position + 1 < num_positions:
-                positions = torch.full((1,), position, device=prompt.device)
-                # A contiguous copy: the same strides for every request length (a compiled step guards on them).
-                hidden = decode(condition.model_rows(tokens[:, :, position : position + 1]), positions, cache, genre_ids)
-                cache.advance(1)
+        with decoding_threads(self, model_rows):  # chosen once: every step of a seeded sample runs the same products
+            hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids).last_hidden_state
+            for position in range(prefill_length, num_positions):
+                logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(model_rows, num_codebooks, -1)
+                logits = condition.guided_logits(logits)
+                tokens[:, :, position] = torch.where(sampled[:, position], sampler(logits), tokens[:, :, position])
+                complete_frame = position - num_codebooks
+                if streamer is not None and complete_frame >= prompt_frames:
+                    streamer.put(undo_delay_pattern(tokens[:, :, position - num_codebooks + 1 : position + 1]))
+                if position + 1 < num_positions:
+                    positions = torch.full((1,), position, device=prompt.device)
+                    # A contiguous copy: the same strides for every request length (a compiled step guards on
+                    # them).
+                    inputs = condition.model_rows(tokens[:, :, position : position + 1])
+                    hidden = decode(inputs, positions, cache, genre_ids)
+                    cache.advance(1)
         return undo_delay_pattern(tokens[:, :, 1:])
 
 

@@ -1,0 +1,151 @@
+"""int8 weights for CPU decoding: close to float32, seeded generation (eager and compiled, on any thread count),
+quality on a trained model, use from a checkpoint folder alone, refusals."""
+
+import copy
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+
+import fast_decoding_music_hybrid
+from bench.int8_quality import int8_quality, quality_is_kept, relative_changes
+from configuration_music_hybrid import MusicHybridConfig
+from fast_decoding_music_hybrid import Int8Linear
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
+
+pytestmark = pytest.mark.skipif(
+    not fast_decoding_music_hybrid.can_run_int8_products(), reason="this torch build has no int8 CPU products"
+)
+
+
+def tiny_model(name="hybrid-tiny"):
+    torch.manual_seed(0)
+    return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name)).eval()
+
+
+@pytest.fixture
+def two_threads():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("preset", ["hybrid-tiny", "transformer-tiny"])
+def test_int8_logits_are_close_to_float32(preset):
+    model = tiny_model(preset)
+    quantized = copy.deepcopy(model).quantize_weights("int8")
+    linears = {name: type(module) for name, module in quantized.named_modules() if "proj" in name or "fc" in name}
+    assert all(kind is Int8Linear for name, kind in linears.items() if not name.endswith("dt_proj"))
+    assert isinstance(quantized.lm_head, Int8Linear) and quantized.model.embed_tokens.weight.dtype == torch.float32
+    codes = torch.randint(0, 1024, (2, 9, 24), generator=torch.Generator().manual_seed(0))
+    inputs = codes_to_model_inputs(codes, model.config)
+    with torch.no_grad():
+        expected, got = model(**inputs).logits, quantized(**inputs).logits
+    assert (got - expected).norm() / expected.norm() < 0.05
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
+
+
+def test_int8_generation_is_seeded_and_the_same_on_any_thread_count(two_threads):
+    """Whatever thread count the start of a generation picks (here: torch's two, then one), a seed gives the same
+    codes; and the thread count is back to what it was afterwards."""
+    model = tiny_model().quantize_weights("int8")
+    prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
+    samples = []
+    for chosen in (2, 1):
+        with mock.patch.object(fast_decoding_music_hybrid, "fastest_thread_count", return_value=chosen):
+            torch.manual_seed(3)
+            samples.append(model.generate(prompt, max_new_tokens=10, num_return_sequences=2))
+        assert torch.get_num_threads() == 2
+    assert samples[0].shape == (4, 9, 13) and torch.equal(samples[0], samples[1])
+
+
+def test_generation_runs_on_the_thread_count_chosen_at_its_start(two_threads):
+    """The calibration runs once per generation, and every step runs on its choice."""
+    model = tiny_model().quantize_weights("int8")
+    seen = []
+    streamer = mock.Mock(put=lambda frames: seen.append(torch.get_num_threads()))
+    with mock.patch.object(fast_decoding_music_hybrid, "fastest_thread_count", return_value=1) as calibration:
+        model.generate(max_new_tokens=6, streamer=streamer)
+    assert calibration.call_count == 1 and seen == [1] * 6
+    assert fast_decoding_music_hybrid.fastest_thread_count(model.lm_head, 1, 2) in (1, 2)
+
+
+def test_int8_compiled_step_gives_the_eager_codes():
+    """compile_decoding() (inductor) calls the int8 product as it is: the same greedy codes as eager int8
+    decoding for one sample and for four (where float32 weights would be packed)."""
+    model = tiny_model().quantize_weights("int8")
+    prompt = torch.randint(0, 1024, (4, 9, 3), generator=torch.Generator().manual_seed(1))
+    eager = [model.generate(request, max_new_tokens=8, do_sample=False) for request in (None, prompt)]
+    model.compile_decoding()
+    for request, expected in zip((None, prompt), eager, strict=True):
+        assert torch.equal(model.generate(request, max_new_tokens=8, do_sample=False), expected)
+
+
+def test_int8_keeps_the_validation_loss_of_a_trained_model():
+    """The issue's guard on a model trained here on procedural codes: mean CE within 0.5%, each codebook 1%."""
+    losses = int8_quality("hybrid-tiny", steps=100)
+    mean_change, codebook_changes = relative_changes(losses)
+    assert losses["float32"].mean() < 2.5  # it learned (chance: ln 16 = 2.77)
+    assert quality_is_kept(losses), (mean_change, codebook_changes)
+
+
+def test_copied_quantized_model_and_lora_wrapped_layers():
+    """A deep copy of a quantized model packs its own weights; a LoRA-wrapped projection keeps its adapter
+    and quantizes the layer inside it."""
+    peft = pytest.importorskip("peft")
+    model = tiny_model()
+    wrapped = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, parameter in wrapped.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1)
+    codes = torch.randint(0, 1024, (1, 9, 16), generator=torch.Generator().manual_seed(0))
+    inputs = codes_to_model_inputs(codes, model.config)
+    with torch.no_grad():
+        expected = wrapped(**inputs).logits
+        wrapped.base_model.model.quantize_weights("int8")
+        got = wrapped(**inputs).logits
+    assert isinstance(wrapped.base_model.model.model.layers[1].mixer.q_proj.base_layer, Int8Linear)
+    assert (got - expected).norm() / expected.norm() < 0.05
+    quantized = model.quantize_weights("int8")
+    torch.manual_seed(0)
+    expected_codes = quantized.generate(max_new_tokens=4)
+    torch.manual_seed(0)
+    assert torch.equal(copy.deepcopy(quantized).generate(max_new_tokens=4), expected_codes)
+
+
+def test_quantized_generation_from_the_checkpoint_folder_alone(tmp_path):
+    """A stranger's use: a fresh process outside the repository loads the folder with trust_remote_code,
+    quantizes and generates."""
+    tiny_model().save_pretrained(tmp_path / "checkpoint")
+    script = (
+        "import torch, transformers\n"
+        "model = transformers.AutoModelForCausalLM.from_pretrained('checkpoint', trust_remote_code=True)\n"
+        "model = model.quantize_weights('int8')\n"
+        "print(type(model.lm_head).__name__, tuple(model.generate(max_new_tokens=5).shape))\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "Int8Linear (1, 9, 5)"
+
+
+def test_quantize_weights_refusals():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="must be one of"):
+        model.quantize_weights("int4")
+    with pytest.raises(ValueError, match="float32"):
+        copy.deepcopy(model).to(torch.bfloat16).quantize_weights("int8")
+    with pytest.raises(ValueError, match="CPU decoding"):
+        copy.deepcopy(model).to("meta").quantize_weights("int8")
+    quantized = model.quantize_weights("int8").to("meta")
+    with pytest.raises(RuntimeError, match="CPU only"):
+        fast_decoding_music_hybrid.int8_weight_product(
+            torch.ones(1, 64, device="meta"), quantized.lm_head.weight, quantized.lm_head.weight_scales
+        )
