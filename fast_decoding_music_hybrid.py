@@ -163,7 +163,7 @@ def quantize_linear_layers(model, mode, keep_float=()):
         raise ValueError(f"this torch build has no int8 CPU products (quantized engines: {engines})")
     for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
         for name, child in list(parent.named_children()):
-            if is_plain_layer(child) and name not in keep_float:
+            if type(child) is nn.Linear and is_plain_layer(child) and name not in keep_float:
                 setattr(parent, name, Int8Linear(child))
     return model
 
