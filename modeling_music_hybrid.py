@@ -5,9 +5,9 @@ attention, Mamba-1 mixer and its selective scan, MLP, norms, positions). One seq
 token per codebook (MusicGen's delay pattern: codebook k is shifted right by k frames); their embeddings are
 summed and one linear head per codebook predicts the next position's codes.
 
-This file, configuration_music_hybrid.py and fast_decoding_music_hybrid.py (the machinery that makes decoding
-fast) import only each other and installed libraries: save_pretrained copies them next to the weights for
-trust_remote_code loading, where they form a package.
+This file, configuration_music_hybrid.py, fast_decoding_music_hybrid.py (the machinery that makes decoding fast)
+and processing_music_hybrid.py (the codec, for decode_audio / encode_audio) import only each other and installed
+libraries: save_pretrained copies them next to the weights for trust_remote_code loading, where they form a package.
 """
 
 import copy

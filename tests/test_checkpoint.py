@@ -1,4 +1,4 @@
-"""Hub-compatible checkpoints: safetensors, auto_map, both code files, loadable from a fresh process."""
+"""Hub-compatible checkpoints: safetensors, auto_map, every shipped code file, loadable from a fresh process."""
 
 import json
 import os

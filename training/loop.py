@@ -610,6 +610,7 @@ def write_model_folder(run: Run, unwrapped, folder: str, state_dict, evaluation:
         evaluation=evaluation,
         dataset_name=run.data_args.dataset_name,
         global_step=state.global_step,
+        base_model=run.model_args.model_name_or_path,
     )
 
 

@@ -6,11 +6,15 @@ import json
 import os
 import re
 
-from huggingface_hub import ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from training.evaluation import format_metrics_table
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# The Hub's task for music generation (MusicGen's); it has no task for unconditional audio.
+PIPELINE_TAG = "text-to-audio"
+# The usage snippet's checkpoint: this folder, or the Hub repository it was pushed to.
+CHECKPOINT_PLACEHOLDER = "path/to/this/folder"
 
 
 def write_model_card(
@@ -22,49 +26,91 @@ def write_model_card(
     evaluation: dict | None,
     dataset_name: str | None,
     global_step: int | None = None,
+    base_model: str | None = None,
 ) -> str:
-    """Write `directory`/README.md and return its text."""
-    text = model_card_text(config, num_parameters, training_arguments, evaluation, dataset_name, global_step)
+    """Write `directory`/README.md (huggingface_hub's ModelCard) and return its text. base_model: the checkpoint
+    training continued from (a Hub id goes into the metadata, a local folder only into the text)."""
+    text = model_card_text(
+        config, num_parameters, training_arguments, evaluation, dataset_name, global_step, base_model
+    )
     path = os.path.join(directory, "README.md")
-    with open(path + ".tmp", "w", encoding="utf-8") as file:
-        file.write(text)
+    ModelCard(text).save(path + ".tmp")
     os.replace(path + ".tmp", path)
     return text
 
 
-def model_card_text(config, num_parameters, training_arguments, evaluation, dataset_name, global_step) -> str:
+def on_the_hub(name: str | None) -> bool:
+    return name is not None and HUB_ID.fullmatch(name) is not None and not os.path.exists(name)
+
+
+def model_card_text(
+    config, num_parameters, training_arguments, evaluation, dataset_name, global_step, base_model=None
+) -> str:
     architecture = describe_architecture(config)
-    on_hub = dataset_name is not None and HUB_ID.fullmatch(dataset_name) and not os.path.exists(dataset_name)
     metadata = ModelCardData(
         library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
         license="apache-2.0",
         tags=["music-generation", "audio", "dac", "music-hybrid", "mamba", "custom_code"],
-        datasets=[dataset_name] if on_hub else None,
+        datasets=[dataset_name] if on_the_hub(dataset_name) else None,
+        base_model=base_model if on_the_hub(base_model) else None,
         metrics=["cross_entropy", "perplexity", "accuracy"],
+        model_name=f"music-hybrid {architecture}" if evaluation else None,
+        eval_results=validation_results(evaluation, dataset_name) if evaluation else None,
     )
     codec = config.codec or {}
+    continued = "" if base_model is None else f", continuing from {base_model}"
     sections = [
         f"---\n{metadata.to_yaml()}\n---",
         f"# music-hybrid: {architecture}",
         f"An autoregressive language model over DAC codec tokens ({config.num_codebooks} codebooks x "
         f"{config.codebook_size} codes, MusicGen delay pattern), {num_parameters / 1e6:.2f}M parameters, "
         f"trained{'' if global_step is None else f' for {global_step} steps'} on "
-        f"{dataset_name or 'a tokenized dataset'}.",
+        f"{dataset_name or 'a tokenized dataset'}{continued}.",
         "## Codec\n\nGenerated codes must be decoded with the codec the training codes came from:\n\n"
         + "```json\n" + json.dumps(codec, indent=2) + "\n```"
         + ("\n\nThis is a **randomly initialised** codec: its codes carry no musical meaning and the model's "
            "audio is noise-like. Use it to test the pipeline, not to judge the model."
            if codec.get("backend") == "random" else ""),
-        "## Usage\n\n```python\nfrom transformers import AutoModelForCausalLM\n\n"
-        'model = AutoModelForCausalLM.from_pretrained("path/to/this/folder", trust_remote_code=True)\n'
-        "codes = model.generate(max_new_tokens=430, do_sample=True, temperature=1.0, top_k=250)  "
-        "# (1, 9, frames), 86 frames/s\n"
-        "# from processing_music_hybrid import load_codec; audio = load_codec(model.config.codec).decode(codes)\n```",
+        "## Usage\n\n" + usage_snippet(),
         "## Validation metrics\n\n" + (format_metrics_table(evaluation) if evaluation else "Not evaluated."),
         "## Configuration\n\n```json\n" + config.to_json_string(use_diff=False) + "```",
         "## Training arguments\n\n```json\n" + json.dumps(training_arguments, indent=2, default=str) + "\n```",
     ]
     return "\n\n".join(sections) + "\n"
+
+
+def usage_snippet() -> str:
+    """Hub (or folder) to WAV with nothing of this repository: the checkpoint ships its code and its codec."""
+    return (
+        "```python\nimport soundfile\nfrom transformers import AutoModelForCausalLM\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("{CHECKPOINT_PLACEHOLDER}", trust_remote_code=True)\n'
+        "codes = model.generate(max_new_tokens=430)  # (1, 9, 430): 5 s at 86 frames/s, sampled with top-k 250\n"
+        "audio = model.decode_audio(codes)  # (1, samples), float32, by the codec below (downloaded on first use)\n"
+        'soundfile.write("sample.wav", audio[0].numpy(), model.config.codec["sample_rate"])\n'
+        "# A continuation: prompt = model.encode_audio(waveform, sampling_rate); model.generate(prompt, ...)\n```"
+    )
+
+
+def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalResult]:
+    """The model-index entries: loss and top-1 accuracy of every codebook, their means, and the perplexity."""
+    dataset = dict(
+        task_type=PIPELINE_TAG, dataset_type=dataset_name if on_the_hub(dataset_name) else "local",
+        dataset_name=dataset_name or "tokenized dataset", dataset_split="validation",
+    )
+    results = []
+    for codebook, (loss, top1) in enumerate(zip(evaluation["codebook_loss"], evaluation["codebook_top1"], strict=True)):
+        results.append(EvalResult(metric_type="cross_entropy", metric_name=f"codebook {codebook} loss",
+                                  metric_value=round(loss, 4), **dataset))
+        results.append(EvalResult(metric_type="accuracy", metric_name=f"codebook {codebook} top-1",
+                                  metric_value=round(top1, 4), **dataset))
+    results.append(EvalResult(metric_type="cross_entropy", metric_name="mean loss",
+                              metric_value=round(evaluation["mean_loss"], 4), **dataset))
+    results.append(EvalResult(metric_type="accuracy", metric_name="mean top-1",
+                              metric_value=round(evaluation["mean_top1"], 4), **dataset))
+    results.append(EvalResult(metric_type="perplexity", metric_name="perplexity",
+                              metric_value=round(evaluation["perplexity"], 4), **dataset))
+    return results
 
 
 def describe_architecture(config) -> str:
