@@ -1,7 +1,10 @@
 """The doors a transformers user opens: HF Trainer's loss, PEFT adapters, AutoModel, forward's arguments, attention
 implementations, precisions and quantized weights. Each either works as transformers does or refuses clearly."""
 
+import os
 import re
+import subprocess
+import textwrap
 
 import pytest
 import torch
@@ -69,6 +72,35 @@ def test_trainer_with_gradient_accumulation_logs_the_loss_and_gradients_of_one_l
     assert small_logged["loss"] == pytest.approx(expected, rel=1e-4)
     assert small_logged["grad_norm"] == pytest.approx(large_logged["grad_norm"], rel=1e-4)
     torch.testing.assert_close(small_gradient, large_gradient, rtol=1e-4, atol=1e-7)
+
+
+def test_trainer_under_two_process_ddp_logs_the_loss_and_gradients_of_one_large_batch(tmp_path):
+    """Two CPU processes (gloo) with batch 2 each against one process with batch 4, through HF Trainer."""
+    from test_training_ddp import free_port
+    from training_helpers import PYTHON, REPO_ROOT, subprocess_env
+
+    rows_lengths = [16, 3, 9, 14]
+    script = tmp_path / "ddp_trainer.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, pathlib, torch
+        from configuration_music_hybrid import MusicHybridConfig
+        from test_transformers_native import trainer_step, training_rows
+        rows = training_rows(MusicHybridConfig.from_preset("hybrid-tiny"), {rows_lengths!r})
+        logged, gradient = trainer_step(pathlib.Path({str(tmp_path)!r}), rows, batch_size=2, accumulation=1)
+        if torch.distributed.get_rank() == 0:
+            torch.save((logged, gradient), {str(tmp_path / "ddp.pt")!r})
+    """))
+    env = subprocess_env()
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(REPO_ROOT, "tests"), env["PYTHONPATH"]])
+    launch = [PYTHON, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)]
+    finished = subprocess.run(launch, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-3000:]
+    ddp_logged, ddp_gradient = torch.load(tmp_path / "ddp.pt")
+    rows = training_rows(MusicHybridConfig.from_preset("hybrid-tiny"), rows_lengths)
+    large_logged, large_gradient = trainer_step(tmp_path, rows, batch_size=4, accumulation=1)
+    assert ddp_logged["loss"] == pytest.approx(large_logged["loss"], rel=1e-4)
+    torch.testing.assert_close(ddp_gradient, large_gradient, rtol=1e-4, atol=1e-7)
 
 
 def test_num_items_in_batch_turns_the_loss_into_the_batch_share_of_the_token_weighted_loss():
