@@ -20,49 +20,57 @@ last --context-window positions while the Mamba state carries on (models without
 positions).
 """
 
-import argparse
 import sys
 
-from generation.pipeline import DTYPES, LONG_FORM_MODES, checkpoint_genres, generate_audio, one_or_list
+from cli.arguments import ArgumentParser, report_error
+from cli.interrupts import treat_sigterm_as_interrupt
+from generation.request import DTYPE_NAMES, LONG_FORM_MODES, check_options
 
 
 def main(argv=None):
+    """Every user mistake is refused before any work (one `error:` line, exit code 2, nothing written)."""
     args = parse_args(argv)
+    if args.list_genres:
+        return list_genres(args.model)
+    options = dict(
+        num_samples=args.num_samples,
+        duration=args.duration,
+        prompt=args.prompt,
+        continuation_only=args.continuation_only,
+        temperature=one_or_list(args.temperature),
+        top_k=one_or_list(args.top_k),
+        top_p=one_or_list(args.top_p),
+        seed=args.seed,
+        batch_size=args.batch_size,
+        long_form=args.long_form,
+        context_window=args.context_window,
+        stream=args.stream,
+        chunk_seconds=args.chunk_seconds,
+        codec=args.codec,
+        device=args.device,
+        dtype=args.dtype,
+        prefix=args.prefix,
+        compile_decoding=args.compile,
+        overwrite=args.overwrite,
+        genre=args.genre,
+        guidance_scale=args.guidance_scale,
+    )
     try:
-        if args.list_genres:
-            return list_genres(args.model)
-        if args.output_dir is None:
-            raise ValueError("--output-dir is required")
-        result = generate_audio(
-            args.model,
-            args.output_dir,
-            num_samples=args.num_samples,
-            duration=args.duration,
-            prompt=args.prompt,
-            continuation_only=args.continuation_only,
-            temperature=one_or_list(args.temperature),
-            top_k=one_or_list(args.top_k),
-            top_p=one_or_list(args.top_p),
-            seed=args.seed,
-            batch_size=args.batch_size,
-            long_form=args.long_form,
-            context_window=args.context_window,
-            stream=args.stream,
-            chunk_seconds=args.chunk_seconds,
-            codec=args.codec,
-            device=args.device,
-            dtype=args.dtype,
-            prefix=args.prefix,
-            compile_decoding=args.compile,
-            genre=args.genre,
-            guidance_scale=args.guidance_scale,
-        )
+        check_options(args.output_dir, **options)  # the checks that need no model answer before torch is imported
+    except ValueError as error:
+        return report_error(str(error))
+    treat_sigterm_as_interrupt()
+    from generation.pipeline import GenerationInterrupted, generate_audio
+
+    try:
+        result = generate_audio(args.model, args.output_dir, **options)
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        finished = "the files written so far are valid WAVs" if args.stream else "finished files are complete"
-        print(f"interrupted: {finished}", file=sys.stderr)
+        return report_error(str(error))
+    except GenerationInterrupted as interrupted:
+        print(interruption_message(interrupted, args.output_dir), file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # while loading, before any file was opened
+        print(f"interrupted before generation started: nothing written to {args.output_dir}", file=sys.stderr)
         return 130
     print(
         f"Wrote {len(result.paths)} file(s) to {args.output_dir}: {result.audio_seconds:.1f} s of new audio in "
@@ -73,33 +81,61 @@ def main(argv=None):
 
 
 def list_genres(model):
-    genres = checkpoint_genres(model)
+    from generation.pipeline import checkpoint_genres
+
+    try:
+        genres = checkpoint_genres(model)
+    except ValueError as error:
+        return report_error(str(error))
     print("\n".join(genres) if genres else f"{model} is unconditional: it takes no genre")
     return 0
 
 
+def interruption_message(interrupted, output_dir) -> str:
+    finished = ", ".join(path.name for path in interrupted.finished) or "none"
+    message = f"interrupted: finished files in {output_dir}: {finished}"
+    if interrupted.unfinished:
+        unfinished = ", ".join(path.name for path in interrupted.unfinished)
+        return f"{message}; streamed, unfinished (valid WAVs, shorter than asked): {unfinished}"
+    return f"{message}; unfinished samples were removed"
+
+
+def one_or_list(values):
+    return values[0] if len(values) == 1 else values
+
+
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Generate music with a music-hybrid checkpoint (unconditional or continuing an audio prompt) "
         "and write 44.1 kHz WAV files.",
     )
     parser.add_argument("model", help="checkpoint folder or Hub id")
     parser.add_argument("--output-dir", "--output_dir", help="folder for the WAV files (required to generate)")
-    parser.add_argument("--num-samples", "--num_samples", type=int, default=1, help="how many files to generate (default: 1)")
+    parser.add_argument(
+        "--num-samples", "--num_samples", type=int, default=1, help="how many files to generate (default: 1)"
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of new audio per file (default: 10)")
     parser.add_argument(
         "--prompt", help="audio file to continue (any format soundfile reads; resampled to 44.1 kHz mono)"
     )
-    parser.add_argument("--continuation-only", "--continuation_only", action="store_true", help="write only the continuation, not the prompt before it"
+    parser.add_argument(
+        "--continuation-only", "--continuation_only", action="store_true",
+        help="write only the continuation, not the prompt before it",
     )
     per_codebook = "one value, or one per codebook (coarsest first)"
     parser.add_argument(
         "--temperature", type=float, nargs="+", default=[1.0], help=f"sampling temperature: {per_codebook}"
     )
-    parser.add_argument("--top-k", "--top_k", type=int, nargs="+", default=[250], help=f"top-k (0: off): {per_codebook}")
-    parser.add_argument("--top-p", "--top_p", type=float, nargs="+", default=[1.0], help=f"top-p (1: off): {per_codebook}")
+    parser.add_argument(
+        "--top-k", "--top_k", type=int, nargs="+", default=[250], help=f"top-k (0: off): {per_codebook}"
+    )
+    parser.add_argument(
+        "--top-p", "--top_p", type=float, nargs="+", default=[1.0], help=f"top-p in (0, 1] (1: off): {per_codebook}"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--batch-size", "--batch_size", type=int, default=4, help="samples generated together (default: 4)")
+    parser.add_argument(
+        "--batch-size", "--batch_size", type=int, default=4, help="samples generated together (default: 4)"
+    )
     parser.add_argument("--long-form", "--long_form",
         choices=LONG_FORM_MODES,
         help="allow audio beyond the model's positions: 'window' (re-prefill the last frames) or 'sliding' "
@@ -113,13 +149,18 @@ def parse_args(argv=None):
     parser.add_argument(
         "--stream", action="store_true", help="write the files in place as audio is produced (valid WAV at all times)"
     )
-    parser.add_argument("--chunk-seconds", "--chunk_seconds", type=float, default=1.0, help="audio decoded per chunk (default: 1 s)")
+    parser.add_argument(
+        "--chunk-seconds", "--chunk_seconds", type=float, default=1.0, help="audio decoded per chunk (default: 1 s)"
+    )
     parser.add_argument(
         "--codec",
         help="codec expected (JSON identity, a JSON file, or a DAC model id); an error if the checkpoint's differs",
     )
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="model weights dtype")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model weights dtype")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace existing files of the same names (without it: refused)"
+    )
     parser.add_argument("--prefix", default="sample", help="file names: PREFIX_000.wav, PREFIX_001.wav, ...")
     parser.add_argument(
         "--genre", nargs="+",

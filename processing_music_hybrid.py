@@ -18,8 +18,8 @@ samples (and zero padding) it would see alone. Long clips are encoded window by
 window with overlap, keeping each window's central frames, so memory stays bounded.
 """
 
+import logging
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ import torch
 from huggingface_hub import hf_hub_download
 from transformers import DacConfig, DacModel
 from transformers.models.dac.modeling_dac import Snake1d
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100
 HOP_LENGTH = 512
@@ -135,10 +137,10 @@ class InPlaceSnake1d(Snake1d):
 
 
 def _random_dac(identity):
-    warnings.warn(
+    # A message for the user, not a developer warning: logged, so it prints as one line without a source line.
+    logger.warning(
         f"codec: DAC with RANDOM weights (seed {identity['seed']}); its codes carry no musical meaning. "
-        "Use it for tests and offline demos only.",
-        stacklevel=3,
+        "Use it for tests and offline demos only."
     )
     config = DacConfig(**{**DAC_44KHZ_CONFIG, **(identity.get("config_overrides") or {})})
     # Forked RNG: the same seed gives the same weights, whatever the caller's RNG state.

@@ -4,7 +4,6 @@ decode them in chunks as they arrive, and write each sample as a WAV file (strea
 import json
 import math
 import os
-import re
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,13 +15,13 @@ import soxr
 import torch
 from tqdm.auto import tqdm
 
+from cli.paths import load_checkpoint_config
 from generation.chunked_decoder import ChunkedDecoder
+from generation.request import PARTIAL_SUFFIX, check_options, output_paths, sample_genres
 from generation.streaming_wav import StreamingWavWriter
 
-LONG_FORM_MODES = ("window", "sliding")
 DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre is asked for
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PARTIAL_SUFFIX = ".partial"
 
 
 @dataclass
@@ -52,6 +51,14 @@ class Plan:
     guidance_scale: float | None
 
 
+class GenerationInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during generation, after the unfinished files were removed (or, streamed, kept valid)."""
+
+    def __init__(self, finished, unfinished):
+        super().__init__()
+        self.finished = finished  # complete files
+        self.unfinished = unfinished  # streamed files kept as valid, shorter WAVs
+
 
 def generate_audio(
     model_name_or_path,
@@ -77,6 +84,7 @@ def generate_audio(
     compile_decoding=False,
     genre=None,
     guidance_scale=None,
+    overwrite=True,
 ):
     """Generate `num_samples` WAV files of `duration` seconds of new audio each; see the module docstring.
 
@@ -85,20 +93,23 @@ def generate_audio(
     compile_decoding: run the decoding steps compiled (`MusicHybridForCausalLM.compile_decoding`), as CUDA graphs
     on a GPU.
     genre: a genre of a conditional checkpoint for every sample, or a list with one per sample; file names carry
-    it. guidance_scale: classifier-free guidance (default 3.0 with a genre; 1: none).
+    it. guidance_scale: classifier-free guidance (default 3.0 with a genre; 1: none). overwrite: replace existing
+    files of the same names; False refuses them (generate_audio.py passes False unless --overwrite is given).
+    Every check runs before any file is written; an interrupt raises GenerationInterrupted after removing
+    unfinished files (streamed ones stay, valid).
     """
     from modeling_music_hybrid import MusicHybridForCausalLM
     from processing_music_hybrid import load_codec
 
-    _check_run_settings(num_samples, batch_size, chunk_seconds, dtype)
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    check_options(output_dir, num_samples=num_samples, duration=duration, batch_size=batch_size,
+                  long_form=long_form, chunk_seconds=chunk_seconds, dtype=dtype, prefix=prefix, overwrite=overwrite,
+                  genre=genre, guidance_scale=guidance_scale, **sampling)
     plan = plan_generation(
         model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre, guidance_scale,
         num_samples,
     )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     codec = load_codec(plan.codec_identity, device=device)
     model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
     if compile_decoding:
@@ -110,47 +121,68 @@ def generate_audio(
     sample_rate = plan.codec_identity["sample_rate"]
     frame_rate = sample_rate / plan.codec_identity["hop_length"]
     num_batches = math.ceil(num_samples / batch_size)
+    all_paths = output_paths(output_dir, num_samples, prefix, plan.genres)
+    output_dir = Path(output_dir)
+    created_output_dir = not output_dir.exists()
+    output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
-    paths, codes = [], []
-    with tqdm(total=num_batches * plan.new_frames, unit="frame", desc="generating", disable=not progress) as bar:
-        for batch_start in range(0, num_samples, batch_size):
-            indices = range(batch_start, min(num_samples, batch_start + batch_size))
-            batch_genres = None if plan.genres is None else [plan.genres[index] for index in indices]
-            batch_paths = [output_dir / sample_file_name(prefix, index, plan.genres) for index in indices]
-            written_paths = (
-                batch_paths if stream else [path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
-            )
-            with ExitStack() as files:
-                writers = [files.enter_context(StreamingWavWriter(path, sample_rate)) for path in written_paths]
-                streamer = WavStreamer(
-                    codec,
-                    writers,
-                    prompt_codes,
-                    None if continuation_only else plan.prompt_audio,
-                    plan.new_samples,
-                    chunk_frames=max(1, round(chunk_seconds * frame_rate)),
-                    progress=FrameProgress(bar, frame_rate),
-                )
-                codes.append(
-                    model.generate(
+    paths, codes, unfinished = [], [], []
+    try:
+        with tqdm(total=num_batches * plan.new_frames, unit="frame", desc="generating", disable=not progress) as bar:
+            for batch_start in range(0, num_samples, batch_size):
+                indices = range(batch_start, min(num_samples, batch_start + batch_size))
+                batch_genres = None if plan.genres is None else [plan.genres[index] for index in indices]
+                batch_paths = [all_paths[index] for index in indices]
+                # Without --stream a file is written as NAME.partial and takes its name only when complete.
+                unfinished = [path if stream else path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
+                with ExitStack() as files:
+                    writers = [files.enter_context(StreamingWavWriter(path, sample_rate)) for path in unfinished]
+                    streamer = WavStreamer(
+                        codec,
+                        writers,
                         prompt_codes,
-                        max_new_tokens=plan.new_frames,
-                        num_return_sequences=len(batch_paths),
-                        streamer=streamer,
-                        long_form=long_form,
-                        context_window=plan.context_window,
-                        genre=batch_genres,
-                        guidance_scale=plan.guidance_scale,
-                        **plan.sampling,
-                    ).cpu()
-                )
-            if not stream:
-                for written, final in zip(written_paths, batch_paths):
+                        None if continuation_only else plan.prompt_audio,
+                        plan.new_samples,
+                        chunk_frames=max(1, round(chunk_seconds * frame_rate)),
+                        progress=FrameProgress(bar, frame_rate),
+                    )
+                    codes.append(
+                        model.generate(
+                            prompt_codes,
+                            max_new_tokens=plan.new_frames,
+                            num_return_sequences=len(batch_paths),
+                            streamer=streamer,
+                            long_form=long_form,
+                            context_window=plan.context_window,
+                            genre=batch_genres,
+                            guidance_scale=plan.guidance_scale,
+                            **plan.sampling,
+                        ).cpu()
+                    )
+                for written, final in zip(list(unfinished), batch_paths, strict=True):
                     os.replace(written, final)
-            paths += batch_paths
+                    paths.append(final)
+                    unfinished.remove(written)
+    except BaseException as error:
+        kept = remove_unfinished(unfinished, stream, output_dir if created_output_dir and not paths else None)
+        if isinstance(error, KeyboardInterrupt):
+            raise GenerationInterrupted(paths, kept) from None
+        raise
     elapsed = time.perf_counter() - started
     return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
+
+
+def remove_unfinished(written_paths, stream, created_output_dir) -> list:
+    """After a failure or interrupt: remove the `.partial` files (streamed files are valid WAVs: kept, and
+    returned), and the output folder if this run created it and nothing is left in it."""
+    if stream:
+        return [path for path in written_paths if path.exists()]
+    for path in written_paths:
+        path.unlink(missing_ok=True)
+    if created_output_dir is not None and not any(created_output_dir.iterdir()):
+        created_output_dir.rmdir()
+    return []
 
 
 def plan_generation(
@@ -158,11 +190,7 @@ def plan_generation(
     guidance_scale=None, num_samples=1,
 ):
     """Check the request against the checkpoint's config (not its weights); raise ValueError on the first problem."""
-    if not duration or duration <= 0 or not math.isfinite(duration):
-        raise ValueError(f"--duration must be a positive number of seconds, got {duration}")
-    if long_form not in (None, *LONG_FORM_MODES):
-        raise ValueError(f"--long-form must be one of {LONG_FORM_MODES}, got {long_form!r}")
-    config = load_checkpoint_config(model_name_or_path)
+    config = load_checkpoint_config(str(model_name_or_path), "the model")
     genres, guidance_scale = check_genres(config, genre, guidance_scale, num_samples)
     codec_identity = resolve_codec_identity(config, codec)
     sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
@@ -178,24 +206,16 @@ def plan_generation(
     )
 
 
-def load_checkpoint_config(model_name_or_path):
-    from configuration_music_hybrid import MusicHybridConfig
-
-    try:
-        return MusicHybridConfig.from_pretrained(model_name_or_path)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load the checkpoint config of {model_name_or_path}: {error}") from None
-
-
 def checkpoint_genres(model_name_or_path):
     """The genres a checkpoint is conditioned on (--list-genres), None for an unconditional one."""
-    return load_checkpoint_config(model_name_or_path).genres
+    return load_checkpoint_config(str(model_name_or_path), "the model").genres
 
 
 def check_genres(config, genre, guidance_scale, num_samples):
-    """(genre of every sample or None, guidance scale) for the request; ValueError for what the checkpoint cannot do.
-    A genre without --guidance-scale is sampled with MusicGen's guidance scale 3.0."""
-    names = None if genre is None else [genre] if isinstance(genre, str) else list(genre)
+    """(genre of every sample or None, guidance scale) for the request; ValueError for what the checkpoint cannot do
+    (their count is checked in request.check_options). A genre without --guidance-scale is sampled with MusicGen's
+    guidance scale 3.0."""
+    names = sample_genres(genre, num_samples)
     if config.genres is None:
         if names is not None or guidance_scale is not None:
             option = "--genre" if names is not None else "--guidance-scale"
@@ -208,21 +228,9 @@ def check_genres(config, genre, guidance_scale, num_samples):
     unknown = [name for name in names if name not in config.genres]
     if unknown:
         raise ValueError(f"unknown genre {unknown[0]!r}; this checkpoint knows: {', '.join(config.genres)}")
-    if len(names) not in (1, num_samples):
-        raise ValueError(f"--genre takes one genre or one per sample ({num_samples}), got {len(names)}")
     if guidance_scale is None:
         guidance_scale = DEFAULT_GUIDANCE_SCALE
-    if not math.isfinite(guidance_scale) or guidance_scale < 1:
-        raise ValueError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {guidance_scale}")
-    return names * num_samples if len(names) == 1 else names, guidance_scale
-
-
-def sample_file_name(prefix, index, genres):
-    """PREFIX_000.wav, or PREFIX_000_Hip-Hop.wav with the sample's genre (made safe for any file system)."""
-    if genres is None:
-        return f"{prefix}_{index:03d}.wav"
-    genre = re.sub(r"[^A-Za-z0-9]+", "-", genres[index]).strip("-") or "genre"
-    return f"{prefix}_{index:03d}_{genre}.wav"
+    return names, guidance_scale
 
 
 def load_prompt_audio(path, sample_rate, hop_length):
@@ -353,21 +361,11 @@ class WavStreamer:
         self._append(self.decoder.flush())
 
     def _append(self, audio):
-        for row, (writer, samples) in enumerate(zip(self.writers, audio)):
+        for row, (writer, samples) in enumerate(zip(self.writers, audio, strict=True)):
             kept = samples[: self.remaining[row]]
             if kept.size:
                 writer.append(kept)
                 self.remaining[row] -= kept.size
-
-
-def _check_run_settings(num_samples, batch_size, chunk_seconds, dtype):
-    for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
-    if chunk_seconds <= 0:
-        raise ValueError(f"--chunk-seconds must be positive, got {chunk_seconds}")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
 
 
 def _check_per_codebook(name, value, num_codebooks):

@@ -7,9 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile
 from training_helpers import REPO_ROOT, make_codes_dataset, random_codec, subprocess_env, training_argv
 
+import generate_audio
 import run_clm_audio
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
@@ -146,12 +149,84 @@ def test_overwrite_output_dir_leaves_nothing_of_the_previous_run(training_world)
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# generate_audio.py
+# ------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def generation_world(tmp_path_factory):
+    """Tiny checkpoints (9 and 4 codebooks), prompt files, and an output folder holding a finished sample."""
+    import torch
+
+    from configuration_music_hybrid import MusicHybridConfig
+    from modeling_music_hybrid import MusicHybridForCausalLM
+
+    root = tmp_path_factory.mktemp("generation-world")
+    for name, overrides in {"model": {"max_position_embeddings": 128}, "four-codebooks": {"num_codebooks": 4}}.items():
+        torch.manual_seed(0)
+        config = MusicHybridConfig.from_preset("hybrid-tiny", codec=random_codec(), **overrides)
+        MusicHybridForCausalLM(config).save_pretrained(root / name)
+    (root / "not_audio.wav").write_text("<html>this is not audio</html>")
+    soundfile.write(root / "long_prompt.wav", np.zeros(70_000, dtype=np.float32), 44100)
+    outputs = root / "outputs"
+    (outputs / "finished").mkdir(parents=True)
+    soundfile.write(outputs / "finished" / "sample_000.wav", np.zeros(100, dtype=np.float32), 44100)
+    (outputs / "a-file").write_text("not a folder")
+    (root / "runs").mkdir()
+    return root
+
+
+GENERATION_MISTAKES = {
+    "zero duration": (["--duration", "0"], "--duration must be a positive"),
+    "negative duration": (["--duration", "-2"], "--duration must be a positive"),
+    "zero temperature": (["--temperature", "0"], "--temperature must be positive"),
+    "negative temperature": (["--temperature", "-1"], "--temperature must be positive"),
+    "one bad temperature of nine": (["--temperature", *["1"] * 8, "0"], "--temperature must be positive"),
+    "negative top-k": (["--top-k", "-3"], "--top-k must be a whole number"),
+    "top-p above 1": (["--top-p", "1.5"], "--top-p must be above 0 and at most 1"),
+    "zero top-p": (["--top-p", "0"], "--top-p must be above 0"),
+    "top-k count": (["--top-k", "1", "2"], "one value or 9"),
+    "no samples": (["--num-samples", "0"], "--num-samples must be a positive integer"),
+    "not a number": (["--temperature", "warm"], "invalid float value: 'warm'"),
+    "unknown dtype": (["--dtype", "int4"], "invalid choice: 'int4'"),
+    "prompt that is not audio": (["--prompt", "ROOT/not_audio.wav"], "cannot read the prompt file"),
+    "missing prompt": (["--prompt", "ROOT/missing.ogg"], "cannot read the prompt file"),
+    "prompt longer than the context": (["--prompt", "ROOT/long_prompt.wav"], "longer than the model's context"),
+    "other codec": (["--codec", '{"backend": "random", "seed": 1}'], "different codec"),
+    "sliding with learned positions": (["--long-form", "sliding"], "without learned positions"),
+    "context window too large": (["--long-form", "window", "--context-window", "500"], "--context-window"),
+    "missing model folder": (["--model", "ROOT/no-such-model"], "no such folder"),
+    "missing model as runs/NAME": (["--model", "runs/NAME"], "no such folder"),
+    "codebooks differ from the codec": (["--model", "ROOT/four-codebooks"], "the model predicts 4 codebooks"),
+    "finished file without --overwrite": (["--output-dir", "ROOT/outputs/finished"], "pass --overwrite"),
+    "output dir that is a file": (["--output-dir", "ROOT/outputs/a-file"], "is a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", GENERATION_MISTAKES)
+def test_generate_audio_refuses_user_mistakes_before_any_work(case, generation_world, capsys, monkeypatch):
+    monkeypatch.chdir(generation_world)
+    options, expected = GENERATION_MISTAKES[case]
+    options = [option.replace("ROOT", str(generation_world)) for option in options]
+    model = str(generation_world / "model")
+    if "--model" in options:
+        position = options.index("--model")
+        model = options.pop(position + 1)
+        options.pop(position)
+    argv = [model, "--output-dir", str(generation_world / "outputs" / "new"), "--duration", "0.1", *options]
+    before = folder_state(generation_world)
+    assert expected in refusal(generate_audio.main, argv, capsys)
+    assert folder_state(generation_world) == before
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # --help and argument errors import nothing heavy (they answer at once)
 # ------------------------------------------------------------------------------------------------------------------
 
 
 COMMANDS = {
     "run_clm_audio": "runpy.run_path('run_clm_audio.py', run_name='__main__')",
+    "generate_audio": "runpy.run_path('generate_audio.py', run_name='__main__')",
 }
 
 

@@ -2,7 +2,9 @@
 invariance, seeded weights, identity checks."""
 
 import math
-import warnings
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from processing_music_hybrid import Codec, check_identity, load_codec, plan_wind
 from tests.conftest import synthesize
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _clip(seconds, seed):
@@ -59,14 +62,23 @@ def test_windowed_encode_agrees_with_one_shot_on_a_60s_track(small_codec):
     assert agreement >= 0.99
 
 
-def test_same_seed_same_weights_and_a_warning():
-    with pytest.warns(UserWarning, match="no musical meaning"):
+def test_the_random_codec_warning_is_one_line_without_source():
+    script = "from processing_music_hybrid import *; load_codec(random_codec_identity(7, small=True), device='cpu')"
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "codec: DAC with RANDOM weights (seed 7); its codes carry no musical meaning. "
+        "Use it for tests and offline demos only."
+    ]
+
+
+def test_same_seed_same_weights_and_a_warning(caplog):
+    with caplog.at_level("WARNING"):
         first = load_codec(random_codec_identity(seed=7, small=True), device="cpu")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.manual_seed(123)  # the caller's RNG state must not matter
-        second = load_codec(random_codec_identity(seed=7, small=True), device="cpu")
-        other = load_codec(random_codec_identity(seed=8, small=True), device="cpu")
+    assert "no musical meaning" in caplog.text
+    torch.manual_seed(123)  # the caller's RNG state must not matter
+    second = load_codec(random_codec_identity(seed=7, small=True), device="cpu")
+    other = load_codec(random_codec_identity(seed=8, small=True), device="cpu")
     first_state, second_state, other_state = (codec.model.state_dict() for codec in (first, second, other))
     assert all(torch.equal(first_state[name], second_state[name]) for name in first_state)
     assert not all(torch.equal(first_state[name], other_state[name]) for name in first_state)

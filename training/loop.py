@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from cli.paths import check_local_or_hub, load_checkpoint_config, not_found
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import IGNORE_INDEX, MusicHybridForCausalLM, weighted_codebook_mean
 from training.checkpoints import (
@@ -166,23 +167,6 @@ def comparable_settings(config) -> dict:
     return {name: value for name, value in json.loads(config.to_json_string()).items() if name not in bookkeeping}
 
 
-def check_exists(name: str, option: str, kind: str) -> None:
-    """A local path that does not exist is refused as such (not sent to the Hub, whose errors would confuse);
-    'namespace/name' may be either: it is local when the folder 'namespace' exists here, else it is looked up on the
-    Hub and refused only when that fails too (see `not_found`)."""
-    looks_local = os.path.isabs(name) or name.startswith(".") or name.count("/") != 1
-    if not os.path.exists(name) and (looks_local or os.path.isdir(os.path.dirname(name))):
-        raise ValueError(f"{option} {name!r}: no such folder; give the folder of a {kind}")
-
-
-def not_found(name: str, option: str, kind: str, error: Exception) -> ValueError:
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ValueError(
-        f"{option} {name!r}: no such folder, and no {kind} of that name could be loaded from the Hub ({reason}); "
-        "check the path"
-    )
-
-
 def has_accelerator_device() -> bool:
     """Whether torch sees a GPU-like device. Without one, Accelerate must be told `cpu=True`, or processes started by
     `accelerate launch --multi_gpu` on a CPU machine would each train alone instead of joining one gloo group."""
@@ -199,7 +183,7 @@ def load_dataset_splits(data_args, training_args):
     name = data_args.dataset_name
     if name is None:
         raise ValueError("--dataset_name is required (a tokenized dataset folder or Hub id from the data pipeline)")
-    check_exists(name, "--dataset_name", "codes dataset made by python -m data.build_dataset")
+    check_local_or_hub(name, "--dataset_name", "a codes dataset made by python -m data.build_dataset")
     try:
         dataset, codec_identity = load_codes_dataset(name)
     except ValueError as error:
@@ -225,7 +209,7 @@ def build_config(model_args, training_args, codec_identity) -> MusicHybridConfig
     if training_args.codebook_loss_weights is not None:
         overrides["codebook_loss_weights"] = training_args.codebook_loss_weights
     if model_args.model_name_or_path:
-        saved = load_saved_config(model_args.model_name_or_path)
+        saved = load_checkpoint_config(model_args.model_name_or_path, "--model_name_or_path")
         check_same_codec(saved.codec, codec_identity, f"model {model_args.model_name_or_path}")
         config = MusicHybridConfig.from_dict({**saved.to_dict(), **overrides})
     else:
@@ -233,16 +217,6 @@ def build_config(model_args, training_args, codec_identity) -> MusicHybridConfig
     if codec_identity is not None:
         config.codec = codec_identity
     return config
-
-
-def load_saved_config(name: str) -> MusicHybridConfig:
-    check_exists(name, "--model_name_or_path", "model saved by run_clm_audio.py")
-    try:
-        return MusicHybridConfig.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        if os.path.isdir(name):
-            raise ValueError(f"--model_name_or_path {name!r} holds no music-hybrid model config: {error}") from None
-        raise not_found(name, "--model_name_or_path", "model", error) from None
 
 
 def check_same_codec(trained_codec: dict | None, dataset_codec: dict | None, what: str) -> None:
