@@ -28,9 +28,19 @@ class StreamingWavWriter:
         self.sample_rate = sample_rate
         self.channels = channels
         self.data_bytes = 0
-        self._file = open(self.path, "wb")
-        self._file.write(self._header())
-        self._sync()
+        # The empty WAV takes its name only once its header is on disk: the path never holds a 0-byte file.
+        empty = self.path + ".new"
+        try:
+            with open(empty, "wb") as file:
+                file.write(self._header())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(empty, self.path)
+        except BaseException:  # interrupted: leave nothing
+            if os.path.exists(empty):
+                os.remove(empty)
+            raise
+        self._file = open(self.path, "r+b")
 
     @property
     def num_frames(self):
