@@ -192,7 +192,7 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
 
     def forward(
         self, input_ids, cache=None, genre_ids=None, use_cache=None, output_hidden_states=None, attention_mask=None,
-        **unused,
+        return_dict=None, **unused,
     ):
         """input_ids (B, K, T) -> `MusicHybridModelOutput`; with a cache, continue from it and advance it (with
         `use_cache` and no cache, a new one is made). genre_ids: (B,) genre ids of a conditional model, None for
@@ -216,10 +216,11 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         hidden_states = self.decode(input_ids, positions, cache, genre_ids, all_hidden_states)
         if cache is not None:
             cache.advance(seq_length)
-        return MusicHybridModelOutput(
+        output = MusicHybridModelOutput(
             last_hidden_state=hidden_states, cache=cache,
             hidden_states=None if all_hidden_states is None else tuple(all_hidden_states),
         )
+        return output if return_dict is not False else output.to_tuple()
 
     def decode(self, input_ids, positions, cache=None, genre_ids=None, all_hidden_states=None):
         """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller; a conditional model

@@ -159,6 +159,7 @@ def test_auto_model_loads_the_base_model_from_a_saved_causal_lm(tmp_path):
     inputs = codes_to_model_inputs(torch.randint(0, 1024, (1, 9, 5)), model.config)
     expected = model.model(inputs["input_ids"]).last_hidden_state
     torch.testing.assert_close(base(inputs["input_ids"]).last_hidden_state, expected)
+    torch.testing.assert_close(base(inputs["input_ids"], return_dict=False)[0], expected)
 
 
 def test_forward_returns_the_embeddings_and_every_layer_output_as_hidden_states():
