@@ -131,13 +131,15 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
     def resize_token_embeddings(self, *args, **kwargs):
         raise ValueError(
             "resize_token_embeddings: the vocabulary is the codec's (codebook_size codes per codebook plus pad, bos "
-            "and eos) and cannot grow; a codec with other codes needs a new model (MusicHybridConfig(codebook_size=...))"
+            "and eos) and cannot grow; a codec with other codes needs a new model "
+            "(MusicHybridConfig(codebook_size=...))"
         )
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained, with auto_map naming the base model too: AutoModel then loads it from a
         saved causal LM with remote code (save_pretrained itself writes only the saved class)."""
-        self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **getattr(self.config, "auto_map", {})}
+        auto_map = getattr(self.config, "auto_map", {})
+        self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
