@@ -95,11 +95,11 @@ def main(argv=None):
         )
         from transformers import DacModel
 
-        import data.build_dataset
+        import data.builder
 
         seconds = {"forward": 0.0, "codec_load": 0.0}
         forward_timer = timed(DacModel, "encode", seconds, "forward")
-        with forward_timer, timed(data.build_dataset, "load_codec", seconds, "codec_load"):
+        with forward_timer, timed(data.builder, "load_codec", seconds, "codec_load"):
             start = time.perf_counter()
             run(build)
             wall = time.perf_counter() - start - seconds["codec_load"]  # a one-off cost, not throughput

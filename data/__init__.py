@@ -1,20 +1,24 @@
-"""Audio collections -> DAC 44.1 kHz codes as Hugging Face datasets (see data.build_dataset)."""
+"""Audio collections -> DAC 44.1 kHz codes as Hugging Face datasets (see data.build_dataset).
 
-from processing_music_hybrid import (
-    Codec,
-    CodecUnavailableError,
-    load_codec,
-    random_codec_identity,
-)
+The names below are imported on first use, so `python -m data.build_dataset --help` does not pay for torch,
+transformers and datasets."""
 
-from .dataset_io import CODES_FEATURES, load_codes_dataset, save_codes_dataset
+_EXPORTS = {
+    "Codec": "processing_music_hybrid",
+    "CodecUnavailableError": "processing_music_hybrid",
+    "load_codec": "processing_music_hybrid",
+    "random_codec_identity": "processing_music_hybrid",
+    "CODES_FEATURES": "data.dataset_io",
+    "load_codes_dataset": "data.dataset_io",
+    "save_codes_dataset": "data.dataset_io",
+}
 
-__all__ = [
-    "CODES_FEATURES",
-    "Codec",
-    "CodecUnavailableError",
-    "load_codec",
-    "load_codes_dataset",
-    "random_codec_identity",
-    "save_codes_dataset",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

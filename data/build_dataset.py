@@ -3,59 +3,22 @@
     python -m data.build_dataset --output_dir codes/ --fma_dir fma_small   # + --help
     from data.build_dataset import build_dataset; build_dataset(output_dir="codes/", codec="random")
 
-Flow: list the tracks, give each process every n-th one, decode in worker threads, encode on
-the process's device, commit parts to OUTPUT_DIR/_build as work is done (a killed run
-resumes where it stopped), and when every shard is done assemble the splits, rejects.jsonl,
-codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing waits on a
-collective: the last process to finish merges, or run the same command with --merge_only.
+Flow (data/builder.py): check the options, the source and the codec, then list the tracks, give each process
+every n-th one, decode in worker threads, encode on the process's device, commit parts to OUTPUT_DIR/_build as
+work is done (a killed run resumes where it stopped), and when every shard is done assemble the splits,
+rejects.jsonl, codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing waits on a collective:
+the last process to finish merges, or run the same command with --merge_only.
+
+This module holds only the options and the entry points, so that --help and option errors answer before torch,
+transformers and datasets are imported.
 """
 
-import fcntl
-import itertools
-import shutil
 import sys
-import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
-from tqdm.auto import tqdm
-
-from processing_music_hybrid import (
-    HOP_LENGTH,
-    PRETRAINED_MODEL_ID,
-    SAMPLE_RATE,
-    dac_package_identity,
-    load_codec,
-    num_frames_for,
-    plan_windows,
-    pretrained_codec_identity,
-    random_codec_identity,
-)
-
-from .audio import plan_segments, read_track
-from .dataset_io import (
-    CODES_FEATURES,
-    dataset_card,
-    push_codes_dataset,
-    save_codes_dataset,
-)
-from .parts import WorkDir, shard_fingerprint
-from .rejects import Reject, RejectedInput, count_by_reason, write_rejects
-from .sources import (
-    default_fma_metadata,
-    fma_tracks,
-    folder_tracks,
-    hf_tracks,
-    procedural_tracks,
-)
-from .splits import make_split_assigner
-
-COMMIT_EVERY_SECONDS = 300  # a kill loses at most this much encoding work (or --part_tracks tracks)
+from cli.arguments import parse_dataclasses, report_error
+from cli.interrupts import treat_sigterm_as_interrupt
 
 
 @dataclass
@@ -89,7 +52,9 @@ class BuildArguments:
         default="transformers",
         metadata={"help": "transformers: pretrained DacModel; dac: descript-audio-codec; random: seeded weights."},
     )
-    codec_model: str = field(default=PRETRAINED_MODEL_ID, metadata={"help": "Hub id or local folder of the DacModel."})
+    codec_model: Optional[str] = field(
+        default=None, metadata={"help": "Hub id or local folder of the DacModel (default: descript/dac_44khz)."}
+    )
     codec_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --codec_model / dac tag."})
     codec_seed: int = field(default=0, metadata={"help": "Seed of the random codec's weights."})
     codec_small: bool = field(default=False, metadata={"help": "Random codec with shrunk channels (tests)."})
@@ -131,382 +96,25 @@ def build_dataset(**kwargs):
 
 
 def run(args):
-    source = _check_arguments(args)
-    state = _process_state(args.device)
-    work = WorkDir(Path(args.output_dir) / "_build")
-    if args.merge_only:
-        return _merge_when_complete(args, work, None, state)
-    if args.overwrite:
-        if state.num_processes > 1:
-            raise ValueError(f"--overwrite with one process only (or delete {args.output_dir} first)")
-        _remove_own_output(Path(args.output_dir))
-    work.claim(_run_config(args, source))
-    if work.codec_identity() is None:
-        work.save_codec_identity(_requested_codec_identity(args))
-    tracks = _list_tracks(args, source, work, state.is_main_process)
-    all_track_ids = _ShardEncoder(args, work, state).run(tracks)
-    try:
-        return _merge_when_complete(args, work, all_track_ids, state)
-    finally:
-        if state.num_processes > 1:
-            state.destroy_process_group()  # local teardown, no barrier: processes may end hours apart
+    from .builder import run_build
 
-
-def _remove_own_output(output_dir):
-    """Delete an output folder, but only one this command wrote."""
-    if not output_dir.exists():
-        return
-    ours = (output_dir / "_build").is_dir() or (output_dir / "codec.json").is_file()
-    if not ours:
-        raise ValueError(f"refusing to delete {output_dir}: it was not written by data.build_dataset")
-    shutil.rmtree(output_dir)
-
-
-def _check_arguments(args):
-    """Return the source kind; raise ValueError for contradictory or impossible options."""
-    given = {"folder": args.audio_dir, "fma": args.fma_dir, "hf": args.hf_dataset}
-    given = [kind for kind, value in given.items() if value]
-    if len(given) > 1:
-        raise ValueError(f"give one source, not {given}")
-    source = args.source or (given[0] if given else "procedural")
-    needs = {"folder": "--audio_dir", "fma": "--fma_dir", "hf": "--hf_dataset"}
-    if source in needs and source not in given:
-        raise ValueError(f"--source {source} needs {needs[source]}")
-    if given and source != given[0]:
-        raise ValueError(f"--source {source} contradicts the {needs[given[0]]} given")
-    if args.segment != "whole" and args.segment_seconds < args.min_seconds:
-        raise ValueError(f"--segment_seconds ({args.segment_seconds}) must be >= --min_seconds ({args.min_seconds})")
-    positive = {"part_tracks": args.part_tracks, "window_seconds": args.window_seconds}
-    positive |= {"procedural_seconds": args.procedural_seconds, "segment_seconds": args.segment_seconds}
-    positive |= {"batch_size": 1 if args.batch_size is None else args.batch_size}
-    for name, value in positive.items():
-        if value <= 0:
-            raise ValueError(f"--{name} must be positive, got {value}")
-    if args.num_workers < 0 or (args.max_tracks is not None and args.max_tracks < 0):
-        raise ValueError("--num_workers and --max_tracks cannot be negative")
-    if args.split_mode == "fma" and not (args.fma_metadata or source == "fma"):
-        raise ValueError("--split_mode fma needs an FMA source or --fma_metadata")
-    if args.streaming and source != "hf":
-        raise ValueError("--streaming applies to --hf_dataset only")
-    return source
-
-
-def _process_state(device):
-    """Accelerate's view of this process (rank, process count, device). On a machine without
-    CUDA, `accelerate launch --multi_gpu` still starts several processes; cpu=True makes
-    them form a CPU (gloo) group instead of each believing it is alone."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
-
-
-def _requested_codec_identity(args):
-    if args.codec == "random":
-        return random_codec_identity(args.codec_seed, small=args.codec_small)
-    if args.codec == "dac":
-        return dac_package_identity(revision=args.codec_revision or "latest")
-    return pretrained_codec_identity(args.codec_model, args.codec_revision)
-
-
-def _run_config(args, source):
-    """The settings that change the codes of a track; parts made with others cannot be mixed."""
-    options = {
-        "procedural": ["procedural_seconds", "procedural_seed"],
-        "folder": ["audio_dir"],
-        "fma": ["fma_dir", "fma_metadata", "fma_subset"],
-        "hf": ["hf_dataset", "hf_config", "hf_split", "audio_column", "id_column", "genre_column"],
-    }[source]
-    settings = ["segment", "segment_seconds", "min_seconds", "silence_db", "loudness_lufs"]
-    settings += ["window_seconds", "window_overlap_seconds"]
-    config = {"source": source, "codec": _requested_codec_identity(args)}
-    config |= {name: getattr(args, name) for name in options + settings}
-    for name in ("audio_dir", "fma_dir", "fma_metadata"):
-        if config.get(name):
-            config[name] = str(Path(config[name]).resolve())
-    return config
-
-
-def _list_tracks(args, source, work, verbose):
-    """The tracks, as a list (sorted by id) or, for a streamed dataset, an iterator."""
-    if source == "procedural":
-        tracks = procedural_tracks(args.procedural_tracks, args.procedural_seconds, args.procedural_seed)
-    elif source == "folder":
-        tracks = folder_tracks(args.audio_dir)
-    elif source == "fma":
-        tracks, counts = fma_tracks(args.fma_dir, args.fma_metadata, args.fma_subset)
-        note = "FMA: {files} files ({in_metadata} in tracks.csv, {not_in_metadata} not in it, kept without genre); "
-        note += "{listed_but_missing} tracks of the subset listed in tracks.csv but missing on disk (rejected)"
-        work.save_notes([note.format(**counts)])
-        if verbose:
-            print(note.format(**counts), file=sys.stderr)
-    else:
-        tracks = hf_tracks(
-            args.hf_dataset,
-            args.hf_config,
-            args.hf_split,
-            args.audio_column,
-            args.id_column,
-            args.genre_column,
-            args.streaming,
-        )
-    if args.max_tracks is not None:
-        tracks = tracks[: args.max_tracks] if isinstance(tracks, list) else itertools.islice(tracks, args.max_tracks)
-    if isinstance(tracks, list) and not tracks:
-        raise ValueError("the source has no audio files")
-    return tracks
-
-
-class _ShardEncoder:
-    """Decode and encode this process's shard, committing parts as it goes."""
-
-    def __init__(self, args, work, state):
-        self.args, self.work = args, work
-        self.rank, self.world_size = state.process_index, state.num_processes
-        self.device = args.device or str(state.device)
-        # On CPU a batch buys no speed (measured) and costs ~80 MB per second of audio in flight.
-        self.batch_size = args.batch_size or (1 if self.device.startswith("cpu") else 8)
-        self.show_progress = state.is_local_main_process
-        self.codec = None
-        self.pending = []  # (track, samples) decoded, waiting for the codec
-        self.rows, self.finished, self.rejects = [], [], []
-        self.last_commit = time.monotonic()
-
-    def run(self, tracks):
-        """Process the shard; return every track id of the source, in listing order."""
-        done = self.work.finished_track_ids()
-        all_ids, shard_ids, seen = [], [], set()
-
-        def todo():
-            for position, track in enumerate(tracks):
-                if track.track_id in seen:
-                    raise ValueError(f"track id {track.track_id!r} occurs twice in the source")
-                seen.add(track.track_id)
-                all_ids.append(track.track_id)
-                if position % self.world_size == self.rank:
-                    shard_ids.append(track.track_id)
-                    if track.track_id not in done:
-                        yield track
-
-        total = None
-        if isinstance(tracks, list):
-            mine = tracks[self.rank :: self.world_size]
-            total = sum(track.track_id not in done for track in mine)
-        where = f" [process {self.rank}/{self.world_size}]" if self.world_size > 1 else ""
-        self.decode_bar = tqdm(total=total, desc=f"decode{where}", unit="track", disable=not self.show_progress)
-        self.encode_bar = tqdm(desc=f"encode{where}", unit="s audio", disable=not self.show_progress)
-        with self.decode_bar, self.encode_bar:
-            for track, result in _ordered_parallel_map(self._read, todo(), self.args.num_workers):
-                self.decode_bar.update()
-                if isinstance(result, RejectedInput):
-                    self.rejects.append(Reject(track.location, track.track_id, result.reason, result.detail))
-                    self.finished.append(track.track_id)
-                else:
-                    self.pending.append((track, result))
-                if self._pending_windows() >= self.batch_size:
-                    self._encode_pending()
-                if len(self.finished) >= self.args.part_tracks or self._commit_is_due():
-                    self._encode_pending()
-                    self._commit()
-            self._encode_pending()
-            self._commit()
-        self.work.mark_shard_done(self.rank, self.world_size, shard_ids)
-        return all_ids
-
-    def _read(self, track):
-        args = self.args
-        try:
-            return read_track(
-                track.fetch(),
-                min_seconds=args.min_seconds,
-                silence_db=args.silence_db,
-                loudness_lufs=args.loudness_lufs,
-                max_seconds=args.segment_seconds if args.segment == "first" else None,
-            )
-        except RejectedInput as rejected:
-            return rejected
-        except Exception as error:  # one bad input must never end the run
-            return RejectedInput("unreadable", f"{type(error).__name__}: {error}")
-
-    def _pending_windows(self):
-        window = round(self.args.window_seconds * SAMPLE_RATE / HOP_LENGTH)
-        overlap = round(self.args.window_overlap_seconds * SAMPLE_RATE / HOP_LENGTH)
-        return sum(len(plan_windows(num_frames_for(samples.size), window, overlap)) for _, samples in self.pending)
-
-    def _commit_is_due(self):
-        return self.finished and time.monotonic() - self.last_commit > COMMIT_EVERY_SECONDS
-
-    def _encode_pending(self):
-        if not self.pending:
-            return
-        if self.codec is None:
-            self.codec = load_codec(
-                self.work.codec_identity(),
-                device=self.device,
-                batch_size=self.batch_size,
-                window_seconds=self.args.window_seconds,
-                window_overlap_seconds=self.args.window_overlap_seconds,
-            )
-            self.work.save_codec_identity(self.codec.identity)  # with the resolved Hub revision
-        codes = self.codec.encode([samples for _, samples in self.pending])
-        for (track, samples), track_codes in zip(self.pending, codes, strict=True):
-            track_codes = track_codes.numpy().astype(np.int16)
-            segments = plan_segments(samples.size, self.args.segment, self.args.segment_seconds, self.args.min_seconds)
-            for segment in segments:
-                self.rows.append(
-                    {
-                        "codes": track_codes[:, segment.start_frame : segment.start_frame + segment.num_frames],
-                        "track_id": track.track_id,
-                        "start_frame": segment.start_frame,
-                        "num_frames": segment.num_frames,
-                        "duration": segment.duration,
-                        "genre": track.genre,
-                        "source": track.source,
-                    }
-                )
-            self.finished.append(track.track_id)
-            self.encode_bar.update(round(samples.size / SAMPLE_RATE, 2))
-        self.pending = []
-
-    def _commit(self):
-        if self.finished:
-            self.work.write_part(self.rank, self.rows, self.finished, self.rejects)
-        self.rows, self.finished, self.rejects = [], [], []
-        self.last_commit = time.monotonic()
-
-
-def _ordered_parallel_map(function, items, num_workers):
-    """Yield (item, function(item)) in input order, computing a bounded number ahead in threads
-    (soundfile and soxr release the GIL while they decode and resample)."""
-    if num_workers == 0:
-        yield from ((item, function(item)) for item in items)
-        return
-    with ThreadPoolExecutor(num_workers) as pool:
-        in_flight = deque()
-        for item in items:
-            in_flight.append((item, pool.submit(function, item)))
-            if len(in_flight) >= 2 * num_workers:
-                item, future = in_flight.popleft()
-                yield item, future.result()
-        while in_flight:
-            item, future = in_flight.popleft()
-            yield item, future.result()
-
-
-def _merge_when_complete(args, work, all_track_ids, state):
-    """Merge if every shard of this run is finished, else say who is missing and return None.
-
-    With the track list (a normal run) a shard counts only if its marker fingerprints the
-    shard the list implies, so a stale marker from an earlier run never triggers a merge.
-    --merge_only trusts the markers of the latest run."""
-    world_size = state.num_processes if all_track_ids is not None else work.latest_world_size()
-    if world_size is None:
-        raise ValueError(f"nothing to merge in {work.root}: no process has finished a shard yet")
-    markers = work.shard_markers(world_size)
-    if all_track_ids is None:
-        missing = [rank for rank in range(world_size) if rank not in markers]
-    else:
-        expected = {rank: shard_fingerprint(all_track_ids[rank::world_size]) for rank in range(world_size)}
-        missing = [rank for rank in range(world_size) if markers.get(rank, {}).get("fingerprint") != expected[rank]]
-    if missing:
-        message = f"shards of processes {missing} (of {world_size}) are not finished yet"
-        if args.merge_only:
-            raise ValueError(f"{message}; rerun the same command for them, then --merge_only")
-        print(f"{message}; the last process to finish merges (or rerun with --merge_only)", file=sys.stderr)
-        return None
-    with _exclusive(work.root / "merge.lock"):
-        return _merge(args, work)
-
-
-@contextmanager
-def _exclusive(lock_path):
-    """A file lock: two processes finishing together merge one after the other. The kernel
-    drops it if the holder dies, so a kill never leaves a stale lock."""
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _merge(args, work):
-    from datasets import Dataset, DatasetDict, concatenate_datasets
-
-    run_config = work.run_config()
-    fma_metadata = args.fma_metadata
-    if args.split_mode == "fma" and not fma_metadata and run_config.get("fma_dir"):
-        fma_metadata = default_fma_metadata(Path(run_config["fma_dir"]))
-    assign, split_names, split_rule = make_split_assigner(
-        args.split_mode, args.split_seed, args.validation_fraction, fma_metadata, args.split_file
-    )
-    parts = [Dataset.from_file(path) for path in work.arrow_files()]
-    empty = {name: [] for name in CODES_FEATURES}
-    rows = concatenate_datasets(parts) if parts else Dataset.from_dict(empty, features=CODES_FEATURES)
-    keys = rows.select_columns(["track_id", "start_frame"]).to_dict()
-    track_ids, start_frames = keys["track_id"], keys["start_frame"]
-    order = sorted(range(len(rows)), key=lambda i: (track_ids[i], start_frames[i]))
-    split_of = assign(sorted(set(track_ids)))
-    indices = {name: [] for name in split_names}
-    previous = None
-    for i in order:
-        key = (track_ids[i], start_frames[i])
-        if key != previous and split_of[track_ids[i]] is not None:  # equal keys: a track committed twice
-            indices.setdefault(split_of[track_ids[i]], []).append(i)
-        previous = key
-    left_out = {track_id for track_id, split in split_of.items() if split is None}
-    # datasets cannot save a split with no rows, so an empty split is left out (and said so)
-    empty = [name for name, split_indices in indices.items() if not split_indices]
-    dataset_dict = DatasetDict({name: rows.select(chosen) for name, chosen in indices.items() if chosen})
-
-    rejects = list({reject.track_id: reject for reject in reversed(work.rejects())}.values())
-    output_dir = Path(args.output_dir)
-    write_rejects(output_dir / "rejects.jsonl", rejects)
-    reject_counts = count_by_reason(rejects)
-    identity = work.codec_identity()
-    notes = work.notes()
-    if left_out:
-        notes.append(f"{len(left_out)} encoded tracks have no split under this split rule and are left out.")
-    if empty:
-        notes.append(f"Empty splits, not saved: {', '.join(empty)}.")
-    card = dataset_card(dataset_dict, identity, _describe_source(run_config), split_rule, reject_counts, notes)
-    save_codes_dataset(dataset_dict, output_dir, identity, card)
-    _print_summary(dataset_dict, reject_counts, notes, output_dir)
-    if args.push_to_hub:
-        push_codes_dataset(output_dir, args.push_to_hub, private=args.hub_private)
-    return DatasetDict.load_from_disk(str(output_dir))
-
-
-def _describe_source(run_config):
-    details = {"folder": "audio_dir", "fma": "fma_dir", "hf": "hf_dataset"}
-    if run_config["source"] == "procedural":
-        return f"procedural music (seed {run_config['procedural_seed']}, {run_config['procedural_seconds']} s tracks)"
-    return f"{run_config['source']} {Path(run_config[details[run_config['source']]]).name}"
-
-
-def _print_summary(dataset_dict, reject_counts, notes, output_dir):
-    lines = [f"codes dataset written to {output_dir}"]
-    for name, dataset in dataset_dict.items():
-        hours = float(np.sum(dataset["duration"], dtype=np.float64)) / 3600 if len(dataset) else 0.0
-        lines.append(f"  {name}: {len(set(dataset['track_id']))} tracks, {len(dataset)} rows, {hours:.3f} h")
-    lines.append("  rejected: " + ", ".join(f"{reason} {count}" for reason, count in reject_counts.items()))
-    lines.append(f"  details in {output_dir / 'rejects.jsonl'}")
-    lines += [f"  {note}" for note in notes]
-    print("\n".join(lines), file=sys.stderr)
+    return run_build(args)
 
 
 def main(argv=None):
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(BuildArguments, description=__doc__.split("\n\n")[0])
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    """Every user mistake (and an unreachable codec) is refused before any work: one `error:` line, exit code 2."""
+    try:
+        (args,) = parse_dataclasses([BuildArguments], argv, description=__doc__.split("\n\n")[0])
+    except ValueError as error:
+        sys.exit(report_error(str(error)))
+    treat_sigterm_as_interrupt()
     try:
         run(args)
-    except ValueError as error:  # user mistakes and unavailable codecs: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    except ValueError as error:
+        sys.exit(report_error(str(error)))
     except KeyboardInterrupt:
-        print("interrupted: finished parts are kept; rerun the same command to resume", file=sys.stderr)
+        print(f"interrupted: finished parts are kept in {args.output_dir}/_build (nothing half-written); rerun the "
+              "same command to resume", file=sys.stderr)
         sys.exit(130)
 
 

@@ -35,17 +35,19 @@ class WorkDir:
         self.root = Path(root)
         self.parts = self.root / "parts"
 
-    def claim(self, run_config):
-        """Create the folder for `run_config`, or check an existing one was made with the same
-        settings (those that change the codes); a mismatch would mix incompatible parts."""
-        path = self.root / "config.json"
+    def check_claim(self, run_config):
+        """Whether finished work made with `run_config` is here to resume (True) or none at all (False); raise
+        ValueError where work made with other settings (those that change the codes) would be mixed in.
+        Writes nothing. Only committed parts are work: a run that failed or was refused before committing one
+        leaves no claim on the folder."""
         output_dir = self.root.parent
-        if not path.exists() and output_dir.is_dir() and any(output_dir.iterdir()) and not self.root.exists():
-            raise ValueError(f"--output_dir {output_dir} is not empty and holds no earlier build; use an empty one")
-        self.parts.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            _write_atomically(path, lambda file: file.write(json.dumps(run_config, indent=2).encode()))
-            return
+        if not self.root.exists():
+            if output_dir.is_dir() and any(output_dir.iterdir()):
+                raise ValueError(f"--output_dir {output_dir} is not empty and holds no earlier build; use an empty one")
+            return False
+        path = self.root / "config.json"
+        if not path.exists() or not self.committed_parts():
+            return False
         previous = json.loads(path.read_text())
         changed = sorted(key for key in previous.keys() | run_config.keys() if previous.get(key) != run_config.get(key))
         if changed:
@@ -54,6 +56,18 @@ class WorkDir:
                 f"{self.root} holds work made with other settings ({details}); "
                 "use another --output_dir, or --overwrite to discard that work"
             )
+        return True
+
+    def claim(self, run_config):
+        """Create the folder for `run_config` (after check_claim); a folder holding no committed part takes the new
+        settings, and the codec and notes of the earlier attempt go with its old ones."""
+        resuming = self.check_claim(run_config)
+        self.parts.mkdir(parents=True, exist_ok=True)
+        if not resuming:
+            for stale in [self.root / "codec.json", self.root / "notes.json", *self.root.glob("done-rank*.json")]:
+                stale.unlink(missing_ok=True)
+            settings = json.dumps(run_config, indent=2).encode()
+            _write_atomically(self.root / "config.json", lambda file: file.write(settings))
 
     def run_config(self):
         return json.loads((self.root / "config.json").read_text())

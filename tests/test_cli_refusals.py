@@ -14,6 +14,7 @@ from training_helpers import REPO_ROOT, make_codes_dataset, random_codec, subpro
 
 import generate_audio
 import run_clm_audio
+from data import build_dataset as build_dataset_command
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
@@ -220,6 +221,82 @@ def test_generate_audio_refuses_user_mistakes_before_any_work(case, generation_w
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# python -m data.build_dataset
+# ------------------------------------------------------------------------------------------------------------------
+
+RANDOM_CODEC = ["--codec", "random", "--codec_small", "--codec_seed", "3"]
+TINY_SOURCE = ["--procedural_tracks", "2", "--procedural_seconds", "1.2", "--part_tracks", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_world(tmp_path_factory):
+    """A finished build, a folder of someone else's files, and an audio folder."""
+    root = tmp_path_factory.mktemp("data-world")
+    outputs = root / "outputs"
+    build_dataset_command.main(["--output_dir", str(outputs / "built"), *TINY_SOURCE, *RANDOM_CODEC])
+    (outputs / "foreign").mkdir()
+    (outputs / "foreign" / "notes.txt").write_text("mine")
+    (root / "audio").mkdir()
+    return root
+
+
+def unreachable_hub(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+DATA_MISTAKES = {
+    "two sources": (["--audio_dir", "ROOT/audio", "--fma_dir", "ROOT/audio"], "give one source"),
+    "missing audio folder": (["--audio_dir", "ROOT/nowhere"], "not a directory"),
+    "mistyped fma folder": (["--fma_dir", "ROOT/fma_smal"], "not a directory"),
+    "segment shorter than the minimum": (["--segment", "first", "--segment_seconds", "0.5"], "segment_seconds"),
+    "zero batch": (["--batch_size", "0"], "--batch_size must be positive"),
+    "fma split without fma": (["--split_mode", "fma"], "--split_mode fma needs"),
+    "streaming without a dataset": (["--streaming"], "--streaming applies to --hf_dataset only"),
+    "unknown codec": (["--codec", "mp3"], "invalid choice: 'mp3'"),
+    "not a number": (["--min_seconds", "long"], "invalid float value: 'long'"),
+    "pretrained codec offline": (["--codec", "transformers", "OFFLINE"], "--codec random --codec_seed N"),
+    "other settings than the finished build": (["--output_dir", "ROOT/outputs/built", "--min_seconds", "0.5"],
+                                               "holds work made with other settings"),
+    "a folder holding other files": (["--output_dir", "ROOT/outputs/foreign"], "is not empty"),
+    "overwrite of other files": (["--output_dir", "ROOT/outputs/foreign", "--overwrite"], "refusing to delete"),
+    "merge with nothing built": (["--merge_only"], "nothing to merge"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_MISTAKES)
+def test_build_dataset_refuses_user_mistakes_before_any_work(case, data_world, capsys, monkeypatch):
+    options, expected = DATA_MISTAKES[case]
+    options = [option.replace("ROOT", str(data_world)) for option in options]
+    if "OFFLINE" in options:
+        options.remove("OFFLINE")
+        unreachable_hub(monkeypatch)
+    argv = ["--output_dir", str(data_world / "outputs" / "new"), *TINY_SOURCE, *RANDOM_CODEC, *options]
+    before = folder_state(data_world)
+    assert expected in refusal(build_dataset_command.main, argv, capsys)
+    assert folder_state(data_world) == before
+
+
+def test_a_failed_first_build_does_not_lock_its_folder(tmp_path, capsys, monkeypatch):
+    """Offline, the pretrained codec fails; the fix the message names works on the same --output_dir. The same for a
+    first run that died (here: refused) after the folder was claimed but before any part was committed."""
+    output_dir = tmp_path / "codes"
+    unreachable_hub(monkeypatch)
+    refusal(build_dataset_command.main, ["--output_dir", str(output_dir), *TINY_SOURCE], capsys)
+    assert not output_dir.exists()
+    build_dataset_command.main(["--output_dir", str(output_dir), *TINY_SOURCE, *RANDOM_CODEC])
+    assert (output_dir / "dataset_dict.json").exists()
+
+    claimed = tmp_path / "claimed"
+    (claimed / "_build" / "parts").mkdir(parents=True)
+    (claimed / "_build" / "config.json").write_text('{"source": "fma", "fma_dir": "/mistyped"}')
+    build_dataset_command.main(["--output_dir", str(claimed), *TINY_SOURCE, *RANDOM_CODEC])
+    assert (claimed / "dataset_dict.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # --help and argument errors import nothing heavy (they answer at once)
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -227,6 +304,7 @@ def test_generate_audio_refuses_user_mistakes_before_any_work(case, generation_w
 COMMANDS = {
     "run_clm_audio": "runpy.run_path('run_clm_audio.py', run_name='__main__')",
     "generate_audio": "runpy.run_path('generate_audio.py', run_name='__main__')",
+    "data.build_dataset": "runpy.run_module('data.build_dataset', run_name='__main__')",
 }
 
 
