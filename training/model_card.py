@@ -73,6 +73,7 @@ def model_card_text(
            "audio is noise-like. Use it to test the pipeline, not to judge the model."
            if codec.get("backend") == "random" else ""),
         "## Usage\n\n" + usage_snippet(),
+        *([genres_section(config)] if config.genres is not None else []),
         "## Validation metrics\n\n" + (format_metrics_table(evaluation) if evaluation else "Not evaluated."),
         "## Configuration\n\n```json\n" + config.to_json_string(use_diff=False) + "```",
         "## Training arguments\n\n```json\n" + json.dumps(training_arguments, indent=2, default=str) + "\n```",
@@ -111,6 +112,14 @@ def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalR
     results.append(EvalResult(metric_type="perplexity", metric_name="perplexity",
                               metric_value=round(evaluation["perplexity"], 4), **dataset))
     return results
+
+
+def genres_section(config) -> str:
+    return (
+        f"## Genres\n\nConditioned on {len(config.genres)} genres (trained with condition dropout "
+        f"{config.condition_dropout}): {', '.join(config.genres)}. Sample one with classifier-free guidance:\n\n"
+        f"```python\ncodes = model.generate(max_new_tokens=430, genre={config.genres[0]!r}, guidance_scale=3.0)\n```"
+    )
 
 
 def describe_architecture(config) -> str:
