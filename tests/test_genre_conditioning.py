@@ -215,3 +215,33 @@ def test_lora_wrapped_conditional_model_trains_with_genre_ids():
     assert torch.isfinite(loss)
     codes = wrapped.generate(max_new_tokens=3, genre="Rock", guidance_scale=3.0)
     assert codes.shape == (1, 9, 3)
+
+
+def test_hf_trainer_trains_a_conditional_model_from_rows_with_genre_ids(tmp_path):
+    """Rows carrying `genre_ids` reach forward through HF Trainer's default collator; the genre table learns."""
+    from transformers import Trainer, TrainingArguments
+
+    model = conditional_model()
+    before = model.model.embed_genres.weight.detach().clone()
+    inputs = codes_to_model_inputs(random_codes(batch=4, frames=6), model.config)
+    rows = [{"input_ids": inputs["input_ids"][i], "labels": inputs["labels"][i], "genre_ids": torch.tensor(i % 4)}
+            for i in range(4)]
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, learning_rate=1e-2, report_to=[],
+        save_strategy="no", use_cpu=True, remove_unused_columns=False, dataloader_num_workers=0, logging_steps=1,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=rows)
+    trainer.train()
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in trainer.state.log_history if "loss" in entry)
+    assert (model.model.embed_genres.weight.detach() - before).abs().amax(dim=1).gt(0).all()  # every row, null too
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_decoding_with_guidance_equals_eager_decoding():
+    model = conditional_model().cuda()
+    prompt = random_codes(batch=2, frames=3).cuda()
+    request = dict(max_new_tokens=12, do_sample=False, genre=["Rock", "Folk"], guidance_scale=3.0)
+    eager = model.generate(prompt, **request)
+    model.compile_decoding(backend="eager", cuda_graph=True)
+    assert torch.equal(model.generate(prompt, **request), eager)
+    model.compile_decoding(False)
