@@ -19,6 +19,10 @@ SEGMENT_MODES = ("whole", "first", "chunks")
 # Leading bytes of containers libsndfile can read; a failing file that starts with one of
 # these is a damaged audio file ("unreadable"), anything else is "not_audio".
 _AUDIO_SIGNATURES = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"caff", b".snd", b"wvpk")
+# What a file's first bytes say it is, for the reject report (libsndfile says "possibly a pipe?" for all of them).
+_FORMAT_NAMES = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "WAV", b"fLaC": "FLAC", b"OggS": "Ogg", b"ID3": "MP3",
+                 b"FORM": "AIFF", b"caff": "CAF", b".snd": "AU", b"wvpk": "WavPack"}
+_HEAD_BYTES = 64
 
 
 def read_track(payload, min_seconds=1.0, silence_db=-60.0, loudness_lufs=None, max_seconds=None):
@@ -46,7 +50,7 @@ def decode_audio(source, max_seconds=None):
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise RejectedInput("empty", "0 bytes")
-        head, opened = bytes(source[:12]), io.BytesIO(source)
+        head, size, opened = bytes(source[:_HEAD_BYTES]), len(source), io.BytesIO(source)
     else:
         if not os.path.exists(source):
             raise RejectedInput("missing", "no such file")
@@ -54,22 +58,43 @@ def decode_audio(source, max_seconds=None):
             raise RejectedInput("empty", "0 bytes")
         try:
             with open(source, "rb") as file:
-                head = file.read(12)
+                head = file.read(_HEAD_BYTES)
         except OSError as error:
             raise RejectedInput("unreadable", str(error)) from error
-        opened = source
+        size, opened = os.path.getsize(source), source
     try:
         with soundfile.SoundFile(opened) as file:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * file.samplerate)
             return file.read(frames, dtype="float32", always_2d=True), file.samplerate
-    except Exception as error:  # libsndfile reports damaged and foreign files alike
-        reason = "unreadable" if _looks_like_audio(head) else "not_audio"
-        raise RejectedInput(reason, f"{type(error).__name__}: {error}") from error
+    except Exception as error:  # libsndfile reports damaged and foreign files alike, so say what the bytes are
+        audio_format = _audio_format(head)
+        if audio_format is not None:
+            raise RejectedInput("unreadable", f"{audio_format} file that cannot be decoded: truncated or corrupt "
+                                              f"({size} bytes)") from error
+        raise RejectedInput("not_audio", f"{_what_it_is(head)}, not audio ({size} bytes)") from error
 
 
-def _looks_like_audio(head):
+def _audio_format(head):
+    """The audio format the first bytes announce, or None."""
     mpeg_frame_sync = len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
-    return head.startswith(_AUDIO_SIGNATURES) or mpeg_frame_sync
+    if mpeg_frame_sync:
+        return "MP3"
+    return next((name for signature, name in _FORMAT_NAMES.items() if head.startswith(signature)), None)
+
+
+def _what_it_is(head):
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page"
+    if text.startswith(b"<?xml") or text.startswith(b"<"):
+        return "an XML/HTML document"
+    if head.startswith(b"%PDF"):
+        return "a PDF document"
+    if head.startswith(b"PK\x03\x04"):
+        return "a ZIP archive"
+    if all(32 <= byte < 127 or byte in b"\t\r\n" for byte in head):
+        return "a text file"
+    return f"an unknown format (first bytes {head[:4].hex(' ')})"
 
 
 def to_mono_44k(samples, rate):

@@ -68,6 +68,7 @@ def run_build(args):
     run_config = _run_config(args, source)
     resuming = not args.overwrite and work.check_claim(run_config)
     tracks, notes = _list_tracks(args, source, state.is_main_process)
+    tracks = _without_unsplit_tracks(args, run_config, tracks, notes)
     # The codec before any decoding: an unreachable one (offline, no package) is refused now, not after hours.
     device, batch_size = _device_and_batch_size(args, state)
     identity = work.codec_identity() if resuming else None
@@ -368,12 +369,7 @@ def _merge(args, work):
     from datasets import Dataset, DatasetDict, concatenate_datasets
 
     run_config = work.run_config()
-    fma_metadata = args.fma_metadata
-    if args.split_mode == "fma" and not fma_metadata and run_config.get("fma_dir"):
-        fma_metadata = default_fma_metadata(Path(run_config["fma_dir"]))
-    assign, split_names, split_rule = make_split_assigner(
-        args.split_mode, args.split_seed, args.validation_fraction, fma_metadata, args.split_file
-    )
+    assign, split_names, split_rule = _split_rule(args, run_config)
     parts = [Dataset.from_file(path) for path in work.arrow_files()]
     empty = {name: [] for name in CODES_FEATURES}
     rows = concatenate_datasets(parts) if parts else Dataset.from_dict(empty, features=CODES_FEATURES)
@@ -409,6 +405,31 @@ def _merge(args, work):
     if args.push_to_hub:
         push_codes_dataset(output_dir, args.push_to_hub, private=args.hub_private)
     return DatasetDict.load_from_disk(str(output_dir))
+
+
+def _split_rule(args, run_config):
+    """make_split_assigner for the options, FMA's tracks.csv found beside --fma_dir when not given."""
+    fma_metadata = args.fma_metadata
+    if args.split_mode == "fma" and not fma_metadata and run_config.get("fma_dir"):
+        fma_metadata = default_fma_metadata(Path(run_config["fma_dir"]))
+    return make_split_assigner(args.split_mode, args.split_seed, args.validation_fraction, fma_metadata,
+                               args.split_file)
+
+
+def _without_unsplit_tracks(args, run_config, tracks, notes):
+    """Under a split rule that leaves tracks out (FMA's split, a split file), those tracks are not encoded at all."""
+    assign, _, _ = _split_rule(args, run_config)  # also checks tracks.csv or the split file before any work
+    if args.split_mode == "random":
+        return tracks
+    if not isinstance(tracks, list):
+        return (track for track in tracks if assign([track.track_id])[track.track_id] is not None)
+    split_of = assign(sorted(track.track_id for track in tracks))
+    kept = [track for track in tracks if split_of[track.track_id] is not None]
+    if len(kept) < len(tracks):
+        notes.append(f"{len(tracks) - len(kept)} tracks have no split under this split rule and were not encoded.")
+    if not kept:
+        raise ValueError(f"no track of the source has a split under --split_mode {args.split_mode}")
+    return kept
 
 
 def _describe_source(run_config):

@@ -113,3 +113,22 @@ def test_procedural_music_is_deterministic_and_varied():
     assert not np.allclose(first, other)
     assert style == track_style(3, 1)
     assert len({track_style(0, index) for index in range(20)}) > 1
+
+
+def test_rejects_say_what_was_found_not_libsndfiles_pipe_message(tmp_path):
+    from tests.conftest import synthesize, write_audio
+
+    write_audio(tmp_path / "whole.mp3", synthesize(1.5), 44100)
+    (tmp_path / "truncated.mp3").write_bytes((tmp_path / "whole.mp3").read_bytes()[:300])
+    (tmp_path / "page.mp3").write_text("<!DOCTYPE html>\n<html><body>403 Forbidden</body></html>\n")
+    expected = {
+        "truncated.mp3": ("unreadable", "MP3 file that cannot be decoded: truncated or corrupt (300 bytes)"),
+        "page.mp3": ("not_audio", "an HTML page, not audio (56 bytes)"),
+    }
+    for name, (reason, detail) in expected.items():
+        with pytest.raises(RejectedInput) as rejected:
+            decode_audio(str(tmp_path / name))
+        assert (rejected.value.reason, rejected.value.detail) == (reason, detail)
+        with pytest.raises(RejectedInput) as from_bytes:
+            decode_audio((tmp_path / name).read_bytes())
+        assert from_bytes.value.detail == detail

@@ -101,6 +101,14 @@ def test_rerun_encodes_nothing_and_splits_change_without_reencoding(fma_build, a
     assert "no split" in (output / "README.md").read_text()
 
 
+def test_fma_split_mode_does_not_encode_tracks_without_a_split(audio_tree, tmp_path, count_encoded):
+    built = build_dataset(output_dir=str(tmp_path), fma_dir=str(audio_tree.fma_dir), split_mode="fma", **CODEC)
+    with_a_split = sorted(track_id for track_id, (_, split) in audio_tree.good.items() if split is not None)
+    assert sorted(track_id for split in built.values() for track_id in split["track_id"]) == with_a_split
+    assert len(count_encoded) == len(with_a_split)  # 001000 (not in tracks.csv) was never encoded
+    assert "1 tracks have no split under this split rule and were not encoded" in (tmp_path / "README.md").read_text()
+
+
 def test_random_split_is_by_track_disjoint_and_deterministic(tmp_path):
     from data.splits import random_split
 
