@@ -11,12 +11,14 @@ products alone, run as our decoding runs them; where it sits below the bound, th
 stop us. The matmul + decays ceiling adds what every Mamba decoding step computes besides: the decays
 exp(delta A) of its state, one exponential per sample, channel and state in each Mamba layer. Cache memory is
 exact (the cache is allocated up front): what grows per frame is the attention layers' keys and values; Mamba
-state has a fixed size.
+state has a fixed size. Each preset with Mamba layers also runs with memory caching in them
+(`--memory-segment-length`, 0 to skip), whose cached states grow by one per segment and layer.
 
     python -m bench.bench_generation                          # MusicGen at 256 frames only
     python -m bench.bench_generation --with-slow-baselines    # MusicGen at 2048 frames too
     python -m bench.bench_generation --compile                # adds our presets with compile_decoding()
     python -m bench.bench_generation --device cuda --compile  # on a GPU: kernels, compiled steps as CUDA graphs
+    python -m bench.bench_generation --presets hybrid-small --batches 1 --frames 2048 8192   # memory caching's cost
 """
 
 import sys
@@ -44,6 +46,7 @@ TOP_K = 250
 REAL_TIME_FPS = 44100 / 512
 MIN_FRAMES = 9  # one per codebook
 MUSICGEN_MIN_TRANSFORMERS = "5.15"  # MusicgenForCausalLM.generate fails in earlier 5.x releases
+MEMORY = " + memory caching"  # a variant of every preset with Mamba layers
 
 
 def parse_args():
@@ -54,6 +57,10 @@ def parse_args():
     parser.add_argument("--memory-frames", type=int, nargs="+", default=[2048, 8192], help="frames of the memory table")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--compile", action="store_true", help="also time our presets with compile_decoding()")
+    parser.add_argument(
+        "--memory-segment-length", type=int, default=256,
+        help="segment length of the memory-caching variants of presets with Mamba layers (0: no such variants)",
+    )
     parser.add_argument(
         "--with-slow-baselines", action="store_true", help="run MusicgenForCausalLM beyond 256 frames as well",
     )
@@ -67,6 +74,8 @@ def main():
     device = setup_machine(args)
     if min(args.batches + args.frames + args.memory_frames) <= 0:
         raise ValueError("--batches, --frames and --memory-frames must be positive")
+    if args.memory_segment_length < 0 or args.memory_segment_length % 16:
+        raise ValueError("--memory-segment-length must be 0 or a positive multiple of 16")
     if min(args.frames) < MIN_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_FRAMES}: {MUSICGEN} returns a shorter sequence below that")
     check_musicgen_generates()
@@ -83,13 +92,21 @@ def main():
     print(f"memory read bandwidth (sum of a 1 GiB float32 tensor, best of 5): {bandwidth / 1e9:.1f} GB/s\n")
 
     # Every timed configuration: a name -> (model, runner). Compiled ones share the weights of the eager ones.
-    models = {name: build_our_model(name, device, dtype) for name in args.presets}
+    positions = max(args.frames) + MIN_FRAMES  # learned position tables grow to fit the longest request
+    models = {name: build_our_model(name, device, dtype, positions) for name in args.presets}
+    if args.memory_segment_length:
+        for name in args.presets:
+            if can_cache_memory(models[name].config):
+                models[name + MEMORY] = build_our_model(
+                    name, device, dtype, positions, mamba_memory_segment_length=args.memory_segment_length
+                )
+    ours = list(models)
     models[MUSICGEN] = build_musicgen(device, dtype)
     runners = {name: our_runner(model) for name, model in models.items() if name != MUSICGEN}
     runners[MUSICGEN] = musicgen_runner(models[MUSICGEN])
     if args.compile:
         for name in args.presets:
-            compiled = build_our_model(name, device, dtype)
+            compiled = build_our_model(name, device, dtype, positions)
             compiled.load_state_dict(models[name].state_dict())
             compiled.compile_decoding(cuda_graph=True)  # CUDA graphs on a GPU, ignored on CPU
             models[compiled_name(name)] = compiled
@@ -112,7 +129,7 @@ def main():
                       file=sys.stderr, flush=True)
     print_speed_table(speeds, runners, args)
     ceilings = print_bound_table(speeds, models, bandwidth, args, device)
-    print_memory_table({name: model for name, model in models.items() if name in args.presets + [MUSICGEN]}, args)
+    print_memory_table({name: model for name, model in models.items() if name in ours + [MUSICGEN]}, args)
     print_targets(speeds, models, ceilings, args)
 
 
@@ -138,9 +155,18 @@ def compiled_name(name):
     return f"{name} (compiled)"
 
 
-def build_our_model(name, device, dtype):
+def build_our_model(name, device, dtype, positions, **overrides):
+    """A preset with random weights and at least `positions` learned positions (if it has them)."""
     torch.manual_seed(0)
-    return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name)).to(device=device, dtype=dtype).eval()
+    config = MusicHybridConfig.from_preset(name, **overrides)
+    if positions > config.max_position_embeddings:
+        config = MusicHybridConfig.from_preset(name, max_position_embeddings=positions, **overrides)
+    return MusicHybridForCausalLM(config).to(device=device, dtype=dtype).eval()
+
+
+def can_cache_memory(config):
+    """Models with Mamba layers that do not cache memory already."""
+    return "linear_attention" in config.layer_types and not config.mamba_memory
 
 
 def build_musicgen(device, dtype):
@@ -288,7 +314,7 @@ def cache_bytes(config, batch, frames, dtype):
     """Bytes of our preallocated cache for `frames` new frames (built on the meta device: nothing allocated)."""
     with torch.device("meta"):
         cache = MusicHybridCache(config, batch, frames + config.num_codebooks, "meta", dtype)
-    tensors = [*cache.keys.values(), *cache.values.values(), *cache.conv_states.values(), *cache.ssm_states.values()]
+    tensors = [*cache.keys.values(), *cache.values.values(), *cache.recurrent_states()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -306,8 +332,10 @@ def print_memory_table(models, args):
         if name == MUSICGEN:
             per_frame = musicgen_cache_bytes(model, 1, 1, dtype) - musicgen_cache_bytes(model, 1, 0, dtype)
             caches = [musicgen_cache_bytes(model, 1, frames, dtype) for frames in args.memory_frames]
-        else:
-            per_frame = cache_bytes(model.config, 1, 1, dtype) - cache_bytes(model.config, 1, 0, dtype)
+        else:  # the growth over the longest table length: memory caching grows by a slot per segment
+            longest = max(args.memory_frames)
+            growth = cache_bytes(model.config, 1, longest, dtype) - cache_bytes(model.config, 1, 0, dtype)
+            per_frame = growth / longest
             caches = [cache_bytes(model.config, 1, frames, dtype) for frames in args.memory_frames]
         weights = parameter_bytes(model)
         rows.append(

@@ -39,7 +39,7 @@ def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
     output = run_benchmark("bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16")
     assert "memory read bandwidth" in output
     for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured", "matmul + decays ceiling",
-                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m"):
+                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m", "hybrid-116m + memory caching"):
         assert row in output
 
 
@@ -51,9 +51,21 @@ def test_generation_benchmark_refuses_a_transformers_whose_musicgen_cannot_gener
 
 def test_training_benchmark_times_a_step_of_each_preset():
     output = run_benchmark(
-        "bench.bench_training", "--presets", "hybrid-tiny", "transformer-tiny", "--sequence-length", "32"
+        "bench.bench_training", "--presets", "hybrid-tiny", "transformer-tiny", "--sequence-length", "32", "48",
+        "--memory-segment-length", "16",
     )
-    for row in ("hybrid-tiny", "hybrid-tiny (compiled scan chunks)", "transformer-tiny"):
+    for row in ("hybrid-tiny", "hybrid-tiny (compiled scan chunks)", "transformer-tiny", "step time vs without memory"):
+        assert row in output
+    memory_rows = [line for line in output.splitlines() if line.startswith("| hybrid-tiny + memory caching")]
+    assert len(memory_rows) == 2 and all(line.rstrip(" |").endswith("x") for line in memory_rows)
+
+
+def test_recall_benchmark_trains_the_three_models_and_reports_the_target():
+    output = run_benchmark("bench.bench_recall", "--steps", "3", "--batch", "4", "--eval-sequences", "8",
+                           "--num-resamples", "50")
+    for row in ("| pure Mamba ", "| Mamba + memory caching (gated) ", "| attention hybrid ",
+                "loss on recurring frames", "share of the pure Mamba -> attention hybrid gap",
+                "training step time, memory caching / pure Mamba"):
         assert row in output
 
 
@@ -61,6 +73,8 @@ def test_training_benchmark_times_a_step_of_each_preset():
     ("bench.bench_scan", ["--lengths", "0"], "must be positive"),
     ("bench.bench_generation", ["--frames", "-1"], "must be positive"),
     ("bench.bench_generation", ["--frames", "2"], "at least 9"),
+    ("bench.bench_recall", ["--segment-length", "20"], "multiple of 16"),
+    ("bench.bench_recall", ["--frames", "40"], "no room"),
 ])
 def test_bad_settings_end_with_a_one_line_error(module, arguments, message):
     result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True)

@@ -143,16 +143,20 @@ def test_nan_loss_stops_the_run_with_the_step_and_saves_the_last_good_state(data
     assert (output_dir / "checkpoint-2" / "model.safetensors").exists()
 
 
-@pytest.mark.parametrize("recipe", ["hybrid-116m.yaml", "transformer-162m.yaml"])
-def test_reproduction_recipe_runs_with_small_overrides(recipe, dataset, tmp_path):
+@pytest.mark.parametrize("recipe, tiny_preset", [
+    ("hybrid-116m.yaml", "hybrid-tiny"), ("transformer-162m.yaml", "hybrid-tiny"),
+    ("hybrid-mc-116m.yaml", "hybrid-mc-tiny"),  # memory caching, trained and evaluated through the recipe
+])
+def test_reproduction_recipe_runs_with_small_overrides(recipe, tiny_preset, dataset, tmp_path):
     recipe_path = os.path.join(REPO_ROOT, "recipes", recipe)
     options = yaml.safe_load(open(recipe_path))
+    assert options["model_preset"] == recipe.removesuffix(".yaml")
     assert options["max_steps"] == 31000 and options["segment_length"] == 2048
     assert options["per_device_train_batch_size"] * options["gradient_accumulation_steps"] == 64
     assert options["mixed_precision"] == "bf16" and options["learning_rate"] == 3e-4
 
     output_dir = tmp_path / "run"
-    overrides = ["--dataset_name", dataset, "--output_dir", str(output_dir), "--model_preset", "hybrid-tiny",
+    overrides = ["--dataset_name", dataset, "--output_dir", str(output_dir), "--model_preset", tiny_preset,
                  "--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
                  "--segment_length", "64", "--mixed_precision", "no", "--max_eval_samples", "2", "--disable_tqdm",
                  "--dataloader_num_workers", "0"]
