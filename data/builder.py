@@ -237,10 +237,16 @@ class _ShardEncoder:
             mine = tracks[self.rank :: self.world_size]
             total = sum(track.track_id not in done for track in mine)
         where = f" [process {self.rank}/{self.world_size}]" if self.world_size > 1 else ""
-        self.decode_bar = tqdm(total=total, desc=f"decode{where}", unit="track", disable=not self.show_progress)
+        # Its rate is the decoding's own (time spent in the decoding threads), not wall time, which includes encoding.
+        self.decode_bar = tqdm(total=total, desc=f"decode{where}", unit="track", disable=not self.show_progress,
+                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+        decode_seconds = 0.0
         self.encode_bar = tqdm(desc=f"encode{where}", unit="s audio", disable=not self.show_progress)
         with self.decode_bar, self.encode_bar:
-            for track, result in _ordered_parallel_map(self._read, todo(), self.args.num_workers):
+            for track, (result, seconds) in _ordered_parallel_map(self._timed_read, todo(), self.args.num_workers):
+                decode_seconds += seconds
+                self.decode_bar.set_postfix_str(f"{decode_seconds / (self.decode_bar.n + 1):.2f} s/track decoding",
+                                                refresh=False)
                 self.decode_bar.update()
                 if isinstance(result, RejectedInput):
                     self.rejects.append(Reject(track.location, track.track_id, result.reason, result.detail))
@@ -256,6 +262,11 @@ class _ShardEncoder:
             self._commit()
         self.work.mark_shard_done(self.rank, self.world_size, shard_ids)
         return all_ids
+
+    def _timed_read(self, track):
+        started = time.perf_counter()
+        result = self._read(track)
+        return result, time.perf_counter() - started
 
     def _read(self, track):
         args = self.args

@@ -19,11 +19,15 @@ from .rejects import Reject
 
 def _write_atomically(path, write):
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may write the same file
-    with open(temporary, "wb") as file:
-        write(file)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:  # an interrupt while writing leaves the previous state, no stray temporary file
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def shard_fingerprint(track_ids):

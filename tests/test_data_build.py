@@ -4,6 +4,7 @@ resume after SIGKILL, two processes under accelerate, and the command line."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,19 +177,25 @@ def test_chunks_segments_cover_the_track(tmp_path):
     assert rows[2][1]["duration"] == pytest.approx(tail_samples / 44100)
 
 
-def test_resume_after_sigkill_encodes_only_unfinished_tracks(procedural_reference, tmp_path, count_encoded):
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM], ids=["sigkill", "sigterm"])
+def test_resume_after_a_kill_encodes_only_unfinished_tracks(procedural_reference, tmp_path, count_encoded,
+                                                             signal_number):
     output = tmp_path / "codes"
     command = [sys.executable, "-m", "data.build_dataset", "--output_dir", str(output), *_cli_options(PROCEDURAL)]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.PIPE, text=True)
     parts = output / "_build" / "parts"
     deadline = time.monotonic() + 120
     while len(list(parts.glob("*.json"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(signal_number)
+    stderr = process.communicate(timeout=60)[1]
     finished = {track for path in parts.glob("*.json") for track in json.loads(path.read_text())["tracks"]}
     assert 2 <= len(finished) < 8, "the build must be killed midway"
+    if signal_number == signal.SIGTERM:  # a stop it can handle: it says what is kept and leaves no temporary file
+        assert process.returncode == 130 and "Traceback" not in stderr, stderr
+        assert stderr.strip().splitlines()[-1].startswith("interrupted: finished parts are kept")
+        assert not list(output.rglob("*.tmp"))
     resumed = build_dataset(output_dir=str(output), **PROCEDURAL)
     assert len(count_encoded) == 8 - len(finished)
     assert _as_rows(resumed) == _as_rows(procedural_reference)
@@ -243,3 +250,17 @@ def test_help_lists_the_options(capsys):
     usage = capsys.readouterr().out
     for option in ("--fma_dir", "--hf_dataset", "--streaming", "--codec", "--segment", "--split_mode", "--num_workers"):
         assert option in usage
+
+
+def test_the_decode_bar_times_decoding_only(tmp_path, capsys, monkeypatch):
+    """Encoding 1 s per track (slowed here) must not show in the decode bar's seconds per track."""
+    original = Codec.encode
+
+    def slow(self, waveforms):
+        time.sleep(1.0)
+        return original(self, waveforms)
+
+    monkeypatch.setattr(Codec, "encode", slow)
+    build_dataset(output_dir=str(tmp_path), **{**PROCEDURAL, "procedural_tracks": 3})
+    rates = [float(rate) for rate in re.findall(r"([0-9.]+) s/track decoding", capsys.readouterr().err)]
+    assert rates and max(rates) < 0.5, rates
