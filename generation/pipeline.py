@@ -99,7 +99,6 @@ def generate_audio(
     unfinished files (streamed ones stay, valid).
     """
     from modeling_music_hybrid import MusicHybridForCausalLM
-    from processing_music_hybrid import load_codec
 
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     check_options(output_dir, num_samples=num_samples, duration=duration, batch_size=batch_size,
@@ -110,7 +109,7 @@ def generate_audio(
         num_samples,
     )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    codec = load_codec(plan.codec_identity, device=device)
+    codec = load_checkpoint_codec(plan.codec_identity, device)
     model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
     if compile_decoding:
         model.compile_decoding(cuda_graph=True)
@@ -171,6 +170,23 @@ def generate_audio(
         raise
     elapsed = time.perf_counter() - started
     return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
+
+
+def load_checkpoint_codec(identity, device):
+    """The checkpoint's codec; one that cannot be loaded is refused with the fixes that apply here (the data
+    pipeline's message names its own options)."""
+    from processing_music_hybrid import CodecUnavailableError, load_codec
+
+    try:
+        return load_codec(identity, device=device)
+    except CodecUnavailableError as error:
+        cause = error.__cause__ or error
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ValueError(
+            f"the checkpoint's codec ({identity.get('backend')} {identity.get('model_id') or ''}) cannot be loaded "
+            f"({type(cause).__name__}: {reason}); connect to the Hugging Face Hub once (the weights are cached), "
+            "or install what it needs"
+        ) from None
 
 
 def remove_unfinished(written_paths, stream, created_output_dir) -> list:

@@ -47,6 +47,15 @@ def refusal(main, argv, capsys) -> str:
     return lines[0]
 
 
+def unreachable_hub(monkeypatch, empty_cache):
+    """No network and nothing cached (on a machine that once downloaded DAC, its cache would answer)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(empty_cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # run_clm_audio.py
 # ------------------------------------------------------------------------------------------------------------------
@@ -149,6 +158,14 @@ def test_overwrite_output_dir_leaves_nothing_of_the_previous_run(training_world)
     assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-1"]
 
 
+def test_disable_tqdm_silences_every_progress_bar(training_world, tmp_path):
+    argv = training_argv(training_world["dataset"], tmp_path / "run", max_steps=2, do_eval=True, max_eval_samples=2)
+    result = subprocess.run([sys.executable, "run_clm_audio.py", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "%|" not in result.stderr, result.stderr  # training, evaluation, datasets, save_pretrained's shards
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # generate_audio.py
 # ------------------------------------------------------------------------------------------------------------------
@@ -163,9 +180,13 @@ def generation_world(tmp_path_factory):
     from modeling_music_hybrid import MusicHybridForCausalLM
 
     root = tmp_path_factory.mktemp("generation-world")
-    for name, overrides in {"model": {"max_position_embeddings": 128}, "four-codebooks": {"num_codebooks": 4}}.items():
+    from processing_music_hybrid import pretrained_codec_identity
+
+    checkpoints = {"model": {"max_position_embeddings": 128}, "four-codebooks": {"num_codebooks": 4},
+                   "pretrained-codec": {"codec": pretrained_codec_identity()}}
+    for name, overrides in checkpoints.items():
         torch.manual_seed(0)
-        config = MusicHybridConfig.from_preset("hybrid-tiny", codec=random_codec(), **overrides)
+        config = MusicHybridConfig.from_preset("hybrid-tiny", **{"codec": random_codec(), **overrides})
         MusicHybridForCausalLM(config).save_pretrained(root / name)
     (root / "not_audio.wav").write_text("<html>this is not audio</html>")
     soundfile.write(root / "long_prompt.wav", np.zeros(70_000, dtype=np.float32), 44100)
@@ -199,6 +220,7 @@ GENERATION_MISTAKES = {
     "missing model folder": (["--model", "ROOT/no-such-model"], "no such folder"),
     "missing model as runs/NAME": (["--model", "runs/NAME"], "no such folder"),
     "codebooks differ from the codec": (["--model", "ROOT/four-codebooks"], "the model predicts 4 codebooks"),
+    "unreachable codec": (["--model", "ROOT/pretrained-codec", "OFFLINE"], "codec (transformers descript/dac_44khz)"),
     "finished file without --overwrite": (["--output-dir", "ROOT/outputs/finished"], "pass --overwrite"),
     "output dir that is a file": (["--output-dir", "ROOT/outputs/a-file"], "is a file, not a folder"),
 }
@@ -209,6 +231,9 @@ def test_generate_audio_refuses_user_mistakes_before_any_work(case, generation_w
     monkeypatch.chdir(generation_world)
     options, expected = GENERATION_MISTAKES[case]
     options = [option.replace("ROOT", str(generation_world)) for option in options]
+    if "OFFLINE" in options:
+        options.remove("OFFLINE")
+        unreachable_hub(monkeypatch, generation_world.parent / "empty-hf-cache")
     model = str(generation_world / "model")
     if "--model" in options:
         position = options.index("--model")
@@ -240,13 +265,6 @@ def data_world(tmp_path_factory):
     return root
 
 
-def unreachable_hub(monkeypatch):
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 DATA_MISTAKES = {
     "two sources": (["--audio_dir", "ROOT/audio", "--fma_dir", "ROOT/audio"], "give one source"),
     "missing audio folder": (["--audio_dir", "ROOT/nowhere"], "not a directory"),
@@ -272,7 +290,7 @@ def test_build_dataset_refuses_user_mistakes_before_any_work(case, data_world, c
     options = [option.replace("ROOT", str(data_world)) for option in options]
     if "OFFLINE" in options:
         options.remove("OFFLINE")
-        unreachable_hub(monkeypatch)
+        unreachable_hub(monkeypatch, data_world.parent / "empty-hf-cache")
     argv = ["--output_dir", str(data_world / "outputs" / "new"), *TINY_SOURCE, *RANDOM_CODEC, *options]
     before = folder_state(data_world)
     assert expected in refusal(build_dataset_command.main, argv, capsys)
@@ -283,7 +301,7 @@ def test_a_failed_first_build_does_not_lock_its_folder(tmp_path, capsys, monkeyp
     """Offline, the pretrained codec fails; the fix the message names works on the same --output_dir. The same for a
     first run that died (here: refused) after the folder was claimed but before any part was committed."""
     output_dir = tmp_path / "codes"
-    unreachable_hub(monkeypatch)
+    unreachable_hub(monkeypatch, tmp_path / "empty-hf-cache")
     refusal(build_dataset_command.main, ["--output_dir", str(output_dir), *TINY_SOURCE], capsys)
     assert not output_dir.exists()
     build_dataset_command.main(["--output_dir", str(output_dir), *TINY_SOURCE, *RANDOM_CODEC])

@@ -111,10 +111,12 @@ def setup_run(model_args, data_args, training_args) -> Run:
         project_dir=training_args.output_dir,
     )
     output_dir, overwrite = training_args.output_dir, training_args.overwrite_output_dir
-    if training_args.disable_tqdm:  # also the bars of datasets (loading shards, flattening a selection)
+    if training_args.disable_tqdm:  # also the bars of datasets and of save_pretrained ("Writing model shards")
         import datasets
+        import transformers
 
         datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
     if training_args.do_eval and not training_args.do_train and model_args.model_name_or_path is None:
         raise ValueError("evaluation alone needs --model_name_or_path (a trained model folder or Hub id)")
     splits, codec_identity = load_dataset_splits(data_args, training_args)
