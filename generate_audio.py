@@ -56,7 +56,8 @@ def main(argv=None):
         guidance_scale=args.guidance_scale,
     )
     try:
-        check_options(args.output_dir, **options)  # the checks that need no model answer before torch is imported
+        # the checks that need no model answer before torch is imported
+        check_options(args.output_dir, reference=args.reference, **options)
     except ValueError as error:
         return report_error(str(error))
     treat_sigterm_as_interrupt()
@@ -77,7 +78,36 @@ def main(argv=None):
         f"{result.elapsed_seconds:.1f} s, real-time factor {result.real_time_factor:.2f} "
         "(below 1: faster than real time)"
     )
+    if args.reference:
+        try:
+            print_fad(result, args)
+        except ValueError as error:  # no reference file readable: the samples are written all the same
+            return report_error(str(error))
     return 0
+
+
+def print_fad(result, args):
+    """The FAD of the new audio (the prompt left out) to the --reference files, in the checkpoint's codec space."""
+    from comparison.generated_audio import fad_to_reference_files
+    from generation.request import reference_audio_files
+    from configuration_music_hybrid import MusicHybridConfig
+    from generation.pipeline import resolve_codec_identity
+    from processing_music_hybrid import load_codec
+
+    codec = load_codec(resolve_codec_identity(MusicHybridConfig.from_pretrained(args.model), args.codec),
+                       device=args.device)
+    rate, hop = codec.identity["sample_rate"], codec.identity["hop_length"]
+    new_samples = round(result.audio_seconds * rate / len(result.paths))
+    new_frames = -(-new_samples // hop)
+    new_codes = result.codes[:, :, -new_frames:]
+    fad = fad_to_reference_files(codec, list(codec.decode(new_codes, num_samples=new_samples)),
+                                 reference_audio_files(args.reference), seed=args.seed)
+    skipped = f", {fad['skipped_reference_files']} unreadable skipped" if fad["skipped_reference_files"] else ""
+    print(f"FAD of the {len(result.paths)} sample(s) to the {fad['num_reference_clips']} reference file(s) in "
+          f"{args.reference}{skipped}: {fad['fad']:.4g} [{fad['ci_low']:.4g}, {fad['ci_high']:.4g}] (95% bootstrap "
+          f"over samples; embedding {fad['embedding']})")
+    if fad["note"]:
+        print(fad["note"])
 
 
 def list_genres(model):
@@ -162,6 +192,9 @@ def parse_args(argv=None):
         "--overwrite", action="store_true", help="replace existing files of the same names (without it: refused)"
     )
     parser.add_argument("--prefix", default="sample", help="file names: PREFIX_000.wav, PREFIX_001.wav, ...")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="folder of audio files: print the Frechet Audio Distance of the new audio to them "
+                        "(DAC encoder latents of the checkpoint's codec)")
     parser.add_argument(
         "--genre", nargs="+",
         help="genre-conditioned checkpoints: one genre for every sample, or one per sample (see --list-genres); "

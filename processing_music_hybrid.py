@@ -207,6 +207,9 @@ class _DescriptAdapter(torch.nn.Module):
     def encode(self, input_values):
         return _Codes(self.model.encode(input_values)[1])
 
+    def encoder(self, input_values):
+        return self.model.encoder(input_values)
+
     def decode(self, audio_codes):
         quantized = self.model.quantizer.from_codes(audio_codes)[0]
         return _Audio(self.model.decode(quantized).squeeze(1))
@@ -294,24 +297,32 @@ class Codec:
     def encode(self, waveforms):
         """waveforms: list of 1-D float arrays at 44.1 kHz, or a (B, n) tensor.
         Returns one (9, ceil(n_i / 512)) int64 CPU tensor per waveform."""
+        return self._run_encoder(waveforms, lambda inputs: self.model.encode(input_values=inputs).audio_codes)
+
+    @torch.inference_mode()
+    def encoder_latents(self, waveforms):
+        """The encoder's continuous output before quantization, one (D, ceil(n_i / 512)) float32 CPU tensor per
+        waveform (D = 1024 for DAC 44.1 kHz): the default embedding of the Frechet Audio Distance."""
+        return self._run_encoder(waveforms, lambda inputs: self.model.encoder(inputs))
+
+    def _run_encoder(self, waveforms, run):
+        """`run` on (batch, 1, samples) windows of every waveform, stitched into one (rows, frames) tensor each."""
         clips = [torch.as_tensor(waveform, dtype=torch.float32).cpu().reshape(-1) for waveform in waveforms]
         if any(clip.numel() == 0 for clip in clips):
             raise ValueError("cannot encode an empty waveform")
         padded = [_pad_to_hop(clip) for clip in clips]
-        codes = [torch.empty(NUM_CODEBOOKS, clip.numel() // HOP_LENGTH, dtype=torch.long) for clip in padded]
-
-        def run(inputs):
-            return self.model.encode(input_values=inputs.unsqueeze(1)).audio_codes
-
+        outputs = [None] * len(padded)
         jobs = [
             (index, window, clip[window.start * HOP_LENGTH : window.stop * HOP_LENGTH])
             for index, clip in enumerate(padded)
-            for window in plan_windows(codes[index].shape[1], self.window_frames, self.overlap_frames)
+            for window in plan_windows(clip.numel() // HOP_LENGTH, self.window_frames, self.overlap_frames)
         ]
-        for (index, window), window_codes in self._run_batched(jobs, run):
+        for (index, window), window_output in self._run_batched(jobs, lambda inputs: run(inputs.unsqueeze(1))):
+            if outputs[index] is None:
+                outputs[index] = window_output.new_empty(window_output.shape[0], padded[index].numel() // HOP_LENGTH)
             keep = slice(window.keep_start - window.start, window.keep_stop - window.start)
-            codes[index][:, window.keep_start : window.keep_stop] = window_codes[:, keep]
-        return codes
+            outputs[index][:, window.keep_start : window.keep_stop] = window_output[:, keep]
+        return outputs
 
     @torch.inference_mode()
     def decode(self, codes, num_samples=None):

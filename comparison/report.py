@@ -235,7 +235,47 @@ def render_markdown(report):
             "",
             *_pair_tables(models[comparison["reference"]], models[comparison["candidate"]], comparison, percent),
         ]
+    if report.get("fad"):
+        lines += ["", *_fad_lines(report["fad"])]
     return "\n".join(lines) + "\n"
+
+
+def fad_summary_lines(fad):
+    """One line per model (FAD with its interval) and the embedding's caveat, for the terminal."""
+    if not fad:
+        return []
+    lines = [
+        f"FAD of {name}'s {result['num_samples']} samples to the validation audio: {result['fad']:.4g} "
+        f"[{result['ci_low']:.4g}, {result['ci_high']:.4g}] ({round(100 * result['confidence'])}% bootstrap over "
+        f"samples; embedding {fad['embedding']})"
+        for name, result in fad["models"].items()
+    ]
+    return lines + ([fad["note"]] if fad.get("note") else [])
+
+
+def _fad_lines(fad):
+    """The audio-level result: FAD of each model's samples to the validation audio (comparison.generated_audio)."""
+    any_model = next(iter(fad["models"].values()))
+    percent = round(100 * any_model["confidence"])
+    lines = [
+        "### Frechet Audio Distance of generated samples",
+        "",
+        f"Each model continued the same {fad['prompt_frames']}-frame validation prompts with the same seed for "
+        f"{fad['new_frames']} frames ({fad['num_samples']} samples); the FAD compares the continuations with the "
+        f"validation audio (its codes decoded by the same codec), embedding: {fad['embedding']}. Lower is closer; "
+        f"{percent}% bootstrap intervals over samples.",
+        "",
+        "| Model | FAD | " + f"{percent}% CI | Sample frames | Reference frames |",
+        "|---|---:|---|---:|---:|",
+    ]
+    for name, result in fad["models"].items():
+        lines.append(
+            f"| {name} | {result['fad']:.4g} | [{result['ci_low']:.4g}, {result['ci_high']:.4g}] | "
+            f"{result['num_sample_frames']} | {result['num_reference_frames']} |"
+        )
+    if fad.get("note"):
+        lines += ["", f"**{fad['note']}**"]
+    return lines
 
 
 def _pair_tables(reference, candidate, comparison, percent):

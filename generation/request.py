@@ -15,7 +15,7 @@ PARTIAL_SUFFIX = ".partial"
 def check_options(
     output_dir, num_samples=1, duration=10.0, temperature=1.0, top_k=250, top_p=1.0, batch_size=4, long_form=None,
     chunk_seconds=1.0, dtype="float32", prefix="sample", overwrite=False, genre=None,
-    guidance_scale=None, **other_options,
+    guidance_scale=None, reference=None, **other_options,
 ):
     """Raise ValueError naming the option and the fix for the first value or combination that cannot work."""
     for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
@@ -46,7 +46,23 @@ def check_options(
         raise ValueError(f"--genre takes one genre or one per sample ({num_samples}), got {len(genres)}")
     if guidance_scale is not None and (not math.isfinite(guidance_scale) or guidance_scale < 1):
         raise ValueError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {guidance_scale}")
+    if reference is not None:
+        reference_audio_files(reference)
     check_output_files(output_dir, output_paths(output_dir, num_samples, prefix, genres), prefix, overwrite)
+
+
+def reference_audio_files(folder):
+    """The audio files under --reference (recursively), which the FAD compares the samples with; refused when the
+    folder is missing or holds none."""
+    from data.sources import AUDIO_EXTENSIONS  # imports torch: paid only by requests with --reference
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"--reference {folder} is not a directory")
+    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in AUDIO_EXTENSIONS and path.is_file())
+    if not files:
+        raise ValueError(f"--reference {folder} holds no audio files ({' '.join(sorted(AUDIO_EXTENSIONS))})")
+    return files
 
 
 def sample_genres(genre, num_samples):

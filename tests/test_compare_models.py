@@ -214,3 +214,54 @@ def test_loss_by_position_bucket_is_compared_per_bucket_and_plotted(tmp_path):
     markdown = (output_dir / "comparison.md").read_text()
     assert "| Positions | mamba Loss | memory Loss | Δ | 95% CI | p (Holm) |" in markdown and "| 32-39 |" in markdown
     assert (output_dir / "loss_by_position.png").read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_generate_adds_the_fad_of_samples_from_the_same_prompts_and_seeds(tiny_checkpoints, tmp_path, capsys):
+    import soundfile
+
+    (transformer, _), (hybrid, _) = tiny_checkpoints[0]
+    output_dir = tmp_path / "report"
+    arguments = [str(transformer), str(hybrid), "--validation-data", tiny_checkpoints[1], "--output-dir",
+                 str(output_dir), "--segment-length", "41", "--num-resamples", "200", "--generate", "3",
+                 "--generate-seconds", "0.1", "--prompt-seconds", "0.05", "--fad-resamples", "50"]
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((output_dir / "comparison.json").read_text())
+    fad = report["fad"]
+    assert set(fad["models"]) == {"transformer-tiny", "hybrid-tiny"}
+    for name, result in fad["models"].items():
+        assert result["ci_low"] <= result["fad"] <= result["ci_high"] and result["num_samples"] == 3
+        assert f"FAD of {name}'s 3 samples" in printed
+        files = fad["sample_files"][name]
+        assert len(files) == 3 and all(abs(soundfile.info(path).duration - 9 * 512 / 44100) < 1e-3 for path in files)
+    assert "random" in fad["embedding"] and "random" in fad["note"] and fad["note"] in printed
+    markdown = (output_dir / "comparison.md").read_text()
+    assert "Frechet Audio Distance" in markdown and fad["note"] in markdown
+
+    # same prompts, same seed: generating again gives the same samples and the same FAD
+    assert main([*arguments[:5], str(tmp_path / "again"), *arguments[6:]]) == 0
+    again = json.loads((tmp_path / "again" / "comparison.json").read_text())["fad"]
+    assert again["models"] == fad["models"]
+
+
+@pytest.mark.parametrize(
+    "extra_args, message",
+    [(["--generate", "1"], "at least 2 samples"), (["--generate", "2", "--generate-seconds", "0"], "must be positive")],
+)
+def test_impossible_generation_requests_are_refused_before_any_work(tiny_checkpoints, tmp_path, capsys, extra_args,
+                                                                   message):
+    (transformer, _), (hybrid, _) = tiny_checkpoints[0]
+    output_dir = tmp_path / "out"
+    arguments = [str(transformer), str(hybrid), "--validation-data", tiny_checkpoints[1], "--output-dir",
+                 str(output_dir), *extra_args]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and not output_dir.exists()
+
+
+def test_generate_needs_checkpoints_and_validation_data(three_runs, tmp_path, capsys):
+    assert main([*map(str, three_runs[:2]), "--output-dir", str(tmp_path / "out"), "--generate", "4"]) == 2
+    assert "--validation-data" in capsys.readouterr().err
+    arguments = [*map(str, three_runs[:2]), "--validation-data", str(tmp_path), "--output-dir", str(tmp_path / "o")]
+    assert main([*arguments, "--generate", "4"]) == 2
+    assert "no config.json beside it" in capsys.readouterr().err
