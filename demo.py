@@ -1,17 +1,21 @@
-"""The whole pipeline in one command, offline, in a few minutes on a laptop CPU:
+"""The published comparison in miniature, offline, in minutes on a laptop CPU:
 
     python demo.py                      # outputs in demo_output/
     python demo.py --pretrained_codec   # with network access: the real DAC 44.1 kHz weights
 
-1. about a minute of procedural music (chords, bass, melody, drums) -> DAC codes (a datasets folder),
-2. train a small Mamba/attention hybrid on them (run_clm_audio.py's training, in this process),
-3. evaluate it on the validation track (per-codebook loss, top-1 / top-5 accuracy, table + JSON),
-4. generate a few seconds of music, unconditionally and as a continuation of a validation track -> WAV files,
-5. plot the training curves and the per-codebook metrics -> PNG files.
+1. procedural music (styles, tempi, keys; each chord held for two sample-identical bars) -> DAC codes, split by
+   track; a rerun reuses the codes,
+2. context-free baselines fitted on the training codes (per-codebook unigram, bigram within each codebook), scored on
+   the validation segments,
+3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides) trained on the same codes
+   with the same steps, batch, learning rate and seed, each evaluated on the same validation segments,
+4. compare_models: per-codebook table, paired bootstrap intervals, Holm correction -> comparison.md/.json + plots;
+   with --generate every model continues the same validation prompts with the same seeds -> WAV files, and the
+   Frechet Audio Distance of each model's samples to the validation audio, with a bootstrap interval over samples.
 
-Offline the codec is DAC's full-size architecture with *random* weights, because the pretrained weights cannot be
-downloaded: its codes keep the music's repetitions (so the model has something to learn) but decode to noise-like
-audio. With --pretrained_codec (network needed) the same pipeline produces real music codes.
+The last lines say what the comparison found. Offline the codec is DAC's architecture, shrunk, with *random* weights
+(the pretrained weights cannot be downloaded): its codes keep the music's repetitions (so there is something to
+learn) but decode to noise-like audio, and the FAD is measured in a random embedding space.
 """
 
 from __future__ import annotations
@@ -23,25 +27,31 @@ import time
 from dataclasses import dataclass
 
 RANDOM_CODEC_WARNING = (
-    "WARNING: offline demo: the DAC codec has RANDOM weights (full-size 44.1 kHz architecture, seed 0). Its codes "
-    "carry no musical meaning and the generated WAV files will sound like noise. The pipeline, metrics and plots are "
-    "real; run with --pretrained_codec (network access needed) for the pretrained descript/dac_44khz codec."
+    "WARNING: offline demo: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
+    "Its codes carry no musical meaning, the generated WAV files will sound like noise and the FAD is measured in a "
+    "random embedding space. The pipeline, metrics and plots are real; run with --pretrained_codec (network access "
+    "needed) for the pretrained descript/dac_44khz codec."
 )
+MODELS = ("transformer-small", "hybrid-small")
+REQUIRED_MARGIN = 0.1  # nats every model must stay below the best context-free baseline
+NUM_STAGES = 4
 
 
 @dataclass
 class DemoSettings:
     output_dir: str = "demo_output"
     pretrained_codec: bool = False
-    small_codec: bool = False  # the shrunk random codec: for the test of this script only
-    num_tracks: int = 8
-    track_seconds: float = 8.0
-    model_preset: str = "hybrid-small"
+    num_tracks: int = 36
+    track_seconds: float = 5.0
+    model_overrides: str = "hidden_size=128,intermediate_size=512,num_hidden_layers=4,max_position_embeddings=1024"
     segment_length: int = 256
-    batch_size: int = 4
-    max_steps: int = 100
-    learning_rate: float = 2e-3
-    sample_seconds: float = 3.0
+    batch_size: int = 8
+    max_steps: int = 80
+    learning_rate: float = 3e-3
+    samples_per_model: int = 4
+    prompt_seconds: float = 1.0
+    sample_seconds: float = 2.0
+    num_resamples: int = 2000
     seed: int = 0
 
 
@@ -49,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     try:
         run_demo(settings)
-    except ValueError as error:  # no network for --pretrained_codec, an output folder in use, a bad setting
+    except ValueError as error:  # no network for --pretrained_codec, codes made with other settings, a bad setting
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
@@ -63,51 +73,66 @@ def parse_args(argv: list[str] | None) -> DemoSettings:
                         help="encode with the pretrained descript/dac_44khz weights (downloads them)")
     parser.add_argument("--num_tracks", type=int, default=defaults.num_tracks, help="procedural tracks to make")
     parser.add_argument("--track_seconds", type=float, default=defaults.track_seconds, help="length of each track")
-    parser.add_argument("--model_preset", default=defaults.model_preset, help="model architecture preset")
+    parser.add_argument("--model_overrides", default=defaults.model_overrides,
+                        help="config fields changed in both presets (run_clm_audio's --config_overrides); '' for none")
     parser.add_argument("--segment_length", type=int, default=defaults.segment_length,
-                        help="positions per training crop (frames + 9)")
+                        help="positions per training crop and validation segment (frames + 9)")
     parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="crops per training step")
-    parser.add_argument("--max_steps", type=int, default=defaults.max_steps, help="training steps")
+    parser.add_argument("--max_steps", type=int, default=defaults.max_steps, help="training steps of each model")
     parser.add_argument("--learning_rate", type=float, default=defaults.learning_rate, help="peak learning rate")
+    parser.add_argument("--samples_per_model", type=int, default=defaults.samples_per_model,
+                        help="generated samples per model for the FAD")
+    parser.add_argument("--prompt_seconds", type=float, default=defaults.prompt_seconds,
+                        help="seconds of a validation track each sample continues")
     parser.add_argument("--sample_seconds", type=float, default=defaults.sample_seconds,
-                        help="seconds of new audio per generated sample")
+                        help="seconds of new audio per sample")
+    parser.add_argument("--num_resamples", type=int, default=defaults.num_resamples, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the music, training and sampling")
     return DemoSettings(**vars(parser.parse_args(argv)))
 
 
 def run_demo(settings: DemoSettings) -> dict:
-    """Run the five stages; returns the paths written (also printed)."""
+    """Run the stages; returns the results and the paths written (also printed)."""
     started = time.time()
+    out = settings.output_dir
     paths = {
-        "codes": os.path.join(settings.output_dir, "codes"),
-        "model": os.path.join(settings.output_dir, "model"),
-        "samples": os.path.join(settings.output_dir, "samples"),
+        "codes": os.path.join(out, "codes"),
+        "models": {name: os.path.join(out, name) for name in MODELS},
+        "comparison": os.path.join(out, "comparison"),
     }
     if not settings.pretrained_codec:
         print(RANDOM_CODEC_WARNING, flush=True)
 
     stage(1, f"{settings.num_tracks} procedural tracks x {settings.track_seconds:g} s -> DAC codes")
     dataset = build_codes(settings, paths["codes"])
-    validation_track = dataset["validation"][0]["track_id"]
 
-    stage(2, f"training {settings.model_preset} for {settings.max_steps} steps, then 3: evaluation")
-    results = train_model(settings, paths["codes"], paths["model"])
+    stage(2, "context-free baselines fitted on the training codes, scored on the validation segments")
+    baselines = compute_baselines(settings, dataset)
+    print(format_baselines(baselines), flush=True)
 
-    stage(4, f"generating {settings.sample_seconds:g} s of music, unconditionally and continuing {validation_track}")
-    paths["wavs"] = generate_samples(settings, paths["model"], paths["samples"], validation_track)
+    evaluations = {}
+    for name, model_dir in paths["models"].items():
+        stage(3, f"training {name} for {settings.max_steps} steps ({settings.batch_size} x {settings.segment_length} "
+                 "positions), then evaluating it")
+        evaluations[name] = train_model(settings, name, paths["codes"], model_dir)["eval"]
 
-    stage(5, "plots")  # written by the training run next to the model
-    paths["plots"] = [os.path.join(paths["model"], name) for name in ("training_curves.png", "codebook_metrics.png")]
-    paths["eval_results"] = os.path.join(paths["model"], "eval_results.json")
+    stage(4, "compare_models: per-codebook differences, paired bootstrap, Holm; then "
+             f"{settings.samples_per_model} samples per model (same prompts and seeds) and their FAD")
+    report = compare(settings, paths)
+    fad = report["fad"]
+    paths["wavs"] = [path for files in fad["sample_files"].values() for path in files]
+
+    results = {"baselines": baselines, "evaluations": evaluations, "comparison": report, "fad": fad}
     print_summary(settings, paths, results, time.time() - started)
-    return paths
+    return {"paths": paths, **results}
 
 
 def stage(number: int, description: str) -> None:
-    print(f"\n=== {number}/5 {description}", flush=True)
+    print(f"\n=== {number}/{NUM_STAGES} {description}", flush=True)
 
 
 def build_codes(settings: DemoSettings, codes_dir: str):
+    """The codes dataset; a rerun with the same settings reuses the finished tracks (data.build_dataset resumes)."""
     from data.build_dataset import build_dataset
 
     return build_dataset(
@@ -117,17 +142,40 @@ def build_codes(settings: DemoSettings, codes_dir: str):
         procedural_seconds=settings.track_seconds,
         procedural_seed=settings.seed,
         codec="transformers" if settings.pretrained_codec else "random",
-        codec_small=settings.small_codec,
+        codec_small=not settings.pretrained_codec,
         validation_fraction=0.15,
-        overwrite=True,
     )
 
 
-def train_model(settings: DemoSettings, codes_dir: str, model_dir: str) -> dict:
+def compute_baselines(settings: DemoSettings, dataset) -> dict:
+    from comparison.baselines import context_free_baselines
+    from processing_music_hybrid import CODEBOOK_SIZE, NUM_CODEBOOKS
+
+    return context_free_baselines(
+        dataset["train"], dataset["validation"], settings.segment_length, NUM_CODEBOOKS, CODEBOOK_SIZE
+    )
+
+
+def format_baselines(baselines: dict) -> str:
+    lines = ["| baseline | " + " | ".join(f"cb {k}" for k in range(9)) + " | mean |", "|---" * 11 + "|"]
+    for name in ("unigram", "bigram"):
+        losses = baselines[name]["codebook_loss"]
+        lines.append(f"| {name} | " + " | ".join(f"{loss:.3f}" for loss in losses)
+                     + f" | {baselines[name]['mean_loss']:.3f} |")
+    entropy = baselines["unigram"]["train_entropy"]
+    lines.append("| unigram entropy (training codes) | " + " | ".join(f"{h:.3f}" for h in entropy)
+                 + f" | {sum(entropy) / len(entropy):.3f} |")
+    lines.append(f"Validation cross entropy in nats; the bigram backs off to the unigram with weight "
+                 f"{baselines['bigram']['backoff_weight']:g} (the best on the validation codes). Best: "
+                 f"{baselines['best']}.")
+    return "\n".join(lines)
+
+
+def train_model(settings: DemoSettings, preset: str, codes_dir: str, model_dir: str) -> dict:
     from run_clm_audio import AudioTrainingArguments, DataTrainingArguments, ModelArguments, run_training
 
     return run_training(
-        ModelArguments(model_preset=settings.model_preset),
+        ModelArguments(model_preset=preset, config_overrides=settings.model_overrides or None),
         DataTrainingArguments(dataset_name=codes_dir, segment_length=settings.segment_length),
         AudioTrainingArguments(
             output_dir=model_dir,
@@ -140,7 +188,6 @@ def train_model(settings: DemoSettings, codes_dir: str, model_dir: str) -> dict:
             learning_rate=settings.learning_rate,
             warmup_steps=0.1,
             logging_steps=max(1, settings.max_steps // 12),
-            eval_steps=max(1, settings.max_steps // 3),
             save_steps=settings.max_steps,
             save_total_limit=1,
             seed=settings.seed,
@@ -148,41 +195,57 @@ def train_model(settings: DemoSettings, codes_dir: str, model_dir: str) -> dict:
     )
 
 
-def generate_samples(settings: DemoSettings, model_dir: str, samples_dir: str, validation_track: str) -> list[str]:
-    """An unconditional sample and a continuation of the validation track's first two seconds (its original audio
-    is written as reference.wav, and serves as the prompt)."""
-    from data.sources import procedural_tracks
-    from generation.pipeline import generate_audio
-    from generation.streaming_wav import write_wav
+def compare(settings: DemoSettings, paths: dict) -> dict:
+    """compare_models on the saved evaluations, with --generate: the report, its plots, the samples and their FAD."""
+    from compare_models import compare_models
+    from comparison.report import RESULTS_FILENAME, fad_summary_lines
 
-    os.makedirs(samples_dir, exist_ok=True)
-    track = next(t for t in procedural_tracks(settings.num_tracks, settings.track_seconds, settings.seed)
-                 if t.track_id == validation_track)
-    samples, sample_rate = track.fetch()
-    reference = os.path.join(samples_dir, "reference.wav")
-    prompt = os.path.join(samples_dir, "prompt.wav")
-    write_wav(reference, samples, sample_rate)
-    write_wav(prompt, samples[: 2 * sample_rate], sample_rate)
-    common = dict(duration=settings.sample_seconds, seed=settings.seed, progress=True)
-    unconditional = generate_audio(model_dir, samples_dir, prefix="unconditional", **common)
-    continuation = generate_audio(model_dir, samples_dir, prompt=prompt, prefix="continuation", **common)
-    return [reference, prompt] + [str(path) for path in unconditional.paths + continuation.paths]
+    results = [os.path.join(model_dir, RESULTS_FILENAME) for model_dir in paths["models"].values()]
+    report = compare_models(
+        results, output_dir=paths["comparison"], names=list(paths["models"]), validation_data=paths["codes"],
+        num_resamples=settings.num_resamples, seed=settings.seed, generate=settings.samples_per_model,
+        generate_seconds=settings.sample_seconds, prompt_seconds=settings.prompt_seconds,
+        fad_resamples=settings.num_resamples,
+    )
+    for line in [comparison["summary"] for comparison in report["comparisons"]] + fad_summary_lines(report["fad"]):
+        print(line, flush=True)
+    return report
 
 
 def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: float) -> None:
-    evaluation = results["eval"]
-    lines = [
-        f"\nDone in {seconds / 60:.1f} min. Validation: mean loss {evaluation['mean_loss']:.3f} nats, "
-        f"top-1 {evaluation['mean_top1']:.1%}, top-5 {evaluation['mean_top5']:.1%} (table above). Outputs:",
-        f"  {paths['codes']}/  tokenized dataset (DAC codes + codec.json), load with data.dataset_io",
-        f"  {paths['model']}/  trained model: AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True); "
-        "model card README.md, best/, a resumable checkpoint",
-        f"  {paths['eval_results']}  per-codebook validation metrics",
-        *[f"  {plot}" for plot in paths["plots"]],
-        *[f"  {wav}" for wav in paths["wavs"]],
-    ]
-    if not settings.pretrained_codec:
-        lines.append("  (random codec: the WAV files sound like noise; see the warning at the top)")
+    report, baselines, fad = results["comparison"], results["baselines"], results["fad"]
+    percent = round(100 * report["confidence"])
+    best = baselines[baselines["best"]]["mean_loss"]
+    lines = [f"\nDone in {seconds / 60:.1f} min. Outputs:",
+             f"  {paths['codes']}/  tokenized dataset (DAC codes + codec.json), load with data.dataset_io",
+             *[f"  {model_dir}/  trained model, eval_results.json, training_curves.png, codebook_metrics.png"
+               for model_dir in paths["models"].values()],
+             f"  {paths['comparison']}/  comparison.md, comparison.json, loss_per_codebook.png, loss_difference.png",
+             f"  {paths['comparison']}/samples/  {len(paths['wavs'])} WAV files (continuations of validation prompts)",
+             "",
+             f"Result on {report['num_segments']} validation segments of {report['segment_length']} positions "
+             f"({settings.max_steps} steps each; {percent}% bootstrap intervals over segments):"]
+    for model in report["models"]:
+        margin = best - model["mean_loss"]
+        verdict = "beats" if margin >= REQUIRED_MARGIN else "does NOT beat"
+        lines.append(
+            f"  {model['name']} ({model['num_parameters'] / 1e6:.2f}M parameters): mean validation loss "
+            f"{model['mean_loss']:.3f} nats, {margin:+.3f} below the best context-free baseline "
+            f"({baselines['best']}, {best:.3f}): {verdict} it by {REQUIRED_MARGIN} nats"
+        )
+    for comparison in report["comparisons"]:
+        mean = comparison["mean_loss_difference"]
+        lines.append(
+            f"  {comparison['candidate']} - {comparison['reference']}: {mean['difference']:+.3f} nats "
+            f"[{mean['ci_low']:+.3f}, {mean['ci_high']:+.3f}], p = {mean['p_value']:.3g}. {comparison['summary']}"
+        )
+    for name, result in fad["models"].items():
+        lines.append(
+            f"  FAD of {name} to the validation audio: {result['fad']:.4g} [{result['ci_low']:.4g}, "
+            f"{result['ci_high']:.4g}] ({result['num_samples']} samples; embedding {fad['embedding']})"
+        )
+    if fad["note"]:
+        lines.append(f"  {fad['note']}")
     print("\n".join(lines), flush=True)
 
 

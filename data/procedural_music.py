@@ -5,7 +5,7 @@ the same (seed, index) always renders the same track."""
 
 import numpy as np
 
-from processing_music_hybrid import SAMPLE_RATE
+from processing_music_hybrid import HOP_LENGTH, SAMPLE_RATE
 
 # tempo range (BPM), bass notes and hats per beat, melody note probability per eighth, kick on every beat
 STYLES = {
@@ -14,60 +14,81 @@ STYLES = {
     "Rock": {"tempo": (108, 150), "bass_per_beat": 2, "hats_per_beat": 2, "melody_density": 0.55, "kick_all": 0},
     "Electronic": {"tempo": (118, 134), "bass_per_beat": 4, "hats_per_beat": 4, "melody_density": 0.7, "kick_all": 1},
 }
+BEATS_PER_BAR = 2
+BARS_PER_CHORD = 2
 # harmonic amplitudes and envelope (attack, decay, sustain, release) of the three pitched parts
 PAD = {"harmonics": [1, 0.3, 0.1], "attack": 0.15, "decay": 0.3, "sustain": 0.8, "release": 0.6}
 BASS = {"harmonics": [1, 0, 0.11, 0, 0.04], "attack": 0.005, "decay": 0.2, "sustain": 0.5, "release": 0.03}
 LEAD = {"harmonics": [1, 0.5, 0.33, 0.25, 0.2, 0.17], "attack": 0.01, "decay": 0.15, "sustain": 0.6, "release": 0.05}
 SCALES = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
-# Chord roots as scale degrees, one chord per bar (I-V-vi-IV and friends).
+# Chord roots as scale degrees (I-V-vi-IV and friends).
 PROGRESSIONS = [[0, 4, 5, 3], [0, 5, 3, 4], [5, 3, 0, 4], [0, 3, 4, 4], [0, 3, 0, 4]]
 
 
 def generate_track(seed, index, seconds=8.0):
-    """(mono float32 samples at 44.1 kHz, style name) of track `index` for `seed`."""
+    """(mono float32 samples at 44.1 kHz, style name) of track `index` for `seed`.
+
+    The track is a sequence of bars, each chord of the progression held for BARS_PER_CHORD bars. A bar lasts a whole
+    number of codec frames and is rendered once per chord (sounds that ring past its end wrap around to its start),
+    so a held chord's bars are sample-identical and their codes repeat exactly: structure that a model can only
+    predict from context, never from code frequencies alone."""
     rng = np.random.default_rng([seed, index])
     style_name = _draw_style(rng)
     style = STYLES[style_name]
-    beat = 60.0 / rng.uniform(*style["tempo"])
+    beat_frames = round(60.0 / rng.uniform(*style["tempo"]) * SAMPLE_RATE / HOP_LENGTH)
+    beat = beat_frames * HOP_LENGTH / SAMPLE_RATE
     tonic = int(rng.integers(45, 57))  # A2..G#3
     scale = SCALES[rng.choice(list(SCALES))]
     progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
-    mix = np.zeros(round(seconds * SAMPLE_RATE) + SAMPLE_RATE, dtype=np.float64)  # room for release tails
+    motif = _draw_motif(rng, style)
+    drums = {"kick": _kick(), "snare": _snare(rng), "hat": _hat(rng)}  # one sound each, so bars can repeat exactly
 
     def pitch(degree, octave=0):
         return tonic + 12 * (octave + degree // 7) + scale[degree % 7]
 
-    melody_degree = 7 + int(rng.integers(7))
-    for bar in range(int(seconds / (4 * beat)) + 1):
-        bar_start = bar * 4 * beat
-        root = progression[bar % len(progression)]
-        chord = [root, root + 2, root + 4]
-        for degree in chord:
-            _add(mix, bar_start, _tone(pitch(degree, 1), 4 * beat, PAD), 0.07)
-        bass_length = beat / style["bass_per_beat"]
-        for step in range(4 * style["bass_per_beat"]):
-            _add(mix, bar_start + step * bass_length, _tone(pitch(root, -1), bass_length * 0.9, BASS), 0.3)
-        for eighth in range(8):
-            if rng.random() > style["melody_density"]:
-                continue
-            on_strong_beat = eighth % 2 == 0
-            melody_degree += int(rng.integers(-2, 3))
-            melody_degree = min(max(melody_degree, 5), 14)
-            if on_strong_beat:  # land on the nearest chord tone
-                chord_tones = [degree + 7 * octave for degree in chord for octave in (0, 1, 2)]
-                melody_degree = min(chord_tones, key=lambda degree: abs(degree - melody_degree))
-            length = beat / 2 * (2 if rng.random() < 0.25 else 1)
-            _add(mix, bar_start + eighth * beat / 2, _tone(pitch(melody_degree, 1), length * 0.95, LEAD), 0.12)
-        for beat_index in range(4):
-            time = bar_start + beat_index * beat
-            if style["kick_all"] or beat_index in (0, 2):
-                _add(mix, time, _kick(), 0.7)
-            if beat_index in (1, 3):
-                _add(mix, time, _snare(rng), 0.35)
-            for hat in range(style["hats_per_beat"]):
-                _add(mix, time + hat * beat / style["hats_per_beat"], _hat(rng), 0.12)
-    track = mix[: round(seconds * SAMPLE_RATE)]
+    bar_samples = BEATS_PER_BAR * beat_frames * HOP_LENGTH
+    bars = {root: _render_bar(root, beat, bar_samples, style, motif, drums, pitch) for root in set(progression)}
+    num_samples = round(seconds * SAMPLE_RATE)
+    num_bars = -(-num_samples // bar_samples)
+    mix = np.concatenate([bars[progression[(bar // BARS_PER_CHORD) % len(progression)]] for bar in range(num_bars)])
+    track = mix[:num_samples]
     return (0.8 * track / max(np.max(np.abs(track)), 1e-9)).astype(np.float32), style_name
+
+
+def _draw_motif(rng, style):
+    """The melody of one bar as (eighth, offset from the chord's root in scale steps, eighths held), used in every
+    bar on the chord of the moment."""
+    motif, degree = [], 7 + int(rng.integers(5))
+    for eighth in range(2 * BEATS_PER_BAR):
+        if rng.random() > style["melody_density"]:
+            continue
+        degree = min(max(degree + int(rng.integers(-2, 3)), 5), 14)
+        if eighth % 2 == 0:  # strong beats land on a chord tone
+            chord_tones = [tone + 7 * octave for tone in (0, 2, 4) for octave in (0, 1, 2)]
+            degree = min(chord_tones, key=lambda tone: abs(tone - degree))
+        motif.append((eighth, degree, 2 if rng.random() < 0.25 else 1))
+    return motif
+
+
+def _render_bar(root, beat, bar_samples, style, motif, drums, pitch):
+    """One bar on chord `root`, as a loop: what rings past the bar's end is added to its start."""
+    mix = np.zeros(3 * bar_samples, dtype=np.float64)  # room for tails: a bar lasts > 0.7 s
+    for degree in (root, root + 2, root + 4):
+        _add(mix, 0.0, _tone(pitch(degree, 1), BEATS_PER_BAR * beat, PAD), 0.07)
+    bass_length = beat / style["bass_per_beat"]
+    for step in range(BEATS_PER_BAR * style["bass_per_beat"]):
+        _add(mix, step * bass_length, _tone(pitch(root, -1), bass_length * 0.9, BASS), 0.3)
+    for eighth, degree, held in motif:
+        _add(mix, eighth * beat / 2, _tone(pitch(root + degree, 1), held * beat / 2 * 0.95, LEAD), 0.12)
+    for beat_index in range(BEATS_PER_BAR):
+        time = beat_index * beat
+        if style["kick_all"] or beat_index % 2 == 0:
+            _add(mix, time, drums["kick"], 0.7)
+        if beat_index % 2 == 1:
+            _add(mix, time, drums["snare"], 0.35)
+        for hat in range(style["hats_per_beat"]):
+            _add(mix, time + hat * beat / style["hats_per_beat"], drums["hat"], 0.12)
+    return mix.reshape(-1, bar_samples).sum(axis=0)
 
 
 def track_style(seed, index):

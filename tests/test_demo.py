@@ -1,6 +1,9 @@
-"""demo.py's pipeline at reduced size (shrunk random codec, tiny model, a few steps, half-second samples)."""
+"""demo.py's pipeline through the same code path at reduced size (shrunk random codec, tiny models, a few steps,
+tenth-of-a-second samples): every stage runs, the comparison, baselines and FAD are printed and written, and a rerun
+reuses the encoded codes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import soundfile
@@ -9,32 +12,54 @@ import demo
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
+TINY = dict(
+    num_tracks=4, track_seconds=1.5, segment_length=48, batch_size=2, max_steps=2, samples_per_model=2,
+    prompt_seconds=0.05, sample_seconds=0.1, num_resamples=100,
+    model_overrides="hidden_size=32,intermediate_size=64,num_attention_heads=2,max_position_embeddings=128",
+)
 
-def test_demo_runs_every_stage_and_says_where_the_outputs_are(tmp_path, capsys):
-    settings = demo.DemoSettings(
-        output_dir=str(tmp_path / "demo"), small_codec=True, num_tracks=3, track_seconds=2.0,
-        model_preset="hybrid-tiny", segment_length=64, batch_size=2, max_steps=3, sample_seconds=0.5,
-    )
-    paths = demo.run_demo(settings)
+
+def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(tmp_path, capsys):
+    settings = demo.DemoSettings(output_dir=str(tmp_path / "demo"), **TINY)
+    result = demo.run_demo(settings)
     printed = capsys.readouterr().out
     assert printed.startswith(demo.RANDOM_CODEC_WARNING)
-    for number in (1, 2, 4, 5):  # stage 3, evaluation, runs inside stage 2's training run
-        assert f"=== {number}/5" in printed
-    for path in [paths["eval_results"], *paths["plots"], *paths["wavs"]]:
-        assert path in printed
+    for number in range(1, demo.NUM_STAGES + 1):
+        assert f"=== {number}/{demo.NUM_STAGES}" in printed
+    assert "| unigram |" in printed and "| bigram |" in printed
 
-    results = json.loads(open(paths["eval_results"]).read())
-    assert len(results["codebook_loss"]) == 9 and results["num_segments"] >= 1
-    for plot in paths["plots"]:
-        assert open(plot, "rb").read(4) == b"\x89PNG"
-    durations = {path.rsplit("/", 1)[1]: soundfile.info(path).duration for path in paths["wavs"]}
-    assert durations["reference.wav"] == 2.0 and durations["prompt.wav"] == 2.0
-    assert abs(durations["unconditional_000.wav"] - 0.5) < 0.02
-    assert abs(durations["continuation_000.wav"] - 2.5) < 0.02  # the prompt, then the new half second
+    paths = result["paths"]
+    comparison = Path(paths["comparison"])
+    report = json.loads((comparison / "comparison.json").read_text())
+    assert [model["name"] for model in report["models"]] == list(demo.MODELS)
+    for name in ("comparison.md", "loss_per_codebook.png", "loss_difference.png"):
+        assert (comparison / name).is_file()
+    for model_dir in paths["models"].values():
+        for plot in ("training_curves.png", "codebook_metrics.png"):
+            assert (Path(model_dir) / plot).read_bytes()[:4] == b"\x89PNG"
+    # the final lines: each model against the best baseline, the paired difference with its interval, FAD per model
+    summary = printed.rsplit("Result on", 1)[1]
+    best = result["baselines"][result["baselines"]["best"]]["mean_loss"]
+    for model in report["models"]:
+        assert f"{model['name']} ({model['num_parameters'] / 1e6:.2f}M parameters)" in summary
+        assert f"{best - model['mean_loss']:+.3f} below the best context-free baseline" in summary
+        assert f"FAD of {model['name']} to the validation audio: {report['fad']['models'][model['name']]['fad']:.4g}" \
+            in summary
+    mean = report["comparisons"][0]["mean_loss_difference"]
+    assert f"hybrid-small - transformer-small: {mean['difference']:+.3f} nats [{mean['ci_low']:+.3f}" in summary
+    assert report["fad"]["note"] in summary  # the random embedding space is said
+    assert len(paths["wavs"]) == 2 * len(demo.MODELS)
+    for path in paths["wavs"]:
+        assert abs(soundfile.info(path).duration - 9 * 512 / 44100) < 1e-3  # 0.1 s = 9 frames of new audio
+
+    parts = sorted((Path(paths["codes"]) / "_build" / "parts").iterdir())
+    demo.build_codes(settings, paths["codes"])  # a rerun encodes nothing: no new part is committed
+    assert sorted((Path(paths["codes"]) / "_build" / "parts").iterdir()) == parts
 
 
 def test_demo_help_describes_the_pipeline(capsys):
     with pytest.raises(SystemExit) as exit:
         demo.main(["--help"])
     assert exit.value.code == 0
-    assert "--pretrained_codec" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert "--pretrained_codec" in help_text and "baselines" in help_text and "Frechet" in help_text
