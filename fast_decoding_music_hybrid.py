@@ -245,10 +245,10 @@ def decoding_threads(model, rows):
     """Run the block (a generation) on the thread count that decodes fastest now: torch's or one.
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
-    threads decode far slower than one. A short calibration at the start (the head's product at both counts, a
-    few milliseconds, interleaved) decides once for the whole generation: never per step. Int8 products split
-    the output channels over threads, so the choice does not change their results; float32 ones may round
-    differently.
+    threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
+    counts, interleaved: tens of milliseconds) decides once for the whole generation, never per step. Int8
+    products split the output channels over threads, so the choice does not change their results; float32 ones
+    may round differently.
     """
     threads = torch.get_num_threads()
     head = model.get_output_embeddings()
@@ -265,18 +265,21 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fastest_thread_count(linear, rows, threads, rounds=5):
-    """threads or 1, whichever runs `rows` rows through `linear` faster (best of `rounds` interleaved rounds)."""
+def fastest_thread_count(linear, rows, threads, rounds=3, calls=10):
+    """threads or 1, whichever runs `rows` rows through `linear` faster: the total time of `rounds` interleaved
+    bursts of `calls` products each. Bursts and totals, not the best single call: split products are slow under
+    load because some of the many products of a step wait for a busy core, and a single call can be lucky."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
-    best = {threads: float("inf"), 1: float("inf")}
+    total = {threads: 0.0, 1: 0.0}
     with torch.no_grad():
         for _ in range(rounds):
-            for count in best:
+            for count in total:
                 torch.set_num_threads(count)
                 start = time.perf_counter()
-                decoding_linear(linear, x)
-                best[count] = min(best[count], time.perf_counter() - start)
-    return min(best, key=best.get)
+                for _ in range(calls):
+                    decoding_linear(linear, x)
+                total[count] += time.perf_counter() - start
+    return min(total, key=total.get)
 
 
 class CUDAGraphStep:

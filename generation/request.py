@@ -9,13 +9,14 @@ from pathlib import Path
 
 LONG_FORM_MODES = ("window", "sliding")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+QUANTIZE_MODES = ("int8",)  # MusicHybridForCausalLM.quantize_weights: CPU decoding of float32 weights
 PARTIAL_SUFFIX = ".partial"
 
 
 def check_options(
     output_dir, num_samples=1, duration=10.0, temperature=1.0, top_k=250, top_p=1.0, batch_size=4, long_form=None,
     chunk_seconds=1.0, dtype="float32", prefix="sample", overwrite=False, genre=None,
-    guidance_scale=None, reference=None, **other_options,
+    guidance_scale=None, reference=None, quantize=None, device=None, **other_options,
 ):
     """Raise ValueError naming the option and the fix for the first value or combination that cannot work."""
     for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
@@ -27,6 +28,7 @@ def check_options(
         raise ValueError(f"--chunk-seconds must be positive, got {chunk_seconds}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"--dtype must be one of {list(DTYPE_NAMES)}, got {dtype!r}")
+    check_quantize(quantize, dtype, device)
     if long_form not in (None, *LONG_FORM_MODES):
         raise ValueError(f"--long-form must be one of {list(LONG_FORM_MODES)}, got {long_form!r}")
     for value in per_codebook_values(temperature):
@@ -49,6 +51,20 @@ def check_options(
     if reference is not None:
         reference_audio_files(reference)
     check_output_files(output_dir, output_paths(output_dir, num_samples, prefix, genres), prefix, overwrite)
+
+
+def check_quantize(quantize, dtype, device):
+    """int8 weights decode on CPU from float32 ones; `device` None is checked again once it is resolved."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_MODES:
+        raise ValueError(f"--quantize must be one of {list(QUANTIZE_MODES)}, got {quantize!r}")
+    on_cpu = device is None or str(device).split(":")[0] == "cpu"
+    if dtype != "float32" or not on_cpu:
+        raise ValueError(
+            f"--quantize {quantize} is for CPU decoding of float32 weights (here: {dtype} on {device}); on a GPU "
+            "use --dtype bfloat16"
+        )
 
 
 def reference_audio_files(folder):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 
 from bench import bench_generation
@@ -14,9 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_benchmark(module, *arguments):
+    return run_benchmark_without_repeats(module, "--repeats", "1", *arguments)
+
+
+def run_benchmark_without_repeats(module, *arguments):
     result = subprocess.run(
-        [sys.executable, "-m", module, "--repeats", "1", *arguments], cwd=ROOT, capture_output=True, text=True,
-        timeout=600,
+        [sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -34,12 +38,19 @@ def test_scan_benchmark_compares_our_mixers_with_the_baselines():
     not bench_generation.musicgen_can_generate(), reason="the MusicGen baseline cannot generate with this transformers"
 )
 def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
-    """The full-size presets (the target table needs them) for a few frames; --compile is left out (compiling them
-    takes minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
-    output = run_benchmark("bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16")
+    """The full-size presets (the target table needs them) for a few frames, with their int8 rows, the load rows
+    and the quality table (its models trained for two steps); --compile is left out (compiling them takes
+    minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
+    output = run_benchmark(
+        "bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16",
+        "--quantize", "int8", "--quality-steps", "2",
+    )
     assert "memory read bandwidth" in output
     for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured", "matmul + decays ceiling",
-                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m", "hybrid-116m + memory caching"):
+                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m", "hybrid-116m (int8)",
+                "transformer-162m (int8)", "hybrid-116m + memory caching", "busy core, default settings",
+                "busy core, one thread", "under load: default settings vs one thread", "cb8 %", "hybrid-small",
+                "transformer-small"):
         assert row in output
 
 
@@ -69,12 +80,22 @@ def test_recall_benchmark_trains_the_three_models_and_reports_the_target():
         assert row in output
 
 
+def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
+    output = run_benchmark_without_repeats("bench.gpu_readiness", "--dry-run")
+    for row in ("kernel tests", "CUDA-graph test", "hybrid-tiny batch-1 decoding (compiled, CPU)",
+                "hybrid-tiny training step (PyTorch Mamba)"):
+        assert row in output
+    assert "FAILED" not in output
+
+
 @pytest.mark.parametrize("module, arguments, message", [
     ("bench.bench_scan", ["--lengths", "0"], "must be positive"),
     ("bench.bench_generation", ["--frames", "-1"], "must be positive"),
     ("bench.bench_generation", ["--frames", "2"], "at least 9"),
     ("bench.bench_recall", ["--segment-length", "20"], "multiple of 16"),
     ("bench.bench_recall", ["--frames", "40"], "no room"),
+    ("bench.bench_generation", ["--quantize", "int8", "--dtype", "bfloat16"], "float32 models"),
+    *([("bench.gpu_readiness", [], "no CUDA device here")] if not torch.cuda.is_available() else []),
 ])
 def test_bad_settings_end_with_a_one_line_error(module, arguments, message):
     result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True)

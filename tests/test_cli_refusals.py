@@ -211,6 +211,8 @@ GENERATION_MISTAKES = {
     "no samples": (["--num-samples", "0"], "--num-samples must be a positive integer"),
     "not a number": (["--temperature", "warm"], "invalid float value: 'warm'"),
     "unknown dtype": (["--dtype", "int4"], "invalid choice: 'int4'"),
+    "int8 weights from bfloat16": (["--quantize", "int8", "--dtype", "bfloat16"], "is for CPU decoding of float32"),
+    "int8 weights on a GPU": (["--quantize", "int8", "--device", "cuda"], "is for CPU decoding of float32"),
     "prompt that is not audio": (["--prompt", "ROOT/not_audio.wav"], "cannot read the prompt file"),
     "missing prompt": (["--prompt", "ROOT/missing.ogg"], "cannot read the prompt file"),
     "prompt longer than the context": (["--prompt", "ROOT/long_prompt.wav"], "longer than the model's context"),

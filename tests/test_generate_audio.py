@@ -256,3 +256,13 @@ def test_cli_writes_files_and_reports_the_real_time_factor(hybrid, tmp_path, cap
     assert main(arguments) == 0
     assert "real-time factor" in capsys.readouterr().out
     assert sorted(path.name for path in tmp_path.iterdir()) == ["take_000.wav", "take_001.wav"]
+
+
+def test_int8_cli_writes_files_reports_the_real_time_factor_and_hints_at_int8_without_it(hybrid, tmp_path, capsys):
+    arguments = [str(hybrid), "--duration", "0.1", "--num-samples", "2"]
+    assert main([*arguments, "--output-dir", str(tmp_path / "int8"), "--quantize", "int8"]) == 0
+    captured = capsys.readouterr()
+    assert "real-time factor" in captured.out and "--quantize int8" not in captured.err
+    assert sorted(path.name for path in (tmp_path / "int8").iterdir()) == ["sample_000.wav", "sample_001.wav"]
+    assert main([*arguments, "--output-dir", str(tmp_path / "float32")]) == 0
+    assert "on CPU, --quantize int8 decodes faster" in capsys.readouterr().err
