@@ -259,14 +259,19 @@ def waveform_clips(waveform, sampling_rate):
             f"got shape {tuple(waveform.shape)}"
         )
     clips = waveform.reshape(-1, *waveform.shape[-2:]).mean(dim=1) if waveform.dim() > 1 else waveform[None]
-    if sampling_rate == SAMPLE_RATE:
-        return list(clips)
+    return [torch.from_numpy(resample_to_codec_rate(clip.numpy(), sampling_rate)) for clip in clips]
+
+
+def resample_to_codec_rate(mono, rate):
+    """A mono float32 numpy signal at `rate` -> at 44.1 kHz, with soxr (high quality), imported only when the rate
+    differs: the one resampler of the data pipeline and of prompts given to a checkpoint."""
+    if rate == SAMPLE_RATE or not mono.size:
+        return mono
     try:
         import soxr
     except ImportError as error:
-        message = f"audio at {sampling_rate} Hz must be resampled to {SAMPLE_RATE} Hz: pip install soxr"
-        raise ImportError(message) from error
-    return [torch.from_numpy(soxr.resample(clip.numpy(), sampling_rate, SAMPLE_RATE, quality="HQ")) for clip in clips]
+        raise ImportError(f"audio at {rate} Hz must be resampled to {SAMPLE_RATE} Hz: pip install soxr") from error
+    return soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
 
 
 def num_frames_for(num_samples):

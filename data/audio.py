@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import soundfile
-import soxr
 
-from processing_music_hybrid import HOP_LENGTH, SAMPLE_RATE, num_frames_for
+from processing_music_hybrid import HOP_LENGTH, SAMPLE_RATE, num_frames_for, resample_to_codec_rate
 
 from .rejects import RejectedInput
 
@@ -101,9 +100,7 @@ def to_mono_44k(samples, rate):
     """Average the channels and resample to 44.1 kHz (soxr, high quality)."""
     samples = np.asarray(samples, dtype=np.float32)
     mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
-    if rate != SAMPLE_RATE and mono.size:
-        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    return np.ascontiguousarray(resample_to_codec_rate(mono, rate), dtype=np.float32)
 
 
 def rms_dbfs(samples):

@@ -12,14 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import soundfile
-import soxr
 import torch
 from tqdm.auto import tqdm
 
 from cli.paths import load_checkpoint_config
+from data.audio import to_mono_44k
 from generation.chunked_decoder import ChunkedDecoder
-from generation.request import PARTIAL_SUFFIX, check_options, check_quantize, output_paths, sample_genres
+from generation.request import (
+    PARTIAL_SUFFIX,
+    check_options,
+    check_quantize,
+    output_paths,
+    sample_genres,
+)
 from generation.streaming_wav import StreamingWavWriter
+from processing_music_hybrid import SAMPLE_RATE
 
 DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre is asked for
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -220,7 +227,7 @@ def plan_generation(
     genres, guidance_scale = check_genres(config, genre, guidance_scale, num_samples)
     codec_identity = resolve_codec_identity(config, codec)
     sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
-    prompt_audio = None if prompt is None else load_prompt_audio(prompt, sample_rate, hop_length)
+    prompt_audio = None if prompt is None else load_prompt_audio(prompt, hop_length)
     new_samples = round(duration * sample_rate)
     new_frames = math.ceil(new_samples / hop_length)
     prompt_frames = 0 if prompt_audio is None else len(prompt_audio) // hop_length
@@ -259,19 +266,18 @@ def check_genres(config, genre, guidance_scale, num_samples):
     return names, guidance_scale
 
 
-def load_prompt_audio(path, sample_rate, hop_length):
-    """Read any soundfile-readable file, downmix to mono, resample; cut to whole codec frames (at most 11.6 ms)."""
+def load_prompt_audio(path, hop_length):
+    """Read any soundfile-readable file, downmix to mono, resample to 44.1 kHz (every codec's rate, as
+    processing_music_hybrid checks); cut to whole codec frames (at most 11.6 ms)."""
     try:
         audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
         raise ValueError(f"cannot read the prompt file {path}: {error}") from None
-    audio = audio.mean(axis=1)
-    if file_rate != sample_rate and len(audio):
-        audio = soxr.resample(audio, file_rate, sample_rate).astype(np.float32)
+    audio = to_mono_44k(audio, file_rate)
     whole_frames = len(audio) // hop_length * hop_length
     if whole_frames == 0:
         raise ValueError(
-            f"the prompt file {path} holds less than one codec frame ({hop_length / sample_rate * 1000:.1f} ms)"
+            f"the prompt file {path} holds less than one codec frame ({hop_length / SAMPLE_RATE * 1000:.1f} ms)"
         )
     return audio[:whole_frames]
 

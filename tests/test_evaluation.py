@@ -107,3 +107,11 @@ def test_losses_by_position_bucket_are_the_per_token_losses_grouped_by_position(
     assert result["segment_bucket_num_tokens"][0] == tokens.tolist()
     # 30 frames fill positions up to 38 (codebook 8) of the second, padded segment: later buckets hold no token
     assert result["segment_bucket_num_tokens"][1][5:] == [0, 0, 0]
+
+
+def test_evaluation_leaves_the_global_random_state_alone(model):
+    """Training evaluates between steps: a draw from torch's global generator here would change the dropout masks
+    of every later training step."""
+    state = torch.random.get_rng_state()
+    evaluate_model(model, synthetic_split([60], "v"), segment_length=64, batch_size=2, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -106,7 +106,7 @@ def test_written_audio_matches_a_one_shot_decode(hybrid, codec, tmp_path):
 
 
 def test_continuation_starts_with_the_prompt_audio(hybrid, codec, prompt_file, tmp_path):
-    prompt_audio = load_prompt_audio(prompt_file, SAMPLE_RATE, HOP)
+    prompt_audio = load_prompt_audio(prompt_file, HOP)
     assert prompt_audio.size == int(0.2 * SAMPLE_RATE) // HOP * HOP  # resampled, cut to whole frames
     result = generate_audio(hybrid, tmp_path, num_samples=2, duration=0.25, prompt=prompt_file, progress=False)
     prompt_codes = codec.encode([prompt_audio])[0]

@@ -96,7 +96,11 @@ def evaluate_model(
     if conditional:
         genre_of_row = row_genre_ids(validation_dataset, config)
         windows = GenreWindows(windows, genre_of_row, config.null_genre_id)
-    loader = DataLoader(windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config))
+    # Its own generator: a DataLoader iterator draws a seed, which from the global one would shift the dropout
+    # masks of the training steps after every evaluation.
+    loader = DataLoader(
+        windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config), generator=torch.Generator()
+    )
 
     was_training = model.training
     model.eval()
