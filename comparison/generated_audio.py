@@ -2,6 +2,7 @@
 codec decodes the samples, and the Frechet Audio Distance to the validation audio (the validation codes decoded with
 the same codec) is reported per model with a bootstrap interval over samples."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,7 @@ def fad_of_models(models, validation_dataset, codec, num_samples, new_frames, pr
     report = {"embedding": name, "note": note, "num_samples": num_samples, "new_frames": new_frames,
               "prompt_frames": prompt_frames, "seed": seed, "models": {}, "audio": {}}
     for model_name, model in models.items():
+        print(f"{model_name}: {num_samples} samples of {new_frames} frames, then the FAD", file=sys.stderr, flush=True)
         audio = list(codec.decode(generate_continuations(model, prompts, new_frames, seed)))
         report["audio"][model_name] = audio
         report["models"][model_name] = fad_with_interval(
