@@ -47,7 +47,7 @@ class DemoSettings:
     segment_length: int = 256
     batch_size: int = 8
     max_steps: int = 80
-    learning_rate: float = 3e-3
+    learning_rate: float = 1.5e-3
     samples_per_model: int = 4
     prompt_seconds: float = 1.0
     sample_seconds: float = 2.0
@@ -205,7 +205,6 @@ def compare(settings: DemoSettings, paths: dict) -> dict:
         results, output_dir=paths["comparison"], names=list(paths["models"]), validation_data=paths["codes"],
         num_resamples=settings.num_resamples, seed=settings.seed, generate=settings.samples_per_model,
         generate_seconds=settings.sample_seconds, prompt_seconds=settings.prompt_seconds,
-        fad_resamples=settings.num_resamples,
     )
     for line in [comparison["summary"] for comparison in report["comparisons"]] + fad_summary_lines(report["fad"]):
         print(line, flush=True)
