@@ -82,5 +82,7 @@ def test_dac_latents_of_the_random_codec_are_named_as_random_and_the_interval_co
     assert "random" in name and "random" in note
     louder = dac_embeddings(small_codec, [clip * 8 for clip in clips])
     result = fad_with_interval(louder, embeddings, num_resamples=50)
-    assert result["ci_low"] <= result["fad"] <= result["ci_high"] and result["fad"] > 0
+    # A percentile interval holds its estimate here, up to rounding (the quantiles of near-equal resamples)
+    assert result["ci_low"] <= result["fad"] * (1 + 1e-6) and result["fad"] <= result["ci_high"] * (1 + 1e-6)
+    assert result["fad"] > 0
     assert fad_with_interval(embeddings, embeddings, num_resamples=0)["fad"] == pytest.approx(0, abs=1e-9)

@@ -155,7 +155,8 @@ def test_auto_model_loads_the_base_model_from_a_saved_causal_lm(tmp_path):
     model = tiny_model().eval()
     model.save_pretrained(tmp_path)
     base = AutoModel.from_pretrained(tmp_path).eval()
-    assert type(base) is MusicHybridModel
+    # The registered class, or the same class from the saved remote code (what transformers 5.1 picks)
+    assert type(base).__name__ == MusicHybridModel.__name__
     inputs = codes_to_model_inputs(torch.randint(0, 1024, (1, 9, 5)), model.config)
     expected = model.model(inputs["input_ids"]).last_hidden_state
     torch.testing.assert_close(base(inputs["input_ids"]).last_hidden_state, expected)
