@@ -96,12 +96,12 @@ def main():
         raise ValueError("--memory-segment-length must be 0 or a positive multiple of 16")
     if min(args.frames) < MIN_FRAMES:
         raise ValueError(f"--frames must be at least {MIN_FRAMES}: {MUSICGEN} returns a shorter sequence below that")
-    check_musicgen_generates()
     dtype = getattr(torch, args.dtype)
     if args.quantize and (device.type != "cpu" or dtype != torch.float32):
         raise ValueError("--quantize int8 is for CPU decoding of float32 models: use --device cpu --dtype float32")
     if args.quality_steps <= 0:
         raise ValueError(f"--quality-steps must be positive, got {args.quality_steps}")
+    check_musicgen_generates()  # the environment, once the arguments are known to be right
     print_header(
         "Generation speed and memory", device,
         {"presets": args.presets, "baseline": MUSICGEN + " (hidden 768, 20 layers, 12 heads, ffn 3072)",
