@@ -99,7 +99,9 @@ def bootstrap_means(values, weights, num_resamples, rng):
     """Weighted column means of `num_resamples` resamples (with replacement) of the rows: (num_resamples, K).
 
     A resample is represented by how often it draws each row, so its weighted mean is a
-    matrix product instead of a (resamples x rows x K) gather.
+    matrix product instead of a (resamples x rows x K) gather. A resample that draws only rows of
+    weight zero (segments with no tokens in a late position bucket, say) has no mean: NaN, which
+    the interval and the p-values leave out.
     """
     num_rows = values.shape[0]
     weighted_values = values * weights[:, None]
@@ -110,7 +112,8 @@ def bootstrap_means(values, weights, num_resamples, rng):
         draws = rng.integers(0, num_rows, size=(batch, num_rows))
         flat_draws = (draws + num_rows * np.arange(batch)[:, None]).ravel()
         counts = np.bincount(flat_draws, minlength=batch * num_rows).reshape(batch, num_rows).astype(np.float64)
-        means.append((counts @ weighted_values) / (counts @ weights)[:, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means.append((counts @ weighted_values) / (counts @ weights)[:, None])
     return np.concatenate(means, axis=0)
 
 
@@ -119,7 +122,7 @@ def percentile_interval(replicates, confidence):
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     tail = (1.0 - confidence) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail], axis=0)
+    low, high = np.nanquantile(replicates, [tail, 1.0 - tail], axis=0)
     return low, high
 
 
@@ -130,7 +133,7 @@ def bootstrap_p_values(replicates):
     when zero lies outside the (1 - alpha) percentile interval; the +1 terms keep a
     finite number of resamples from ever reporting p = 0.
     """
-    num_resamples = replicates.shape[0]
+    num_resamples = np.sum(~np.isnan(replicates), axis=0)
     at_or_below = (np.sum(replicates <= 0.0, axis=0) + 1) / (num_resamples + 1)
     at_or_above = (np.sum(replicates >= 0.0, axis=0) + 1) / (num_resamples + 1)
     return np.minimum(1.0, 2.0 * np.minimum(at_or_below, at_or_above))

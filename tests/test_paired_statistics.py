@@ -79,6 +79,18 @@ def test_weights_give_the_token_weighted_difference():
     assert low[0] <= mean[0] <= high[0]
 
 
+@pytest.mark.filterwarnings("error")
+def test_resamples_that_draw_only_weightless_segments_are_left_out():
+    """A late position bucket that only one segment of six reaches: about a third of the resamples miss it."""
+    losses_a = np.arange(6.0)[:, None]
+    weights = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 3.0])
+    test = compare_losses(losses_a, losses_a + 0.5, weights=weights, num_resamples=300)
+    assert test.difference == pytest.approx([0.5])
+    assert np.isfinite(test.ci_low).all() and np.isfinite(test.ci_high).all()
+    assert 0.0 < test.p_value[0] < 0.05
+    mean, low, high = mean_interval(losses_a, weights=weights, num_resamples=300)
+    assert mean[0] == low[0] == high[0] == 5.0
+
 def test_results_are_reproducible_and_json_ready():
     losses_a, losses_b = correlated_models(np.random.default_rng(4), true_difference=0.01)
     first = compare_losses(losses_a, losses_b, num_resamples=300, seed=7).to_dict()
