@@ -7,11 +7,13 @@
    track; a rerun reuses the codes,
 2. context-free baselines fitted on the training codes (per-codebook unigram, bigram within each codebook), scored on
    the validation segments,
-3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides) trained on the same codes
-   with the same steps, batch, learning rate and seed, each evaluated on the same validation segments,
+3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), and the hybrid with memory
+   caching and with genre conditioning (the procedural styles as genres), trained on the same codes with the same
+   steps, batch, learning rate and seed, each evaluated on the same validation segments,
 4. compare_models: per-codebook table, paired bootstrap intervals, Holm correction -> comparison.md/.json + plots;
    with --generate every model continues the same validation prompts with the same seeds -> WAV files, and the
-   Frechet Audio Distance of each model's samples to the validation audio, with a bootstrap interval over samples.
+   Frechet Audio Distance of each model's samples to the validation audio, with a bootstrap interval over samples;
+   then the genre-conditioned model writes one sample per style with classifier-free guidance.
 
 The last lines say what the comparison found. Offline the codec is DAC's architecture, shrunk, with *random* weights
 (the pretrained weights cannot be downloaded): its codes keep the music's repetitions (so there is something to
@@ -32,7 +34,16 @@ RANDOM_CODEC_WARNING = (
     "random embedding space. The pipeline, metrics and plots are real; run with --pretrained_codec (network access "
     "needed) for the pretrained descript/dac_44khz codec."
 )
-MODELS = ("transformer-small", "hybrid-small")
+# The models compared, all trained alike: name -> (preset, config fields added to --model_overrides, genres).
+# The two published architectures, then the reference post's next steps on the hybrid: memory caching in its Mamba
+# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres).
+MODELS = {
+    "transformer-small": ("transformer-small", "", False),
+    "hybrid-small": ("hybrid-small", "", False),
+    "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=64", False),
+    "hybrid-small-genres": ("hybrid-small", "", True),
+}
+GUIDANCE_SCALE = 3.0  # MusicGen's, for the one sample per style of the genre-conditioned model
 REQUIRED_MARGIN = 0.1  # nats every model must stay below the best context-free baseline
 NUM_STAGES = 4
 
@@ -114,13 +125,14 @@ def run_demo(settings: DemoSettings) -> dict:
     for name, model_dir in paths["models"].items():
         stage(3, f"training {name} for {settings.max_steps} steps ({settings.batch_size} x {settings.segment_length} "
                  "positions), then evaluating it")
-        evaluations[name] = train_model(settings, name, paths["codes"], model_dir)["eval"]
+        evaluations[name] = train_model(settings, *MODELS[name], paths["codes"], model_dir)["eval"]
 
     stage(4, "compare_models: per-codebook differences, paired bootstrap, Holm; then "
              f"{settings.samples_per_model} samples per model (same prompts and seeds) and their FAD")
     report = compare(settings, paths)
     fad = report["fad"]
     paths["wavs"] = [path for files in fad["sample_files"].values() for path in files]
+    paths["style_wavs"] = one_sample_per_style(settings, paths)
 
     results = {"baselines": baselines, "evaluations": evaluations, "comparison": report, "fad": fad}
     print_summary(settings, paths, results, time.time() - started)
@@ -171,11 +183,13 @@ def format_baselines(baselines: dict) -> str:
     return "\n".join(lines)
 
 
-def train_model(settings: DemoSettings, preset: str, codes_dir: str, model_dir: str) -> dict:
+def train_model(settings: DemoSettings, preset: str, extra_overrides: str, genres: bool, codes_dir: str,
+                model_dir: str) -> dict:
     from run_clm_audio import AudioTrainingArguments, DataTrainingArguments, ModelArguments, run_training
 
+    overrides = ",".join(part for part in (settings.model_overrides, extra_overrides) if part)
     return run_training(
-        ModelArguments(model_preset=preset, config_overrides=settings.model_overrides or None),
+        ModelArguments(model_preset=preset, config_overrides=overrides or None, genre_conditioning=genres),
         DataTrainingArguments(dataset_name=codes_dir, segment_length=settings.segment_length),
         AudioTrainingArguments(
             output_dir=model_dir,
@@ -211,6 +225,27 @@ def compare(settings: DemoSettings, paths: dict) -> dict:
     return report
 
 
+def one_sample_per_style(settings: DemoSettings, paths: dict) -> list[str]:
+    """One sample of every style the genre-conditioned models learned, with classifier-free guidance."""
+    from configuration_music_hybrid import MusicHybridConfig
+    from generation.pipeline import generate_audio
+
+    files = []
+    for name, (_, _, genres) in MODELS.items():
+        if not genres:
+            continue
+        styles = MusicHybridConfig.from_pretrained(paths["models"][name]).genres
+        result = generate_audio(
+            paths["models"][name], os.path.join(paths["comparison"], "styles"), num_samples=len(styles),
+            duration=settings.sample_seconds, seed=settings.seed, genre=styles, guidance_scale=GUIDANCE_SCALE,
+            prefix=name, progress=False,
+        )
+        files += result.paths
+        print(f"{name}: one {settings.sample_seconds:g} s sample per style ({', '.join(styles)}), guidance scale "
+              f"{GUIDANCE_SCALE:g}, in {os.path.join(paths['comparison'], 'styles')}", flush=True)
+    return files
+
+
 def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: float) -> None:
     report, baselines, fad = results["comparison"], results["baselines"], results["fad"]
     percent = round(100 * report["confidence"])
@@ -221,17 +256,24 @@ def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: f
                for model_dir in paths["models"].values()],
              f"  {paths['comparison']}/  comparison.md, comparison.json, loss_per_codebook.png, loss_difference.png",
              f"  {paths['comparison']}/samples/  {len(paths['wavs'])} WAV files (continuations of validation prompts)",
+             f"  {paths['comparison']}/styles/  {len(paths['style_wavs'])} WAV files (one per style, guided)",
              "",
              f"Result on {report['num_segments']} validation segments of {report['segment_length']} positions "
              f"({settings.max_steps} steps each; {percent}% bootstrap intervals over segments):"]
     for model in report["models"]:
         margin = best - model["mean_loss"]
-        verdict = "beats" if margin >= REQUIRED_MARGIN else "does NOT beat"
+        verdict = "makes" if margin >= REQUIRED_MARGIN else "does NOT make"
         lines.append(
             f"  {model['name']} ({model['num_parameters'] / 1e6:.2f}M parameters): mean validation loss "
             f"{model['mean_loss']:.3f} nats, {margin:+.3f} below the best context-free baseline "
-            f"({baselines['best']}, {best:.3f}): {verdict} it by {REQUIRED_MARGIN} nats"
+            f"({baselines['best']}, {best:.3f}): {verdict} the required {REQUIRED_MARGIN} nats"
         )
+    for name, evaluation in results["evaluations"].items():
+        information = evaluation.get("genre_information", {})
+        if information.get("num_segments"):
+            low, high = information["mean_information_ci"]
+            lines.append(f"  {name}: genre information (null-genre minus true-genre loss) "
+                         f"{information['mean_information']:+.4f} nats [{low:+.4f}, {high:+.4f}]")
     for comparison in report["comparisons"]:
         mean = comparison["mean_loss_difference"]
         lines.append(

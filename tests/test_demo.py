@@ -49,6 +49,12 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     assert f"hybrid-small - transformer-small: {mean['difference']:+.3f} nats [{mean['ci_low']:+.3f}" in summary
     assert report["fad"]["note"] in summary  # the random embedding space is said
     assert len(paths["wavs"]) == 2 * len(demo.MODELS)
+    styles = json.loads((Path(paths["models"]["hybrid-small-genres"]) / "config.json").read_text())["genres"]
+    assert styles and len(paths["style_wavs"]) == len(styles)  # one guided sample per procedural style
+    assert all(style in Path(path).name for style, path in zip(styles, paths["style_wavs"], strict=True))
+    assert "hybrid-small-genres: genre information" in summary
+    memory_config = json.loads((Path(paths["models"]["hybrid-small-memory"]) / "config.json").read_text())
+    assert memory_config["mamba_memory_segment_length"] == 64
     for path in paths["wavs"]:
         assert abs(soundfile.info(path).duration - 9 * 512 / 44100) < 1e-3  # 0.1 s = 9 frames of new audio
 
