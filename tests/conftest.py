@@ -61,6 +61,18 @@ def single_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def two_threads():
+    """Two intra-op threads, for the paths that only run with several (the thread-split products, the thread-count
+    calibration); the suite itself runs on one."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def small_codec():
     """The small random DAC (44.1 kHz, hop 512, 9 x 1024 codes, shrunk channels)."""

@@ -41,14 +41,6 @@ def test_mamba_decoding_step_equals_the_sequence_forward(conv_bias):
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
 
 
-@pytest.fixture
-def two_threads():
-    """The row split only runs with several threads (the test session runs one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 17])
 def test_decoding_linear_equals_the_layer(rows, two_threads):

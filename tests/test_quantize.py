@@ -26,13 +26,6 @@ def tiny_model(name="hybrid-tiny"):
     return MusicHybridForCausalLM(MusicHybridConfig.from_preset(name)).eval()
 
 
-@pytest.fixture
-def two_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("preset", ["hybrid-tiny", "transformer-tiny"])
 def test_int8_logits_are_close_to_float32(preset):
