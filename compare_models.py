@@ -23,6 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from cli.arguments import report_error
 from comparison.generated_audio import checkpoint_of, fad_of_checkpoints
 from comparison.report import (
     REPORT_FILENAMES,
@@ -57,8 +58,7 @@ def main(argv=None):
             fad_resamples=args.fad_resamples,
         )
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(str(error))
     for comparison in report["comparisons"]:
         print(comparison["summary"])
     for line in fad_summary_lines(report.get("fad")):

@@ -28,6 +28,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from cli.arguments import report_error
+
 RANDOM_CODEC_WARNING = (
     "WARNING: offline demo: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
     "Its codes carry no musical meaning, the generated WAV files will sound like noise and the FAD is measured in a "
@@ -71,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_demo(settings)
     except ValueError as error:  # no network for --pretrained_codec, codes made with other settings, a bad setting
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return report_error(str(error))
     return 0
 
 
