@@ -4,6 +4,7 @@ soxr, check for silence and shortness, normalise loudness, and cut tracks into s
 import io
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,7 @@ import soundfile
 
 from processing_music_hybrid import HOP_LENGTH, SAMPLE_RATE, num_frames_for, resample_to_codec_rate
 
+from .decoder_messages import fd2_captured
 from .rejects import RejectedInput
 
 SEGMENT_MODES = ("whole", "first", "chunks")
@@ -24,12 +26,17 @@ _FORMAT_NAMES = {b"RIFF": "WAV", b"RIFX": "WAV", b"RF64": "WAV", b"fLaC": "FLAC"
 _HEAD_BYTES = 64
 
 
-def read_track(payload, min_seconds=1.0, silence_db=-60.0, loudness_lufs=None, max_seconds=None):
+def read_track(payload, min_seconds=1.0, silence_db=-60.0, loudness_lufs=None, max_seconds=None,
+               decoder_messages=None):
     """Mono float32 samples at 44.1 kHz from a file path, encoded bytes, or (samples, rate).
 
     Crops to `max_seconds` when given, then raises RejectedInput for empty, silent or
-    too short audio, and normalises the integrated loudness to `loudness_lufs` when given."""
-    samples, rate = payload if isinstance(payload, tuple) else decode_audio(payload, max_seconds)
+    too short audio, and normalises the integrated loudness to `loudness_lufs` when given.
+    `decoder_messages`: see decode_audio."""
+    if isinstance(payload, tuple):
+        samples, rate = payload
+    else:
+        samples, rate = decode_audio(payload, max_seconds, decoder_messages)
     samples = to_mono_44k(samples, rate)
     if max_seconds is not None:
         samples = samples[: round(max_seconds * SAMPLE_RATE)]
@@ -43,9 +50,12 @@ def read_track(payload, min_seconds=1.0, silence_db=-60.0, loudness_lufs=None, m
     return samples if loudness_lufs is None else normalize_loudness(samples, loudness_lufs)
 
 
-def decode_audio(source, max_seconds=None):
+def decode_audio(source, max_seconds=None, decoder_messages=None):
     """(samples (n, channels) float32, rate) from a path or encoded bytes, reading only the
-    first `max_seconds` when given. Failures become RejectedInput with a reason."""
+    first `max_seconds` when given. Failures become RejectedInput with a reason.
+
+    With a list as `decoder_messages`, what the mp3 decoder prints about the file is appended
+    to it instead of reaching the terminal (data/decoder_messages.py)."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise RejectedInput("empty", "0 bytes")
@@ -61,12 +71,14 @@ def decode_audio(source, max_seconds=None):
         except OSError as error:
             raise RejectedInput("unreadable", str(error)) from error
         size, opened = os.path.getsize(source), source
+    audio_format = _audio_format(head)
+    # Only libmpg123 prints; an mp3 can start with junk, so whatever is not another known format is captured too.
+    capturing = decoder_messages is not None and audio_format in ("MP3", None)
     try:
-        with soundfile.SoundFile(opened) as file:
+        with fd2_captured(decoder_messages) if capturing else nullcontext(), soundfile.SoundFile(opened) as file:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * file.samplerate)
             return file.read(frames, dtype="float32", always_2d=True), file.samplerate
     except Exception as error:  # libsndfile reports damaged and foreign files alike, so say what the bytes are
-        audio_format = _audio_format(head)
         if audio_format is not None:
             raise RejectedInput("unreadable", f"{audio_format} file that cannot be decoded: truncated or corrupt "
                                               f"({size} bytes)") from error

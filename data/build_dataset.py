@@ -6,8 +6,8 @@
 Flow (data/builder.py): check the options, the source and the codec, then list the tracks, give each process
 every n-th one, decode in worker threads, encode on the process's device, commit parts to OUTPUT_DIR/_build as
 work is done (a killed run resumes where it stopped), and when every shard is done assemble the splits,
-rejects.jsonl, codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing waits on a collective:
-the last process to finish merges, or run the same command with --merge_only.
+rejects.jsonl, decoder_warnings.jsonl, codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing
+waits on a collective: the last process to finish merges, or run the same command with --merge_only.
 
 This module holds only the options and the entry points, so that --help and option errors answer before torch,
 transformers and datasets are imported.

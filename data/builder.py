@@ -4,8 +4,8 @@ Flow: check the options, the output folder, the source and the codec (all before
 or failed first run leaves the folder as it was and claims no settings), then give each process every n-th
 track, decode in worker threads, encode on the process's device, commit parts to OUTPUT_DIR/_build as work is done
 (a killed run resumes where it stopped), and when every shard is done assemble the splits, rejects.jsonl,
-codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing waits on a collective: the last process
-to finish merges, or run the same command with --merge_only.
+decoder_warnings.jsonl, codec.json and README.md in OUTPUT_DIR. Under `accelerate launch` nothing waits on a
+collective: the last process to finish merges, or run the same command with --merge_only.
 """
 
 import fcntl
@@ -15,7 +15,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +40,9 @@ from .dataset_io import (
     push_codes_dataset,
     save_codes_dataset,
 )
+from .decoder_messages import python_stderr_off_fd2
 from .parts import WorkDir, shard_fingerprint
-from .rejects import Reject, RejectedInput, count_by_reason, write_rejects
+from .rejects import DecoderWarning, Reject, RejectedInput, count_by_reason, write_report
 from .sources import (
     default_fma_metadata,
     fma_tracks,
@@ -213,7 +214,7 @@ class _ShardEncoder:
         self.batch_size = codec.batch_size
         self.show_progress = state.is_local_main_process
         self.pending = []  # (track, samples) decoded, waiting for the codec
-        self.rows, self.finished, self.rejects = [], [], []
+        self.rows, self.finished, self.rejects, self.decoder_warnings = [], [], [], []
         self.last_commit = time.monotonic()
 
     def run(self, tracks):
@@ -237,51 +238,65 @@ class _ShardEncoder:
             mine = tracks[self.rank :: self.world_size]
             total = sum(track.track_id not in done for track in mine)
         where = f" [process {self.rank}/{self.world_size}]" if self.world_size > 1 else ""
-        # Its rate is the decoding's own (time spent in the decoding threads), not wall time, which includes encoding.
-        self.decode_bar = tqdm(total=total, desc=f"decode{where}", unit="track", disable=not self.show_progress,
-                               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
-        decode_seconds = 0.0
-        self.encode_bar = tqdm(desc=f"encode{where}", unit="s audio", disable=not self.show_progress)
-        with self.decode_bar, self.encode_bar:
-            for track, (result, seconds) in _ordered_parallel_map(self._timed_read, todo(), self.args.num_workers):
-                decode_seconds += seconds
-                self.decode_bar.set_postfix_str(f"{decode_seconds / (self.decode_bar.n + 1):.2f} s/track decoding",
-                                                refresh=False)
-                self.decode_bar.update()
-                if isinstance(result, RejectedInput):
-                    self.rejects.append(Reject(track.location, track.track_id, result.reason, result.detail))
-                    self.finished.append(track.track_id)
-                else:
-                    self.pending.append((track, result))
-                if self._pending_windows() >= self.batch_size:
-                    self._encode_pending()
-                if len(self.finished) >= self.args.part_tracks or self._commit_is_due():
-                    self._encode_pending()
-                    self._commit()
-            self._encode_pending()
-            self._commit()
+        # The mp3 decoder's warnings go to each track's report, and the bars (Python's stderr) to the terminal.
+        with python_stderr_off_fd2():
+            self.decode_bar = tqdm(total=total, desc=f"decode{where}", unit="track", disable=not self.show_progress,
+                                   bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+            self.encode_bar = tqdm(desc=f"encode{where}", unit="s audio", disable=not self.show_progress)
+            decoded = _ordered_parallel_map(self._timed_read, todo(), self.args.num_workers)
+            # closed on an interrupt too, so that no decoding thread still holds fd 2 once sys.stderr is back on it
+            with self.decode_bar, self.encode_bar, closing(decoded):
+                self._encode_decoded(decoded)
         self.work.mark_shard_done(self.rank, self.world_size, shard_ids)
         return all_ids
 
+    def _encode_decoded(self, decoded):
+        # The decode bar's rate is the decoding's own (time spent in the decoding threads), not wall time, which
+        # includes encoding.
+        decode_seconds = 0.0
+        for track, (result, messages, seconds) in decoded:
+            decode_seconds += seconds
+            self.decode_bar.set_postfix_str(f"{decode_seconds / (self.decode_bar.n + 1):.2f} s/track decoding",
+                                            refresh=False)
+            self.decode_bar.update()
+            if messages:
+                self.decoder_warnings.append(DecoderWarning(track.location, track.track_id, messages))
+            if isinstance(result, RejectedInput):
+                self.rejects.append(Reject(track.location, track.track_id, result.reason, result.detail))
+                self.finished.append(track.track_id)
+            else:
+                self.pending.append((track, result))
+            if self._pending_windows() >= self.batch_size:
+                self._encode_pending()
+            if len(self.finished) >= self.args.part_tracks or self._commit_is_due():
+                self._encode_pending()
+                self._commit()
+        self._encode_pending()
+        self._commit()
+
     def _timed_read(self, track):
         started = time.perf_counter()
-        result = self._read(track)
-        return result, time.perf_counter() - started
+        result, messages = self._read(track)
+        return result, messages, time.perf_counter() - started
 
     def _read(self, track):
+        """(the samples or a RejectedInput, what the decoder printed about the track)"""
         args = self.args
+        messages = []
         try:
-            return read_track(
+            samples = read_track(
                 track.fetch(),
                 min_seconds=args.min_seconds,
                 silence_db=args.silence_db,
                 loudness_lufs=args.loudness_lufs,
                 max_seconds=args.segment_seconds if args.segment == "first" else None,
+                decoder_messages=messages,
             )
+            return samples, messages
         except RejectedInput as rejected:
-            return rejected
+            return rejected, messages
         except Exception as error:  # one bad input must never end the run
-            return RejectedInput("unreadable", f"{type(error).__name__}: {error}")
+            return RejectedInput("unreadable", f"{type(error).__name__}: {error}"), messages
 
     def _pending_windows(self):
         window = round(self.args.window_seconds * SAMPLE_RATE / HOP_LENGTH)
@@ -316,8 +331,8 @@ class _ShardEncoder:
 
     def _commit(self):
         if self.finished:
-            self.work.write_part(self.rank, self.rows, self.finished, self.rejects)
-        self.rows, self.finished, self.rejects = [], [], []
+            self.work.write_part(self.rank, self.rows, self.finished, self.rejects, self.decoder_warnings)
+        self.rows, self.finished, self.rejects, self.decoder_warnings = [], [], [], []
         self.last_commit = time.monotonic()
 
 
@@ -327,7 +342,8 @@ def _ordered_parallel_map(function, items, num_workers):
     if num_workers == 0:
         yield from ((item, function(item)) for item in items)
         return
-    with ThreadPoolExecutor(num_workers) as pool:
+    pool = ThreadPoolExecutor(num_workers)
+    try:
         in_flight = deque()
         for item in items:
             in_flight.append((item, pool.submit(function, item)))
@@ -337,6 +353,8 @@ def _ordered_parallel_map(function, items, num_workers):
         while in_flight:
             item, future = in_flight.popleft()
             yield item, future.result()
+    finally:  # stopped early (an interrupt): the queued items are dropped, the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _merge_when_complete(args, work, all_track_ids, state):
@@ -400,12 +418,16 @@ def _merge(args, work):
     empty = [name for name, split_indices in indices.items() if not split_indices]
     dataset_dict = DatasetDict({name: rows.select(chosen) for name, chosen in indices.items() if chosen})
 
-    rejects = list({reject.track_id: reject for reject in reversed(work.rejects())}.values())
+    rejects, decoder_warnings = _one_per_track(work.rejects()), _one_per_track(work.decoder_warnings())
     output_dir = Path(args.output_dir)
-    write_rejects(output_dir / "rejects.jsonl", rejects)
+    write_report(output_dir / "rejects.jsonl", rejects)
+    write_report(output_dir / "decoder_warnings.jsonl", decoder_warnings)
     reject_counts = count_by_reason(rejects)
     identity = work.codec_identity()
     notes = work.notes()
+    if decoder_warnings:
+        notes.append(f"{len(decoder_warnings)} tracks made the decoder print warnings (damaged mp3 frames skipped, "
+                     "a wrong length header); they are listed in decoder_warnings.jsonl.")
     if left_out:
         notes.append(f"{len(left_out)} encoded tracks have no split under this split rule and are left out.")
     if empty:
@@ -416,6 +438,11 @@ def _merge(args, work):
     if args.push_to_hub:
         push_codes_dataset(output_dir, args.push_to_hub, private=args.hub_private)
     return DatasetDict.load_from_disk(str(output_dir))
+
+
+def _one_per_track(entries):
+    """The first entry of each track (a track committed twice, by a process killed after its commit, has two)."""
+    return list({entry.track_id: entry for entry in reversed(entries)}.values())
 
 
 def _split_rule(args, run_config):

@@ -1,7 +1,7 @@
 """The work folder of a build (OUTPUT_DIR/_build): what is finished survives a kill.
 
 Each process appends parts: an Arrow file of rows, then a JSON commit naming the tracks it
-finished (encoded or rejected) and the rejects. Only committed parts count, so a rerun
+finished (encoded or rejected), the rejects and the decoder warnings. Only committed parts count, so a rerun
 skips exactly the finished tracks. A process that finishes its shard writes a marker with
 a fingerprint of that shard; the merge reads every committed part, from any process."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .dataset_io import codes_table
-from .rejects import Reject
+from .rejects import DecoderWarning, Reject
 
 
 def _write_atomically(path, write):
@@ -76,7 +76,7 @@ class WorkDir:
     def run_config(self):
         return json.loads((self.root / "config.json").read_text())
 
-    def write_part(self, rank, rows, finished_track_ids, rejects):
+    def write_part(self, rank, rows, finished_track_ids, rejects, decoder_warnings):
         """Commit rows and the finished tracks (arrow first, then the JSON that makes it count)."""
         name = f"rank{rank:03d}-{uuid.uuid4().hex[:12]}"
         arrow_name = None
@@ -90,6 +90,7 @@ class WorkDir:
 
             _write_atomically(self.parts / arrow_name, write_arrow)
         commit = {"arrow": arrow_name, "tracks": list(finished_track_ids), "rejects": [vars(r) for r in rejects]}
+        commit["decoder_warnings"] = [vars(warning) for warning in decoder_warnings]
         _write_atomically(self.parts / f"{name}.json", lambda file: file.write(json.dumps(commit).encode()))
 
     def committed_parts(self):
@@ -104,6 +105,11 @@ class WorkDir:
 
     def rejects(self):
         return [Reject(**reject) for part in self.committed_parts() for reject in part["rejects"]]
+
+    def decoder_warnings(self):
+        """Every committed track's decoder warnings (a part from before they were collected has none)."""
+        parts = self.committed_parts()
+        return [DecoderWarning(**warning) for part in parts for warning in part.get("decoder_warnings", [])]
 
     def save_codec_identity(self, identity):
         _write_atomically(self.root / "codec.json", lambda file: file.write(json.dumps(identity, indent=2).encode()))

@@ -1,4 +1,5 @@
-"""Why an input was skipped: a fixed vocabulary, the exception that carries it, and rejects.jsonl."""
+"""The per-track report of a build: why an input was skipped (a fixed vocabulary, the exception that carries it,
+rejects.jsonl) and what its decoder warned about (decoder_warnings.jsonl)."""
 
 import json
 import os
@@ -23,6 +24,15 @@ class Reject:
     detail: str
 
 
+@dataclass(frozen=True)
+class DecoderWarning:
+    """What the decoder printed while reading a track, kept or rejected (libmpg123's notes on damaged frames)."""
+
+    path: str | None
+    track_id: str
+    messages: list[str]
+
+
 class RejectedInput(Exception):
     """Raised while reading a track; the pipeline records it and moves on."""
 
@@ -34,18 +44,27 @@ class RejectedInput(Exception):
         self.detail = detail
 
 
-def write_rejects(path, rejects):
-    """Write rejects.jsonl (sorted by track id, so reruns give the same file) via temp + rename."""
+def write_report(path, entries):
+    """Write rejects.jsonl or decoder_warnings.jsonl (sorted by track id, so reruns give the same file) via temp +
+    rename."""
     temporary = f"{path}.tmp"
     with open(temporary, "w") as file:
-        for reject in sorted(rejects, key=lambda reject: reject.track_id):
-            file.write(json.dumps(asdict(reject)) + "\n")
+        for entry in sorted(entries, key=lambda entry: entry.track_id):
+            file.write(json.dumps(asdict(entry)) + "\n")
     os.replace(temporary, path)
 
 
 def read_rejects(path):
+    return _read_report(path, Reject)
+
+
+def read_decoder_warnings(path):
+    return _read_report(path, DecoderWarning)
+
+
+def _read_report(path, entry_type):
     with open(path) as file:
-        return [Reject(**json.loads(line)) for line in file if line.strip()]
+        return [entry_type(**json.loads(line)) for line in file if line.strip()]
 
 
 def count_by_reason(rejects):

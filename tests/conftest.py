@@ -41,6 +41,17 @@ def write_audio(path, audio, rate):
     soundfile.write(path, audio, rate, format=audio_format, subtype=subtype)
 
 
+def write_damaged_mp3(path, seconds=1.5, seed=0, junk_places=1):
+    """An mp3 that libmpg123 decodes in full but warns about on fd 2: 200 junk bytes in the stream (in the middle, or
+    at `junk_places` even intervals) make it print "Illegal Audio-MPEG-Header" (then resync, 4 lines each) and
+    "Xing stream size off" (the header's length is wrong)."""
+    write_audio(path, synthesize(seconds, seed=seed), 44100)
+    encoded = Path(path).read_bytes()
+    cuts = [len(encoded) * place // (junk_places + 1) for place in range(junk_places + 2)]
+    pieces = [encoded[start:end] for start, end in zip(cuts, cuts[1:], strict=False)]
+    Path(path).write_bytes((b"\x55" * 200).join(pieces))
+
+
 @dataclass(frozen=True)
 class AudioTree:
     fma_dir: Path  # fma_small/NNN/NNNNNN.ext

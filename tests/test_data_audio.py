@@ -1,6 +1,7 @@
 """Audio decoding, downmix/resample, reject reasons, loudness, segments, procedural music."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -132,3 +133,29 @@ def test_rejects_say_what_was_found_not_libsndfiles_pipe_message(tmp_path):
         with pytest.raises(RejectedInput) as from_bytes:
             decode_audio((tmp_path / name).read_bytes())
         assert from_bytes.value.detail == detail
+
+
+def test_mp3_decoder_warnings_are_collected_per_track_not_printed(tmp_path, capfd):
+    """libmpg123 prints from C straight to fd 2; with a list to collect them, they go there and fd 2 comes back."""
+    import os
+
+    from tests.conftest import synthesize, write_audio, write_damaged_mp3
+
+    write_damaged_mp3(tmp_path / "damaged.mp3")
+    write_audio(tmp_path / "clean.mp3", synthesize(1.5), 44100)
+    write_audio(tmp_path / "clean.flac", synthesize(1.5), 44100)
+    collected = {}
+    for name in ("damaged.mp3", "clean.mp3", "clean.flac"):
+        for source in (str(tmp_path / name), (tmp_path / name).read_bytes()):
+            messages = collected.setdefault(name, [])
+            samples = read_track(source, decoder_messages=messages)
+            assert abs(samples.size - 1.5 * 44100) < 0.01 * 44100  # decoded whole despite the warnings
+    os.write(2, b"fd 2 is back\n")
+    assert capfd.readouterr().err == "fd 2 is back\n"
+    damaged = "\n".join(collected["damaged.mp3"])
+    assert damaged.count("Illegal Audio-MPEG-Header") == 2 and damaged.count("Xing stream size off") == 2, damaged
+    assert collected["clean.mp3"] == [] and collected["clean.flac"] == []
+    write_damaged_mp3(tmp_path / "very_damaged.mp3", junk_places=12)  # dozens of lines: the first 20 are kept
+    messages = []
+    read_track(str(tmp_path / "very_damaged.mp3"), decoder_messages=messages)
+    assert len(messages) == 21 and re.fullmatch(r"\.\.\. and \d+ more lines", messages[-1]), messages

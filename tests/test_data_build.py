@@ -16,7 +16,7 @@ import pytest
 
 from data.build_dataset import build_dataset, main
 from data.dataset_io import CODES_FEATURES, load_codes_dataset
-from data.rejects import read_rejects
+from data.rejects import read_decoder_warnings, read_rejects
 from processing_music_hybrid import Codec
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -264,3 +264,93 @@ def test_the_decode_bar_times_decoding_only(tmp_path, capsys, monkeypatch):
     build_dataset(output_dir=str(tmp_path), **{**PROCEDURAL, "procedural_tracks": 3})
     rates = [float(rate) for rate in re.findall(r"([0-9.]+) s/track decoding", capsys.readouterr().err)]
     assert rates and max(rates) < 0.5, rates
+
+
+def _mp3_folder(folder, names):
+    """Damaged mp3s (the decoder warns about them on fd 2) and clean ones, 1.2 s each."""
+    from tests.conftest import synthesize, write_audio, write_damaged_mp3
+
+    for index, name in enumerate(names):
+        if "damaged" in name:
+            write_damaged_mp3(folder / name, seconds=1.2, seed=index)
+        else:
+            write_audio(folder / name, synthesize(1.2, seed=index), 44100)
+    return folder
+
+
+DECODER_TEXT = ("Illegal Audio-MPEG-Header", "Xing stream size off")
+
+
+def test_mp3_decoder_warnings_go_to_the_tracks_report_not_between_the_bars(tmp_path):
+    audio = _mp3_folder(tmp_path, ["damaged.mp3", "clean.mp3"])
+    output = tmp_path / "codes"
+    command = [sys.executable, "-m", "data.build_dataset", "--output_dir", str(output), "--audio_dir", str(audio)]
+    result = subprocess.run(command + _cli_options(CODEC), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "decode: 100%|" in result.stderr and "encode:" in result.stderr  # the bars still reach the terminal
+    assert not any(text in result.stderr for text in DECODER_TEXT), result.stderr
+    [warned] = read_decoder_warnings(output / "decoder_warnings.jsonl")  # the clean track has none
+    assert (warned.track_id, warned.path) == ("damaged.mp3", str(audio / "damaged.mp3"))
+    assert all(any(text in message for message in warned.messages) for text in DECODER_TEXT), warned.messages
+    assert read_rejects(output / "rejects.jsonl") == []  # both tracks are in the dataset
+    assert sum(len(split) for split in load_codes_dataset(output)[0].values()) == 2
+    assert "1 tracks made the decoder print warnings" in result.stderr
+    assert "decoder_warnings.jsonl" in (output / "README.md").read_text()
+
+
+# The data CLI with soundfile's read patched for two things a plain run cannot show on demand: while an mp3's fd 2 is
+# captured, Python writes to stderr the three ways other threads do (print, a logging handler made before the build,
+# a warning), which must reach the terminal and not the track's report; and a "held" file keeps the capture open so
+# that an interrupt lands inside it.
+PATCHED_CLI = """
+import logging, os, sys, time, warnings
+from pathlib import Path
+import soundfile
+from transformers.utils import logging as transformers_logging
+
+decode = soundfile.SoundFile.read
+logger = transformers_logging.get_logger("transformers")  # its handler keeps the sys.stderr it found
+
+def read(self, *args, **kwargs):
+    name = Path(self.name).name
+    if name.startswith("1-"):
+        print("a print while fd 2 is captured", file=sys.stderr)
+        logger.warning("a log line while fd 2 is captured")
+        warnings.warn("a warning while fd 2 is captured")
+    if "held" in name:
+        Path(os.environ["HELD_MARKER"]).touch()
+        time.sleep(3)
+    return decode(self, *args, **kwargs)
+
+soundfile.SoundFile.read = read
+from data.build_dataset import main
+main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_an_interrupt_while_fd2_is_captured_gives_the_terminal_its_stderr_back(tmp_path, num_workers):
+    names = ["1-damaged.mp3", "2-clean.mp3", "3-held-damaged.mp3"]
+    (tmp_path / "audio").mkdir()
+    audio = _mp3_folder(tmp_path / "audio", names)
+    output, marker = tmp_path / "codes", tmp_path / "held"
+    options = {"audio_dir": audio, "num_workers": num_workers, "part_tracks": 1, "batch_size": 1, **CODEC}
+    command = [sys.executable, "-c", PATCHED_CLI, "--output_dir", str(output), *_cli_options(options)]
+    environment = {**os.environ, "HELD_MARKER": str(marker)}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # the held decode is inside its capture window now
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: finished parts are kept"), stderr
+    for line in ("a print", "a log line", "a warning"):
+        assert f"{line} while fd 2 is captured" in stderr, stderr
+    assert not any(text in stderr for text in DECODER_TEXT), stderr
+    assert not list(output.rglob("*.tmp"))
+    build_dataset(output_dir=str(output), **{**options, "audio_dir": str(audio)})  # resumes
+    warnings = read_decoder_warnings(output / "decoder_warnings.jsonl")
+    warned = {warning.track_id: warning.messages for warning in warnings}
+    assert sorted(warned) == ["1-damaged.mp3", "3-held-damaged.mp3"]
+    assert not any("captured" in message for messages in warned.values() for message in messages), warned
