@@ -93,23 +93,25 @@ DECODING_PRODUCTS = torch.library.Library("music_hybrid", "FRAGMENT")
 
 
 def compiler_opaque(product):
-    """Register a product (x, weight, bias) as a custom op that a compiled step calls as it is: torch.compile's
+    """Register a product (x, weight, ...tensors) as a custom op that a compiled step calls as it is: torch.compile's
     inductor would otherwise rewrite a one-row product into a slower reduction of its own, and it cannot trace
     packed weights. Eager calls skip the op's dispatch (a few microseconds a call)."""
     name = product.__name__
-    x, weight, third = product.__code__.co_varnames[:3]  # (x, weight, bias) or (x, weight, scales)
+    code = product.__code__
+    x, weight, *others = code.co_varnames[: code.co_argcount]  # (x, weight, bias) or (x, weight, scales, bias)
     if not hasattr(torch.ops.music_hybrid, name):  # defined already when this file is imported again as remote code
-        DECODING_PRODUCTS.define(f"{name}(Tensor {x}, Tensor {weight}, Tensor? {third}) -> Tensor")
+        optional = ", ".join(f"Tensor? {other}" for other in others)
+        DECODING_PRODUCTS.define(f"{name}(Tensor {x}, Tensor {weight}, {optional}) -> Tensor")
         DECODING_PRODUCTS.impl(name, product, "CompositeExplicitAutograd")
         torch.library.register_fake(
-            f"music_hybrid::{name}", lambda x, weight, bias: x.new_empty(x.shape[0], weight.shape[0]),
+            f"music_hybrid::{name}", lambda x, weight, *others: x.new_empty(*x.shape[:-1], weight.shape[0]),
             lib=DECODING_PRODUCTS,
         )
     op = getattr(torch.ops.music_hybrid, name)
 
     @functools.wraps(product)
-    def call(x, weight, bias):
-        return op(x, weight, bias) if torch.compiler.is_compiling() else product(x, weight, bias)
+    def call(*args):
+        return op(*args) if torch.compiler.is_compiling() else product(*args)
 
     return call
 
@@ -173,10 +175,10 @@ class Int8Linear(nn.Module):
 
     The product is fbgemm's dynamic int8 one (`torch.ops.quantized.linear_dynamic`, the kernel behind the
     deprecated `torch.ao.quantization.quantize_dynamic`): each call quantizes its input rows to 8 bits (one scale
-    per call) and multiplies by the weight packed for fbgemm. It is the one int8 product fast enough here: at one
-    row, the maintained ones (oneDNN's qlinear, `torch._weight_int8pack_mm`, `torch._int_mm`) took 1.8x its time
-    or more on the 2-core AMD EPYC, float32 4x. Its packing goes through torch's deprecated quantized tensors, which
-    `can_run_int8_products` checks once; the warning they give is kept from users.
+    per call) and multiplies by the weight packed for fbgemm, bias included. It is the one int8 product fast enough
+    here: at one row, the maintained ones (oneDNN's qlinear, `torch._weight_int8pack_mm`, `torch._int_mm`) took
+    1.8x its time or more on the 2-core AMD EPYC, float32 4x. Its packing goes through torch's deprecated quantized
+    tensors, which `can_run_int8_products` checks once; the warning they give is kept from users.
     """
 
     def __init__(self, linear):
@@ -189,31 +191,33 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x):
-        out = int8_weight_product(x.reshape(-1, self.in_features), self.weight, self.weight_scales)
-        out = out.view(*x.shape[:-1], self.out_features)
-        return out if self.bias is None else out + self.bias
+        # N-d input and the bias go to fbgemm as they are: a decoding step makes some 80 of these calls, and at one
+        # row each reshape, view or add around the product costs a twentieth of it.
+        return int8_weight_product(x, self.weight, self.weight_scales, self.bias)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 @compiler_opaque
-def int8_weight_product(x, weight, scales):
-    """x (rows, in) @ (weight * scales[:, None]).T for an `Int8Linear`'s int8 weight and per-channel scales."""
-    if weight.device.type != "cpu":
-        raise RuntimeError(f"int8 weights multiply on CPU only, this one is on {weight.device}: decode on CPU")
+def int8_weight_product(x, weight, scales, bias):
+    """x (..., in) @ (weight * scales[:, None]).T + bias for an `Int8Linear`'s int8 weight, per-channel scales and
+    float bias (or None)."""
     # reduce_range: 7-bit rows, so that fbgemm's int16 sums of pairs of products cannot overflow without VNNI
-    return torch.ops.quantized.linear_dynamic(x.contiguous(), fbgemm_packed(weight, scales), True)
+    return torch.ops.quantized.linear_dynamic(x, fbgemm_packed(weight, scales, bias), True)
 
 
 # Each int8 weight tensor -> its fbgemm-packed copy, made at its first product (and again for a copy of the layer).
 FBGEMM_PACKED = WeakIdKeyDictionary()
 
 
-def fbgemm_packed(weight, scales):
+def fbgemm_packed(weight, scales, bias):
     packed = FBGEMM_PACKED.get(weight)
     if packed is None:
-        packed = FBGEMM_PACKED[weight] = torch.ops.quantized.linear_prepack(as_quantized_tensor(weight, scales), None)
+        if weight.device.type != "cpu":
+            raise RuntimeError(f"int8 weights multiply on CPU only, this one is on {weight.device}: decode on CPU")
+        quantized = as_quantized_tensor(weight, scales)
+        packed = FBGEMM_PACKED[weight] = torch.ops.quantized.linear_prepack(quantized, bias)
     return packed
 
 
@@ -315,7 +319,7 @@ class CUDAGraphStep:
         with torch.cuda.stream(side_stream):
             self.decode(self.input_ids, self.positions, cache, genre_ids)
         torch.cuda.current_stream().wait_stream(side_stream)
-        for state, kept in zip(states, saved):
+        for state, kept in zip(states, saved, strict=True):
             state.copy_(kept)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):

@@ -31,13 +31,15 @@ from transformers.utils import logging
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from .fast_decoding_music_hybrid import (
-        CUDAGraphStep, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights, quantize_linear_layers,
+        CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
+        quantize_linear_layers,
     )
     from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from fast_decoding_music_hybrid import (
-        CUDAGraphStep, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights, quantize_linear_layers,
+        CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
+        quantize_linear_layers,
     )
     from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 
@@ -137,7 +139,13 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained, with auto_map naming the base model too: AutoModel then loads it from a
-        saved causal LM with remote code (save_pretrained itself writes only the saved class)."""
+        saved causal LM with remote code (save_pretrained itself writes only the saved class). A model quantized for
+        decoding is refused before anything is written: its int8 weights would load as wrong float weights."""
+        if any(isinstance(module, Int8Linear) for module in self.modules()):
+            raise ValueError(
+                "this model's linear layers hold int8 weights (quantize_weights), which from_pretrained would load "
+                "as wrong float weights: save the float32 model, and quantize it after loading"
+            )
         auto_map = getattr(self.config, "auto_map", {})
         self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **auto_map}
         return super().save_pretrained(save_directory, *args, **kwargs)

@@ -20,6 +20,7 @@ state has a fixed size. Each preset with Mamba layers also runs with memory cach
     python -m bench.bench_generation --device cuda --compile  # on a GPU: kernels, compiled steps as CUDA graphs
     python -m bench.bench_generation --presets hybrid-small --batches 1 --frames 2048 8192   # memory caching's cost
     python -m bench.bench_generation --quantize int8 --frames 256   # adds int8 rows, the load rows and quality
+    python -m bench.bench_generation --quantize int8 --compile      # int8 with compiled steps too
 
 With --quantize int8 our presets also run with `quantize_weights("int8")`, and two more measurements follow:
 under load (a busy process pinned to one core for the duration of each row) hybrid-116m int8 at batch 1 decodes
@@ -29,6 +30,7 @@ codebook, float32 vs int8).
 """
 
 import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -140,6 +142,11 @@ def main():
             quantized.load_state_dict(models[name].state_dict())
             models[quantized_name(name, args)] = quantized.quantize_weights(args.quantize)
             runners[quantized_name(name, args)] = our_runner(quantized)
+            if args.compile:  # the fastest CPU decoding: int8 weights and compiled steps
+                compiled = copy.deepcopy(quantized)
+                compiled.compile_decoding()
+                models[compiled_name(quantized_name(name, args))] = compiled
+                runners[compiled_name(quantized_name(name, args))] = our_runner(compiled)
 
     speeds = {}
     for name, run in runners.items():
@@ -469,7 +476,10 @@ def print_targets(speeds, models, ceilings, args, load_speeds=None, quality=None
         rows.append([label, frames, wanted, SKIPPED if value is None else value, verdict])
 
     # (model, batch-1 frames/s wanted as a multiple of real time, batch-1 multiple of MusicGen wanted)
-    quantized = [(quantized_name(hybrid, args), INT8_REAL_TIME_TARGET, 4)] if args.quantize else []
+    quantized = [
+        (name, INT8_REAL_TIME_TARGET, 4)
+        for name in (quantized_name(hybrid, args), compiled_name(quantized_name(hybrid, args))) if args.quantize
+    ]
     for name, real_time_multiple, musicgen_multiple in [(hybrid, 1, 3), (compiled_name(hybrid), 1, 3), *quantized]:
         if name not in models:
             continue

@@ -129,7 +129,7 @@ def test_quantized_generation_from_the_checkpoint_folder_alone(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "Int8Linear (1, 9, 5)"
 
 
-def test_quantize_weights_refusals():
+def test_quantize_weights_refusals(tmp_path):
     model = tiny_model()
     with pytest.raises(ValueError, match="must be one of"):
         model.quantize_weights("int4")
@@ -137,8 +137,12 @@ def test_quantize_weights_refusals():
         copy.deepcopy(model).to(torch.bfloat16).quantize_weights("int8")
     with pytest.raises(ValueError, match="CPU decoding"):
         copy.deepcopy(model).to("meta").quantize_weights("int8")
-    quantized = model.quantize_weights("int8").to("meta")
+    quantized = model.quantize_weights("int8")
+    with pytest.raises(ValueError, match="save the float32 model"):
+        quantized.save_pretrained(tmp_path / "checkpoint")
+    assert not (tmp_path / "checkpoint").exists()
+    quantized.to("meta")
     with pytest.raises(RuntimeError, match="CPU only"):
         fast_decoding_music_hybrid.int8_weight_product(
-            torch.ones(1, 64, device="meta"), quantized.lm_head.weight, quantized.lm_head.weight_scales
+            torch.ones(1, 64, device="meta"), quantized.lm_head.weight, quantized.lm_head.weight_scales, None
         )
