@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny settings and print their tables (the figures themselves are
 measured by running them for real, never asserted here)."""
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 import transformers
 
-from bench import bench_generation
+from bench import bench_generation, bench_recall
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +81,22 @@ def test_recall_benchmark_trains_the_three_models_and_reports_the_target():
         assert row in output
 
 
+def test_recall_sequences_hide_a_motif_of_its_own_codes_that_recurs_beyond_a_segment():
+    settings = argparse.Namespace(frames=64, segment_length=16, motif_frames=16, codebooks=2, codebook_size=32,
+                                  filler_codes=4)
+    codes, recurring = bench_recall.recall_sequences(settings, 50, torch.Generator().manual_seed(0))
+    assert codes.shape == (50, 2, 64) and recurring.shape == (50, 64)
+    for sequence, marked in zip(codes, recurring, strict=True):
+        motif_frames = (sequence >= settings.filler_codes).all(0).nonzero().flatten()
+        assert ((sequence >= settings.filler_codes).any(0).nonzero().flatten() == motif_frames).all()
+        first, second = motif_frames[:16], motif_frames[16:]
+        assert len(second) == 16 and (first.diff() == 1).all() and (second.diff() == 1).all()
+        assert torch.equal(sequence[:, first], sequence[:, second])
+        assert all(len(set(codebook.tolist())) == 16 for codebook in sequence[:, first])  # distinct within the motif
+        assert second[0] - first[-1] - 1 > settings.segment_length  # the gap is longer than a memory segment
+        assert marked.nonzero().flatten().tolist() == second[1:].tolist()  # after the frame that reveals the motif
+
+
 def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     output = run_benchmark_without_repeats("bench.gpu_readiness", "--dry-run")
     for row in ("kernel tests", "CUDA-graph test", "hybrid-tiny batch-1 decoding (compiled, CPU)",
@@ -94,6 +111,7 @@ def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     ("bench.bench_generation", ["--frames", "2"], "at least 9"),
     ("bench.bench_recall", ["--segment-length", "20"], "multiple of 16"),
     ("bench.bench_recall", ["--frames", "40"], "no room"),
+    ("bench.bench_recall", ["--filler-codes", "30"], "distinct motif codes"),
     ("bench.bench_generation", ["--quantize", "int8", "--dtype", "bfloat16"], "float32 models"),
     *([("bench.gpu_readiness", [], "no CUDA device here")] if not torch.cuda.is_available() else []),
 ])
