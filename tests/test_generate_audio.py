@@ -5,6 +5,7 @@ import sys
 import time
 import wave
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -258,11 +259,16 @@ def test_cli_writes_files_and_reports_the_real_time_factor(hybrid, tmp_path, cap
     assert sorted(path.name for path in tmp_path.iterdir()) == ["take_000.wav", "take_001.wav"]
 
 
-def test_int8_cli_writes_files_reports_the_real_time_factor_and_hints_at_int8_without_it(hybrid, tmp_path, capsys):
+def test_int8_cli_writes_files_reports_the_real_time_factor_and_hints_at_the_fastest_path(hybrid, tmp_path, capsys):
+    """On CPU one line names the fastest options (int8 weights and compiled steps) unless both are given."""
     arguments = [str(hybrid), "--duration", "0.1", "--num-samples", "2"]
+    hint = "on CPU, --quantize int8 --compile decodes fastest"
     assert main([*arguments, "--output-dir", str(tmp_path / "int8"), "--quantize", "int8"]) == 0
     captured = capsys.readouterr()
-    assert "real-time factor" in captured.out and "--quantize int8" not in captured.err
+    assert "real-time factor" in captured.out and captured.err.count(hint) == 1
     assert sorted(path.name for path in (tmp_path / "int8").iterdir()) == ["sample_000.wav", "sample_001.wav"]
     assert main([*arguments, "--output-dir", str(tmp_path / "float32")]) == 0
-    assert "on CPU, --quantize int8 decodes faster" in capsys.readouterr().err
+    assert hint in capsys.readouterr().err
+    with mock.patch.object(MusicHybridForCausalLM, "compile_decoding") as compile_decoding:
+        assert main([*arguments, "--output-dir", str(tmp_path / "fastest"), "--quantize", "int8", "--compile"]) == 0
+    assert compile_decoding.call_count == 1 and hint not in capsys.readouterr().err
