@@ -11,6 +11,7 @@ save_pretrained ships it with the weights.
 
 import contextlib
 import functools
+import math
 import os
 import time
 import warnings
@@ -250,7 +251,7 @@ def decoding_threads(model, rows):
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
     threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
-    counts, interleaved: tens of milliseconds) decides once for the whole generation, never per step. Int8
+    counts, interleaved: about a tenth of a second) decides once for the whole generation, never per step. Int8
     products split the output channels over threads, so the choice does not change their results; float32 ones
     may round differently.
     """
@@ -269,13 +270,19 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fastest_thread_count(linear, rows, threads, rounds=3, calls=10):
+def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.015):
     """threads or 1, whichever runs `rows` rows through `linear` faster: the total time of `rounds` interleaved
-    bursts of `calls` products each. Bursts and totals, not the best single call: split products are slow under
-    load because some of the many products of a step wait for a busy core, and a single call can be lucky."""
+    bursts of products, each burst about `burst_seconds` long. Bursts and totals, not the best single call: split
+    products are slow under load because some of the many products of a step wait for a busy core, and a single
+    call can be lucky. A burst spans several of the scheduler's time slices (a few milliseconds each), so that it
+    sees the other processes' share of the cores rather than one lucky slice."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
     total = {threads: 0.0, 1: 0.0}
     with torch.no_grad():
+        decoding_linear(linear, x)  # the first call may pack the weight
+        start = time.perf_counter()
+        decoding_linear(linear, x)
+        calls = max(1, math.ceil(burst_seconds / max(time.perf_counter() - start, 1e-6)))
         for _ in range(rounds):
             for count in total:
                 torch.set_num_threads(count)
