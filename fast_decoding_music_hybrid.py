@@ -176,10 +176,10 @@ class Int8Linear(nn.Module):
 
     The product is fbgemm's dynamic int8 one (`torch.ops.quantized.linear_dynamic`, the kernel behind the
     deprecated `torch.ao.quantization.quantize_dynamic`): each call quantizes its input rows to 8 bits (one scale
-    per call) and multiplies by the weight packed for fbgemm, bias included. It is the one int8 product fast enough
-    here: at one row, the maintained ones (oneDNN's qlinear, `torch._weight_int8pack_mm`, `torch._int_mm`) took
-    1.8x its time or more on the 2-core AMD EPYC, float32 4x. Its packing goes through torch's deprecated quantized
-    tensors, which `can_run_int8_products` checks once; the warning they give is kept from users.
+    per call) and multiplies by the weight packed for fbgemm, bias included. At a few rows it is the fastest of the
+    candidates that bench/int8_products.py times side by side, the maintained `torch._weight_int8pack_mm` and
+    torchao's int8 layers among them. Its packing goes through torch's deprecated quantized tensors, which
+    `can_run_int8_products` checks once; the warning they give is kept from users.
     """
 
     def __init__(self, linear):
@@ -251,7 +251,7 @@ def decoding_threads(model, rows):
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
     threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
-    counts, interleaved: about a tenth of a second) decides once for the whole generation, never per step. Int8
+    counts, interleaved: about 30 ms) decides once for the whole generation, never per step. Int8
     products split the output channels over threads, so the choice does not change their results; float32 ones
     may round differently.
     """
@@ -270,12 +270,12 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.015):
+def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.005):
     """threads or 1, whichever runs `rows` rows through `linear` faster: the total time of `rounds` interleaved
     bursts of products, each burst about `burst_seconds` long. Bursts and totals, not the best single call: split
     products are slow under load because some of the many products of a step wait for a busy core, and a single
-    call can be lucky. A burst spans several of the scheduler's time slices (a few milliseconds each), so that it
-    sees the other processes' share of the cores rather than one lucky slice."""
+    call can be lucky. A burst spans a scheduler time slice or more rather than a fraction of one; longer bursts
+    would cost more than they tell (30 ms in all is 1.5% of a 2 s generation)."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
     total = {threads: 0.0, 1: 0.0}
     with torch.no_grad():

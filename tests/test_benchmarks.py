@@ -97,10 +97,21 @@ def test_recall_sequences_hide_a_motif_of_its_own_codes_that_recurs_beyond_a_seg
         assert marked.nonzero().flatten().tolist() == second[1:].tolist()  # after the frame that reveals the motif
 
 
+def test_int8_products_benchmark_times_every_candidate_on_the_same_layers():
+    output = run_benchmark("bench.int8_products", "--presets", "hybrid-tiny", "--batches", "1", "4")
+    for candidate in ("float32: decoding_linear (ours)", "int8: Int8Linear (fbgemm dynamic, ours)",
+                      "int8: torch._weight_int8pack_mm (weight-only)", "int8: torchao Int8WeightOnly (eager)"):
+        rows = [line for line in output.splitlines() if f"| {candidate} " in line]
+        assert len(rows) == 2, candidate  # one per batch size
+    ours = [line for line in output.splitlines() if "Int8Linear" in line]
+    assert all(line.rstrip(" |").endswith("1.0x") for line in ours)  # each row's own ratio to ours
+
+
 def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     output = run_benchmark_without_repeats("bench.gpu_readiness", "--dry-run")
     for row in ("kernel tests", "CUDA-graph test", "hybrid-tiny batch-1 decoding (compiled, CPU)",
-                "hybrid-tiny training step (PyTorch Mamba)"):
+                "hybrid-tiny training step (PyTorch Mamba)",
+                "hybrid-mc-tiny training step (PyTorch Mamba, memory caching)", "x the hybrid-tiny step"):
         assert row in output
     assert "FAILED" not in output
 
@@ -113,6 +124,7 @@ def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     ("bench.bench_recall", ["--frames", "40"], "no room"),
     ("bench.bench_recall", ["--filler-codes", "30"], "distinct motif codes"),
     ("bench.bench_generation", ["--quantize", "int8", "--dtype", "bfloat16"], "float32 models"),
+    ("bench.int8_products", ["--batches", "0"], "must be positive"),
     *([("bench.gpu_readiness", [], "no CUDA device here")] if not torch.cuda.is_available() else []),
 ])
 def test_bad_settings_end_with_a_one_line_error(module, arguments, message):
