@@ -105,6 +105,8 @@ def print_fad(result, args):
     fad = fad_to_reference_files(codec, list(codec.decode(new_codes, num_samples=new_samples)),
                                  reference_audio_files(args.reference), seed=args.seed)
     skipped = f", {fad['skipped_reference_files']} unreadable skipped" if fad["skipped_reference_files"] else ""
+    if fad["reference_files_with_decoder_warnings"]:
+        skipped += f", {fad['reference_files_with_decoder_warnings']} read despite mp3 decoder warnings"
     print(f"FAD of the {len(result.paths)} sample(s) to the {fad['num_reference_clips']} reference file(s) in "
           f"{args.reference}{skipped}: {fad['fad']:.4g} [{fad['ci_low']:.4g}, {fad['ci_high']:.4g}] (95% bootstrap "
           f"over samples; embedding {fad['embedding']})")

@@ -106,19 +106,24 @@ def fad_of_checkpoints(sources, names, validation_data, split, samples_dir, num_
 
 def fad_to_reference_files(codec, generated_audio, files, max_seconds=30.0, num_resamples=200, seed=0):
     """FAD of generated waveforms to audio files (read, downmixed and resampled as the data pipeline does, at most
-    `max_seconds` each; unreadable or silent files are skipped and counted)."""
+    `max_seconds` each; unreadable or silent files are skipped and counted, and so are the files whose mp3 decoder
+    printed warnings: collected, as the data pipeline collects them, instead of reaching the terminal)."""
     from data.audio import read_track
     from data.rejects import RejectedInput
 
-    reference, skipped = [], 0
+    reference, skipped, with_warnings = [], 0, 0
     for path in files:
+        messages = []
         try:
-            reference.append(read_track(str(path), min_seconds=0.0, max_seconds=max_seconds))
+            reference.append(read_track(str(path), min_seconds=0.0, max_seconds=max_seconds,
+                                        decoder_messages=messages))
         except RejectedInput:
             skipped += 1
+        with_warnings += bool(messages)
     if not reference:
         raise ValueError(f"none of the {len(files)} reference files could be read")
     name, note = describe_embedding(codec.identity)
     result = fad_with_interval(dac_embeddings(codec, generated_audio), dac_embeddings(codec, reference),
                                num_resamples=num_resamples, seed=seed)
-    return {**result, "embedding": name, "note": note, "skipped_reference_files": skipped}
+    return {**result, "embedding": name, "note": note, "skipped_reference_files": skipped,
+            "reference_files_with_decoder_warnings": with_warnings}

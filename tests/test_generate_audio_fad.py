@@ -50,6 +50,20 @@ def test_fad_to_its_own_earlier_samples_is_near_zero_and_to_noise_is_not(hybrid,
     assert printed_fad(same) < 1e-3 * printed_fad(other)
 
 
+def test_mp3_decoder_warnings_of_reference_files_are_counted_not_printed(hybrid, tmp_path, capfd):
+    from tests.conftest import write_damaged_mp3
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    write_damaged_mp3(reference / "damaged.mp3")
+    soundfile.write(reference / "clean.wav", np.random.default_rng(0).normal(0, 0.3, 8820), 44100)
+    arguments = [str(hybrid), "--output-dir", str(tmp_path / "out"), "--duration", "0.1", "--reference", str(reference)]
+    assert main(arguments) == 0
+    captured = capfd.readouterr()
+    assert "to the 2 reference file(s)" in captured.out and "1 read despite mp3 decoder warnings" in captured.out
+    assert "Illegal Audio-MPEG-Header" not in captured.err and "Xing" not in captured.err
+
+
 @pytest.mark.parametrize("make, message", [(lambda path: None, "is not a directory"),
                                            (lambda path: path.mkdir(), "holds no audio files")])
 def test_an_unusable_reference_folder_is_refused_before_any_work(hybrid, tmp_path, capsys, make, message):
