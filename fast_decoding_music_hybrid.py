@@ -164,10 +164,16 @@ def quantize_linear_layers(model, mode, keep_float=()):
     if not can_run_int8_products():
         engines = torch.backends.quantized.supported_engines
         raise ValueError(f"this torch build has no int8 CPU products (quantized engines: {engines})")
+    return replace_linear_layers(model, Int8Linear, keep_float)
+
+
+def replace_linear_layers(model, layer_class, keep_float=()):
+    """Replace every plain nn.Linear of `model` by `layer_class(linear)` in place, except those whose attribute name
+    is in `keep_float` and the adapters of wrapped layers (PEFT keeps them in ModuleDicts); returns the model."""
     for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and is_plain_layer(child) and name not in keep_float:
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, layer_class(child))
     return model
 
 

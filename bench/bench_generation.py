@@ -51,7 +51,9 @@ from bench.machine import (  # noqa: E402
 )
 from bench.int8_quality import int8_quality, print_quality_table, quality_is_kept  # noqa: E402
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
-from fast_decoding_music_hybrid import Int8Linear, decoding_linear, pack_linear_weights  # noqa: E402
+from fast_decoding_music_hybrid import (  # noqa: E402
+    QUANTIZATION_MODES, Int8Linear, decoding_linear, pack_linear_weights,
+)
 from modeling_music_hybrid import MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decay_exponents  # noqa: E402
 
 MUSICGEN = "MusicgenForCausalLM"
@@ -77,7 +79,7 @@ def parse_args():
         help="segment length of the memory-caching variants of presets with Mamba layers (0: no such variants)",
     )
     parser.add_argument(
-        "--quantize", choices=["int8"],
+        "--quantize", choices=QUANTIZATION_MODES,
         help="also time our presets with quantize_weights(); adds the load and quality rows",
     )
     parser.add_argument("--quality-steps", type=int, default=300, help="training steps of the int8 quality models")

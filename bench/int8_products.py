@@ -28,7 +28,7 @@ from bench.bench_generation import build_our_model, linear_bytes, step_seconds  
 from bench.machine import (  # noqa: E402
     SKIPPED, add_machine_arguments, new_parser, print_header, print_table, ratio_text, run_cli, setup_machine,
 )
-from fast_decoding_music_hybrid import Int8Linear, can_run_int8_products  # noqa: E402
+from fast_decoding_music_hybrid import Int8Linear, can_run_int8_products, replace_linear_layers  # noqa: E402
 
 OURS = "int8: Int8Linear (fbgemm dynamic, ours)"
 FLOAT32 = "float32: decoding_linear (ours)"
@@ -61,7 +61,9 @@ def main():
     for preset in args.presets:
         model = build_our_model(preset, device, torch.float32, positions=0)
         candidates = {FLOAT32: model, OURS: copy.deepcopy(model).quantize_weights("int8")}
-        candidates["int8: torch._weight_int8pack_mm (weight-only)"] = with_layers(model, Int8PackLinear)
+        candidates["int8: torch._weight_int8pack_mm (weight-only)"] = replace_linear_layers(
+            copy.deepcopy(model), Int8PackLinear, keep_float=("dt_proj",)
+        )
         for name, config in torchao_configs().items():
             candidates[name] = None if config is None else torchao_quantized(model, config)
         for batch in args.batches:
@@ -90,16 +92,6 @@ class Int8PackLinear(Int8Linear):
     def forward(self, x):
         out = torch._weight_int8pack_mm(x, self.weight, self.weight_scales)
         return out if self.bias is None else out + self.bias
-
-
-def with_layers(model, layer_class):
-    """A copy of `model` whose linear layers (but each dt_proj) are `layer_class(linear)`."""
-    copied = copy.deepcopy(model)
-    for parent in list(copied.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and name != "dt_proj":
-                setattr(parent, name, layer_class(child))
-    return copied
 
 
 def torchao_configs():
