@@ -99,10 +99,10 @@ def compiler_opaque(product):
     packed weights. Eager calls skip the op's dispatch (a few microseconds a call)."""
     name = product.__name__
     code = product.__code__
-    x, weight, *others = code.co_varnames[: code.co_argcount]  # (x, weight, bias) or (x, weight, scales, bias)
+    x, weight, *others = code.co_varnames[: code.co_argcount]  # (x, weight) or (x, weight, bias)
     if not hasattr(torch.ops.music_hybrid, name):  # defined already when this file is imported again as remote code
-        optional = ", ".join(f"Tensor? {other}" for other in others)
-        DECODING_PRODUCTS.define(f"{name}(Tensor {x}, Tensor {weight}, {optional}) -> Tensor")
+        arguments = ", ".join([f"Tensor {x}", f"Tensor {weight}"] + [f"Tensor? {other}" for other in others])
+        DECODING_PRODUCTS.define(f"{name}({arguments}) -> Tensor")
         DECODING_PRODUCTS.impl(name, product, "CompositeExplicitAutograd")
         torch.library.register_fake(
             f"music_hybrid::{name}", lambda x, weight, *others: x.new_empty(*x.shape[:-1], weight.shape[0]),
@@ -180,70 +180,104 @@ def replace_linear_layers(model, layer_class, keep_float=()):
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights, one scale per output channel, for CPU inference.
 
-    The product is fbgemm's dynamic int8 one (`torch.ops.quantized.linear_dynamic`, the kernel behind the
-    deprecated `torch.ao.quantization.quantize_dynamic`): each call quantizes its input rows to 8 bits (one scale
-    per call) and multiplies by the weight packed for fbgemm, bias included. At a few rows it is the fastest of the
-    candidates that bench/int8_products.py times side by side, the maintained `torch._weight_int8pack_mm` and
-    torchao's int8 layers among them. Its packing goes through torch's deprecated quantized tensors, which
-    `can_run_int8_products` checks once; the warning they give is kept from users.
+    Its product (`int8_weight_product`) quantizes each call's input rows to 8 bits (one scale per call) and
+    multiplies them by the int8 weight, packed once for the kernel; the per-channel scales and the bias follow as
+    one elementwise step, which a compiled step fuses into its neighbours. On x86 the kernel is fbgemm's product for
+    float rows (`torch.fbgemm_linear_int8_weight_fp32_activation`), the fastest at a few rows of the candidates that
+    bench/int8_products.py times side by side, the maintained `torch._weight_int8pack_mm` and torchao's int8 layers
+    among them; elsewhere (ARM) it is torch's dynamic quantized linear. Both are deprecated torch APIs, checked once
+    (`int8_kernel`); the warnings they give are kept from users.
     """
 
     def __init__(self, linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach().float()
-        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
-        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8))
+        limit = int8_weight_limit()
+        scales = weight.abs().amax(dim=1).clamp(min=1e-12) / limit
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).clamp(-limit, limit).to(torch.int8))
         self.register_buffer("weight_scales", scales)
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x):
-        # N-d input and the bias go to fbgemm as they are: a decoding step makes some 80 of these calls, and at one
-        # row each reshape, view or add around the product costs a twentieth of it.
-        return int8_weight_product(x, self.weight, self.weight_scales, self.bias)
+        out = int8_weight_product(x, self.weight)
+        return out * self.weight_scales if self.bias is None else torch.addcmul(self.bias, out, self.weight_scales)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
 @compiler_opaque
-def int8_weight_product(x, weight, scales, bias):
-    """x (..., in) @ (weight * scales[:, None]).T + bias for an `Int8Linear`'s int8 weight, per-channel scales and
-    float bias (or None)."""
-    # reduce_range: 7-bit rows, so that fbgemm's int16 sums of pairs of products cannot overflow without VNNI
-    return torch.ops.quantized.linear_dynamic(x, fbgemm_packed(weight, scales, bias), True)
+def int8_weight_product(x, weight):
+    """x (..., in) @ weight.T in float32 for an int8 weight (out, in), before its scales, on this CPU's kernel."""
+    return int8_kernel()(x, weight)
 
 
-# Each int8 weight tensor -> its fbgemm-packed copy, made at its first product (and again for a copy of the layer).
+def fbgemm_int8_product(x, weight):
+    matrix, column_sums, zeros = packed_once(FBGEMM_PACKED, weight, pack_for_fbgemm)
+    # weight scale 1 and zero point 0: the per-channel scales follow in Int8Linear.forward
+    return torch.fbgemm_linear_int8_weight_fp32_activation(x, weight, matrix, column_sums, 1.0, 0, zeros)
+
+
+def dynamic_int8_product(x, weight):
+    # reduce_range: 7-bit rows, so that int16 sums of pairs of products cannot overflow
+    return torch.ops.quantized.linear_dynamic(x, packed_once(DYNAMIC_PACKED, weight, pack_for_dynamic), True)
+
+
+def pack_for_fbgemm(weight):
+    """(the weight packed for fbgemm, its sums over inputs (which offset the rows' zero point), a zero bias)."""
+    return torch.fbgemm_pack_quantized_matrix(weight), weight.sum(dim=1, dtype=torch.int32), torch.zeros(len(weight))
+
+
+def pack_for_dynamic(weight):
+    return torch.ops.quantized.linear_prepack(torch._make_per_tensor_quantized_tensor(weight, 1.0, 0), None)
+
+
+# Each int8 weight tensor -> its copy packed for a kernel, made at its first product (and again for a copy of the
+# layer): packed copies do not survive copying or moving, so no module holds them.
 FBGEMM_PACKED = WeakIdKeyDictionary()
+DYNAMIC_PACKED = WeakIdKeyDictionary()
 
 
-def fbgemm_packed(weight, scales, bias):
-    packed = FBGEMM_PACKED.get(weight)
+def packed_once(packed_copies, weight, pack):
+    packed = packed_copies.get(weight)
     if packed is None:
         if weight.device.type != "cpu":
             raise RuntimeError(f"int8 weights multiply on CPU only, this one is on {weight.device}: decode on CPU")
-        quantized = as_quantized_tensor(weight, scales)
-        packed = FBGEMM_PACKED[weight] = torch.ops.quantized.linear_prepack(quantized, bias)
+        with warnings.catch_warnings():  # both kernels' packing is deprecated
+            warnings.simplefilter("ignore", UserWarning)
+            packed = packed_copies[weight] = pack(weight)
     return packed
 
 
-def as_quantized_tensor(weight, scales):
-    with warnings.catch_warnings():  # torch's quantized tensors are deprecated; fbgemm's packing still takes them
-        warnings.simplefilter("ignore", UserWarning)
-        zero_points = torch.zeros(weight.shape[0], dtype=torch.long)
-        return torch._make_per_channel_quantized_tensor(weight, scales.double(), zero_points, 0)
+@functools.cache
+def int8_kernel():
+    """The int8 product this torch build and CPU run, chosen once: fbgemm's for float rows (x86: at a few rows about
+    a third faster than the dynamic one, whose fixed cost per call is larger), torch's dynamic quantized linear
+    where fbgemm is missing (qnnpack on ARM), or None. The first fbgemm product warns once per process that it is
+    deprecated: that happens here, kept from users."""
+    rows, weight = torch.ones(1, 64), torch.eye(64, dtype=torch.int8).mul_(64)
+    for product in (fbgemm_int8_product, dynamic_int8_product):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                if torch.allclose(product(rows, weight), torch.full((1, 64), 64.0), rtol=0.02):
+                    return product
+        except (AttributeError, RuntimeError, NotImplementedError):
+            continue
+    return None
+
+
+def can_run_int8_products():
+    return int8_kernel() is not None
 
 
 @functools.cache
-def can_run_int8_products():
-    """Whether this torch build packs and multiplies int8 weights (fbgemm on x86, qnnpack on ARM)."""
-    try:
-        weight, scales = torch.eye(4, dtype=torch.int8).mul_(127), torch.full((4,), 1 / 127)
-        packed = torch.ops.quantized.linear_prepack(as_quantized_tensor(weight, scales), None)
-        return bool(torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, True).sub(1).abs().max() < 0.05)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return False
+def int8_weight_limit():
+    """127, or 64 where the kernel sums pairs of products of 8-bit rows in int16, which 2 x 255 x 127 overflows
+    (fbgemm on x86 without VNNI) and 2 x 255 x 64 does not."""
+    rows, weight = torch.ones(1, 64), torch.full((8, 64), 127, dtype=torch.int8)
+    return 127 if torch.allclose(int8_kernel()(rows, weight), torch.full((1, 8), 127.0 * 64)) else 64
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -9,9 +9,10 @@ five timings.
     python -m bench.int8_products                              # hybrid-116m, batch 1
     python -m bench.int8_products --presets transformer-162m --batches 1 8
 
-Candidates: float32 (our few-row products), ours (`Int8Linear`, fbgemm's dynamic int8 product), the maintained
-weight-only int8 ATen op `torch._weight_int8pack_mm`, and, where torchao is installed, its Int8WeightOnly and
-Int8DynamicActivationInt8Weight layers in eager mode (rows say "skipped" without it).
+Candidates: float32 (our few-row products), ours (`Int8Linear` on this CPU's kernel: fbgemm's product for float
+rows on x86), torch's dynamic quantized linear (the kernel of torch.ao's `quantize_dynamic`, ours where fbgemm is
+missing), the maintained weight-only int8 ATen op `torch._weight_int8pack_mm`, and, where torchao is installed,
+its Int8WeightOnly and Int8DynamicActivationInt8Weight layers in eager mode (rows say "skipped" without it).
 """
 
 import copy
@@ -28,9 +29,11 @@ from bench.bench_generation import build_our_model, linear_bytes, step_seconds  
 from bench.machine import (  # noqa: E402
     SKIPPED, add_machine_arguments, new_parser, print_header, print_table, ratio_text, run_cli, setup_machine,
 )
-from fast_decoding_music_hybrid import Int8Linear, can_run_int8_products, replace_linear_layers  # noqa: E402
+from fast_decoding_music_hybrid import (  # noqa: E402
+    Int8Linear, can_run_int8_products, dynamic_int8_product, int8_kernel, replace_linear_layers,
+)
 
-OURS = "int8: Int8Linear (fbgemm dynamic, ours)"
+OURS = "int8: Int8Linear (ours)"
 FLOAT32 = "float32: decoding_linear (ours)"
 
 
@@ -55,12 +58,15 @@ def main():
     print_header(
         "int8 products at a few rows", device,
         {"presets": args.presets, "batches": args.batches, "repeats (best counts)": max(args.repeats, 5),
-         "torch threads": torch.get_num_threads()},
+         "torch threads": torch.get_num_threads(), "our int8 kernel": int8_kernel().__name__},
     )
     rows = []
     for preset in args.presets:
         model = build_our_model(preset, device, torch.float32, positions=0)
         candidates = {FLOAT32: model, OURS: copy.deepcopy(model).quantize_weights("int8")}
+        candidates["int8: torch's dynamic quantized linear"] = replace_linear_layers(
+            copy.deepcopy(model), DynamicInt8Linear, keep_float=("dt_proj",)
+        )
         candidates["int8: torch._weight_int8pack_mm (weight-only)"] = replace_linear_layers(
             copy.deepcopy(model), Int8PackLinear, keep_float=("dt_proj",)
         )
@@ -83,6 +89,15 @@ def main():
          "speed vs ours"],
         rows,
     )
+
+
+class DynamicInt8Linear(Int8Linear):
+    """A candidate: `Int8Linear` on torch's dynamic quantized linear, the kernel behind torch.ao's
+    `quantize_dynamic` (ours where fbgemm is missing)."""
+
+    def forward(self, x):
+        out = dynamic_int8_product(x, self.weight) * self.weight_scales
+        return out if self.bias is None else out + self.bias
 
 
 class Int8PackLinear(Int8Linear):

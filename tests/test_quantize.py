@@ -42,6 +42,41 @@ def test_int8_logits_are_close_to_float32(preset):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() > 0.9
 
 
+@pytest.mark.parametrize("kernel, limit", [("fbgemm_int8_product", 64), ("dynamic_int8_product", 127)])
+def test_the_other_int8_kernels_and_weight_limits_are_close_to_float32_too(kernel, limit):
+    """The kernel this machine does not pick (torch's dynamic quantized linear: ARM's) and the 7-bit weights of x86
+    CPUs without VNNI: every linear layer within 2% of float32, N-d rows and bias included."""
+    product = getattr(fast_decoding_music_hybrid, kernel)
+    with mock.patch.object(fast_decoding_music_hybrid, "int8_kernel", return_value=product), \
+            mock.patch.object(fast_decoding_music_hybrid, "int8_weight_limit", return_value=limit):
+        torch.manual_seed(0)
+        for linear in (torch.nn.Linear(96, 200), torch.nn.Linear(64, 48, bias=False)):
+            quantized, rows = Int8Linear(linear), torch.randn(2, 3, linear.in_features)
+            assert int(quantized.weight.abs().max()) == limit
+            with torch.no_grad():
+                expected, got = linear(rows), quantized(rows)
+            assert got.shape == expected.shape and (got - expected).norm() / expected.norm() < 0.02
+
+
+def test_int8_weights_are_7_bit_where_the_kernel_sums_pairs_of_products_in_int16():
+    """The probe: a kernel whose int16 pair sums saturate (x86 without VNNI) gets weights of at most 64."""
+
+    def saturating_product(x, weight):
+        rows = torch.round(x / x.abs().amax() * 255)  # all-ones rows: 255, as fbgemm quantizes them
+        pairs = (rows[:, None, :] * weight.float()[None]).view(len(x), len(weight), -1, 2).sum(-1)
+        return pairs.clamp(-32768, 32767).sum(-1) / 255
+
+    fast_decoding_music_hybrid.int8_weight_limit.cache_clear()
+    try:
+        with mock.patch.object(fast_decoding_music_hybrid, "int8_kernel", return_value=saturating_product):
+            assert fast_decoding_music_hybrid.int8_weight_limit() == 64
+        with mock.patch.object(fast_decoding_music_hybrid, "int8_kernel", return_value=lambda x, w: x @ w.float().T):
+            fast_decoding_music_hybrid.int8_weight_limit.cache_clear()
+            assert fast_decoding_music_hybrid.int8_weight_limit() == 127
+    finally:
+        fast_decoding_music_hybrid.int8_weight_limit.cache_clear()
+
+
 def test_int8_generation_is_seeded_and_the_same_on_any_thread_count(two_threads):
     """Whatever thread count the start of a generation picks (here: torch's two, then one), a seed gives the same
     codes; and the thread count is back to what it was afterwards."""
@@ -127,6 +162,7 @@ def test_quantized_generation_from_the_checkpoint_folder_alone(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "Int8Linear (1, 9, 5)"
+    assert "deprecated" not in result.stderr  # the int8 kernels' warnings are kept from users
 
 
 def test_quantize_weights_refusals(tmp_path):
@@ -143,6 +179,4 @@ def test_quantize_weights_refusals(tmp_path):
     assert not (tmp_path / "checkpoint").exists()
     quantized.to("meta")
     with pytest.raises(RuntimeError, match="CPU only"):
-        fast_decoding_music_hybrid.int8_weight_product(
-            torch.ones(1, 64, device="meta"), quantized.lm_head.weight, quantized.lm_head.weight_scales, None
-        )
+        fast_decoding_music_hybrid.int8_weight_product(torch.ones(1, 64, device="meta"), quantized.lm_head.weight)
