@@ -5,8 +5,8 @@ A decoding step multiplies every weight by one row per sample, so it reads every
 the speed. `decoding_linear` picks the fastest product for those few rows on CPU and steps aside for anything it
 does not know (GPUs, gradients, wrapped, hooked or quantized layers); `quantize_linear_layers` swaps the linear
 layers for `Int8Linear` (a quarter of the bytes); `decoding_threads` picks the thread count of a generation;
-`CUDAGraphStep` replays a compiled step as one CUDA graph. modeling_music_hybrid.py imports this file, and
-save_pretrained ships it with the weights.
+`GuardsOncePerShapeStep` skips a compiled step's guards while its shapes hold; `CUDAGraphStep` replays a compiled
+step as one CUDA graph. modeling_music_hybrid.py imports this file, and save_pretrained ships it with the weights.
 """
 
 import contextlib
@@ -119,15 +119,20 @@ def compiler_opaque(product):
 
 @compiler_opaque
 def split_weight_product(x, weight, bias):
-    """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread (a plain product on one thread or
-    where the threads do not divide the rows). A compiled step asks for the thread count here, inside the op: in
+    """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread (a plain product on one thread, where
+    the threads do not divide the rows, or for a weight under SPLIT_MIN_ELEMENTS, which one thread reads before
+    the others would start: a Mamba dt_proj). A compiled step asks for the thread count here, inside the op: in
     traced code the question would break the graph."""
     threads = torch.get_num_threads()
-    if threads == 1 or weight.shape[0] % threads:
+    if threads == 1 or weight.shape[0] % threads or weight.numel() < SPLIT_MIN_ELEMENTS:
         return F.linear(x, weight, bias)
     blocks = weight.view(threads, -1, weight.shape[1]).transpose(1, 2)
     out = torch.bmm(x.expand(threads, *x.shape), blocks).transpose(0, 1).reshape(x.shape[0], weight.shape[0])
     return out if bias is None else out + bias
+
+
+# 1 MiB of float32: hybrid-116m's dt_proj (74K weights) took 9 us as one product and 13 us split over two threads.
+SPLIT_MIN_ELEMENTS = 2**18
 
 
 @compiler_opaque
@@ -331,6 +336,27 @@ def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.005):
                     decoding_linear(linear, x)
                 total[count] += time.perf_counter() - start
     return min(total, key=total.get)
+
+
+class GuardsOncePerShapeStep:
+    """A compiled decoding step whose torch.compile guards are checked only when the cache shows attention a new
+    number of slots (every VISIBLE_BLOCK positions, and at a generation's first step), not at every position.
+
+    In between, every input of the step keeps its shapes, strides and Python values; only tensor contents change,
+    and the guards would pass again. Checking them (thousands of tensor checks for a 100M model) costs a few
+    percent of a CPU step.
+    """
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+        self.checked_for = None
+
+    def __call__(self, input_ids, positions, cache, genre_ids=None):
+        if self.checked_for == cache.visible_length:
+            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                return self.compiled(input_ids, positions, cache, genre_ids)
+        self.checked_for = cache.visible_length
+        return self.compiled(input_ids, positions, cache, genre_ids)
 
 
 class CUDAGraphStep:
