@@ -3,6 +3,7 @@ quality on a trained model, use from a checkpoint folder alone, refusals."""
 
 import collections
 import copy
+import gc
 import os
 import subprocess
 import sys
@@ -165,6 +166,20 @@ def test_copied_quantized_model_and_lora_wrapped_layers():
     expected_codes = quantized.generate(max_new_tokens=4)
     torch.manual_seed(0)
     assert torch.equal(copy.deepcopy(quantized).generate(max_new_tokens=4), expected_codes)
+
+
+def test_packed_int8_weights_go_with_their_layer():
+    def packed_copies():
+        return len(fast_decoding_music_hybrid.FBGEMM_PACKED) + len(fast_decoding_music_hybrid.DYNAMIC_PACKED)
+
+    gc.collect()  # the layers of earlier tests
+    before = packed_copies()
+    layer = Int8Linear(torch.nn.Linear(64, 32))
+    layer(torch.ones(1, 64))
+    assert packed_copies() == before + 1
+    del layer
+    gc.collect()
+    assert packed_copies() == before
 
 
 def test_quantized_generation_from_the_checkpoint_folder_alone(tmp_path):
