@@ -121,7 +121,7 @@ def compiler_opaque(product):
 def split_weight_product(x, weight, bias):
     """x (rows, in) @ weight.T + bias, one block of weight rows per CPU thread (a plain product on one thread, where
     the threads do not divide the rows, or for a weight under SPLIT_MIN_ELEMENTS, which one thread reads before
-    the others would start: a Mamba dt_proj). A compiled step asks for the thread count here, inside the op: in
+    the others would start: a float32 Mamba dt_proj). A compiled step asks for the thread count here, inside the op: in
     traced code the question would break the graph."""
     threads = torch.get_num_threads()
     if threads == 1 or weight.shape[0] % threads or weight.numel() < SPLIT_MIN_ELEMENTS:
@@ -148,9 +148,8 @@ def packed_weight_product(x, packed, bias):
 QUANTIZATION_MODES = ("int8",)
 
 
-def quantize_linear_layers(model, mode, keep_float=()):
-    """Replace every plain nn.Linear of `model` by an `Int8Linear` (in place) and return the model, except those
-    whose attribute name is in `keep_float`.
+def quantize_linear_layers(model, mode):
+    """Replace every plain nn.Linear of `model` by an `Int8Linear` (in place) and return the model.
 
     Only for float32 models on CPU, where the int8 product exists; embedding tables stay float32 (a step reads
     only one row of them per codebook). Wrapped layers (PEFT) keep their wrapper and adapters: the plain linear
@@ -169,15 +168,15 @@ def quantize_linear_layers(model, mode, keep_float=()):
     if not can_run_int8_products():
         engines = torch.backends.quantized.supported_engines
         raise ValueError(f"this torch build has no int8 CPU products (quantized engines: {engines})")
-    return replace_linear_layers(model, Int8Linear, keep_float)
+    return replace_linear_layers(model, Int8Linear)
 
 
-def replace_linear_layers(model, layer_class, keep_float=()):
-    """Replace every plain nn.Linear of `model` by `layer_class(linear)` in place, except those whose attribute name
-    is in `keep_float` and the adapters of wrapped layers (PEFT keeps them in ModuleDicts); returns the model."""
+def replace_linear_layers(model, layer_class):
+    """Replace every plain nn.Linear of `model` by `layer_class(linear)` in place, except the adapters of wrapped
+    layers (PEFT keeps them in ModuleDicts); returns the model."""
     for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
         for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and is_plain_layer(child) and name not in keep_float:
+            if type(child) is nn.Linear and is_plain_layer(child):
                 setattr(parent, name, layer_class(child))
     return model
 

@@ -2,9 +2,8 @@
 
 A decoding step runs each linear layer of the model once on one row per sample, so its products read every weight
 once; at one row the kernel's bandwidth and its fixed cost per call decide. Each candidate replaces the linear
-layers of the same preset (random weights, dt_proj kept float32 as `quantize_weights` keeps it), and one step's
-products run as a generation runs them (`decoding_linear`, bench_generation's matmul ceiling): the best of at least
-five timings.
+layers of the same preset (random weights), and one step's products run as a generation runs them
+(`decoding_linear`, bench_generation's matmul ceiling): the best of at least five timings.
 
     python -m bench.int8_products                              # hybrid-116m, batch 1
     python -m bench.int8_products --presets transformer-162m --batches 1 8
@@ -63,13 +62,14 @@ def main():
     rows = []
     for preset in args.presets:
         model = build_our_model(preset, device, torch.float32, positions=0)
-        candidates = {FLOAT32: model, OURS: copy.deepcopy(model).quantize_weights("int8")}
-        candidates["int8: torch's dynamic quantized linear"] = replace_linear_layers(
-            copy.deepcopy(model), DynamicInt8Linear, keep_float=("dt_proj",)
-        )
-        candidates["int8: torch._weight_int8pack_mm (weight-only)"] = replace_linear_layers(
-            copy.deepcopy(model), Int8PackLinear, keep_float=("dt_proj",)
-        )
+        candidates = {
+            FLOAT32: model,
+            OURS: copy.deepcopy(model).quantize_weights("int8"),
+            "int8: torch's dynamic quantized linear": replace_linear_layers(copy.deepcopy(model), DynamicInt8Linear),
+            "int8: torch._weight_int8pack_mm (weight-only)": replace_linear_layers(
+                copy.deepcopy(model), Int8PackLinear
+            ),
+        }
         for name, config in torchao_configs().items():
             candidates[name] = None if config is None else torchao_quantized(model, config)
         for batch in args.batches:
@@ -123,7 +123,7 @@ def torchao_quantized(model, config):
     from torchao.quantization import quantize_
 
     copied = copy.deepcopy(model)
-    quantize_(copied, config, filter_fn=lambda module, name: isinstance(module, nn.Linear) and "dt_proj" not in name)
+    quantize_(copied, config, filter_fn=lambda module, name: isinstance(module, nn.Linear))
     return copied
 
 
