@@ -354,11 +354,17 @@ class GuardsOncePerShapeStep:
     def __init__(self, compiled):
         self.compiled = compiled
         self.checked_for = None
+        self.check_every_step = False
 
     def __call__(self, input_ids, positions, cache, genre_ids=None):
-        if self.checked_for == cache.visible_length:
-            with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                return self.compiled(input_ids, positions, cache, genre_ids)
+        if self.checked_for == cache.visible_length and not self.check_every_step:
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return self.compiled(input_ids, positions, cache, genre_ids)
+            except RuntimeError:
+                # No compiled graph fits without checking: where dynamo's recompile limit was reached, the checked
+                # step ran eagerly and none was made for these inputs. Dynamo refuses before running anything.
+                self.check_every_step = True
         self.checked_for = cache.visible_length
         return self.compiled(input_ids, positions, cache, genre_ids)
 

@@ -132,6 +132,10 @@ def main():
     runners = {name: our_runner(model) for name, model in models.items() if name != MUSICGEN}
     runners[MUSICGEN] = musicgen_runner(models[MUSICGEN])
     if args.compile:
+        # Every model's steps compile here, once per kind of batch and thread count: more graphs of one function
+        # than dynamo's default limit (8), past which it would run the remaining models' steps eagerly.
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, 64)
         for name in args.presets:
             compiled = build_our_model(name, device, dtype, positions)
             compiled.load_state_dict(models[name].state_dict())

@@ -149,6 +149,21 @@ def test_compiled_steps_check_their_guards_whenever_the_cache_shows_more_slots()
     assert len(counting_backend.graphs) == 2
 
 
+def test_compiled_steps_past_dynamos_recompile_limit_run_eagerly_with_their_guards_checked():
+    """Where dynamo's recompile limit is reached (many compiled models or thread counts in one process), a new kind
+    of step runs eagerly: skipping its guards would find no graph, so it checks them at every step."""
+    counting_backend = CountingBackend()
+    model = tiny_model()
+    prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
+    eager = model.generate(prompt, max_new_tokens=6, do_sample=False)
+    model.compile_decoding(backend=counting_backend)
+    model.generate(max_new_tokens=4, do_sample=False)  # batch 1: one graph
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch 2.6
+    with mock.patch.object(torch._dynamo.config, limit, 1):
+        assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager)
+    assert len(counting_backend.graphs) == 1
+
+
 def test_inductor_compiled_decoding_matches_eager_decoding():
     """The real compiled step (inductor's C++ kernels, about 10 s of compilation per kind of batch here): the
     same greedy codes as eager decoding for batch 1 and batches of 2 and 4 prompts (packed weights on CPU)."""
