@@ -5,8 +5,8 @@ A decoding step multiplies every weight by one row per sample, so it reads every
 the speed. `decoding_linear` picks the fastest product for those few rows on CPU and steps aside for anything it
 does not know (GPUs, gradients, wrapped, hooked or quantized layers); `quantize_linear_layers` swaps the linear
 layers for `Int8Linear` (a quarter of the bytes); `decoding_threads` picks the thread count of a generation;
-`GuardsOncePerShapeStep` skips a compiled step's guards while its shapes hold; `CUDAGraphStep` replays a compiled
-step as one CUDA graph. modeling_music_hybrid.py imports this file, and save_pretrained ships it with the weights.
+`CUDAGraphStep` replays a compiled step as one CUDA graph. modeling_music_hybrid.py imports this file, and
+save_pretrained ships it with the weights.
 """
 
 import contextlib
@@ -297,7 +297,7 @@ def decoding_threads(model, rows):
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
     threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
-    counts, interleaved: 15 ms on a quiet machine) decides once for the whole generation, never per step. Int8
+    counts, interleaved: about 30 ms) decides once for the whole generation, never per step. Int8
     products split the output channels over threads, so the choice does not change their results; float32 ones
     may round differently.
     """
@@ -316,13 +316,12 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.005, clear_ratio=1.5):
-    """threads or 1, whichever runs `rows` rows through `linear` faster: the total time of up to `rounds`
-    interleaved bursts of products, each burst about `burst_seconds` long at `threads`. Bursts and totals, not the
-    best single call: split products are slow under load because some of the many products of a step wait for a
-    busy core, and a single call can be lucky. A burst spans a scheduler time slice or more rather than a fraction
-    of one. It stops early once one count is `clear_ratio` times faster than the other: on a quiet machine two
-    threads run the head's product about twice as fast as one, and one round (about 15 ms) tells."""
+def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.005):
+    """threads or 1, whichever runs `rows` rows through `linear` faster: the total time of `rounds` interleaved
+    bursts of products, each burst about `burst_seconds` long. Bursts and totals, not the best single call: split
+    products are slow under load because some of the many products of a step wait for a busy core, and a single
+    call can be lucky. A burst spans a scheduler time slice or more rather than a fraction of one; longer bursts
+    would cost more than they tell (30 ms in all is 1.5% of a 2 s generation)."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
     total = {threads: 0.0, 1: 0.0}
     with torch.no_grad():
@@ -337,36 +336,7 @@ def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.005, c
                 for _ in range(calls):
                     decoding_linear(linear, x)
                 total[count] += time.perf_counter() - start
-            if max(total.values()) > clear_ratio * min(total.values()):
-                break
     return min(total, key=total.get)
-
-
-class GuardsOncePerShapeStep:
-    """A compiled decoding step whose torch.compile guards are checked only when the cache shows attention a new
-    number of slots (every VISIBLE_BLOCK positions, and at a generation's first step), not at every position.
-
-    In between, every input of the step keeps its shapes, strides and Python values; only tensor contents change,
-    and the guards would pass again. Checking them (thousands of tensor checks for a 100M model) costs a few
-    percent of a CPU step.
-    """
-
-    def __init__(self, compiled):
-        self.compiled = compiled
-        self.checked_for = None
-        self.check_every_step = False
-
-    def __call__(self, input_ids, positions, cache, genre_ids=None):
-        if self.checked_for == cache.visible_length and not self.check_every_step:
-            try:
-                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return self.compiled(input_ids, positions, cache, genre_ids)
-            except RuntimeError:
-                # No compiled graph fits without checking: where dynamo's recompile limit was reached, the checked
-                # step ran eagerly and none was made for these inputs. Dynamo refuses before running anything.
-                self.check_every_step = True
-        self.checked_for = cache.visible_length
-        return self.compiled(input_ids, positions, cache, genre_ids)
 
 
 class CUDAGraphStep:

@@ -31,15 +31,15 @@ from transformers.utils import logging
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from .fast_decoding_music_hybrid import (
-        CUDAGraphStep, GuardsOncePerShapeStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer,
-        pack_linear_weights, quantize_linear_layers,
+        CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
+        quantize_linear_layers,
     )
     from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from fast_decoding_music_hybrid import (
-        CUDAGraphStep, GuardsOncePerShapeStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer,
-        pack_linear_weights, quantize_linear_layers,
+        CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
+        quantize_linear_layers,
     )
     from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 
@@ -528,10 +528,9 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             fixed_shape=compiled is not None,
         )
         cache.packed_weights = pack_linear_weights(self, model_rows)
-        decode = self.model.decode
-        if compiled is not None:
-            graphed = self._decode_with_cuda_graph and prompt.is_cuda
-            decode = CUDAGraphStep(compiled) if graphed else GuardsOncePerShapeStep(compiled)
+        decode = compiled or self.model.decode
+        if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
+            decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
         with decoding_threads(self, model_rows):  # chosen once: every step of a seeded sample runs the same products
             hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids).last_hidden_state

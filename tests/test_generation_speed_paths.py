@@ -16,7 +16,7 @@ from fast_decoding_music_hybrid import (
     PACKED_MIN_ROWS, SPLIT_MIN_ELEMENTS, can_pack_weights, decoding_linear, pack_linear_weights,
 )
 from modeling_music_hybrid import (
-    LOG2_E, VISIBLE_BLOCK, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
+    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
 )
 
 
@@ -135,33 +135,6 @@ def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kin
     assert len(counting_backend.graphs) == 3
     model.compile_decoding(False)
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
-
-
-def test_compiled_steps_check_their_guards_whenever_the_cache_shows_more_slots():
-    """A compiled step skips torch.compile's guards between the positions where the cache shows attention more
-    slots, and checks them there: with static shapes (one graph per number of visible slots) a generation across
-    VISIBLE_BLOCK positions recompiles there and keeps the eager codes."""
-    counting_backend = CountingBackend()
-    model = tiny_model()
-    eager = model.generate(max_new_tokens=VISIBLE_BLOCK + 20, do_sample=False)
-    model.compile_decoding(backend=counting_backend, dynamic=False)
-    assert torch.equal(model.generate(max_new_tokens=VISIBLE_BLOCK + 20, do_sample=False), eager)
-    assert len(counting_backend.graphs) == 2
-
-
-def test_compiled_steps_past_dynamos_recompile_limit_run_eagerly_with_their_guards_checked():
-    """Where dynamo's recompile limit is reached (many compiled models or thread counts in one process), a new kind
-    of step runs eagerly: skipping its guards would find no graph, so it checks them at every step."""
-    counting_backend = CountingBackend()
-    model = tiny_model()
-    prompt = torch.randint(0, 1024, (2, 9, 3), generator=torch.Generator().manual_seed(1))
-    eager = model.generate(prompt, max_new_tokens=6, do_sample=False)
-    model.compile_decoding(backend=counting_backend)
-    model.generate(max_new_tokens=4, do_sample=False)  # batch 1: one graph
-    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # torch 2.6
-    with mock.patch.object(torch._dynamo.config, limit, 1):
-        assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager)
-    assert len(counting_backend.graphs) == 1
 
 
 def test_inductor_compiled_decoding_matches_eager_decoding():
