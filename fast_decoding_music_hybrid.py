@@ -204,8 +204,13 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x):
-        out = int8_weight_product(x, self.weight)
-        return out * self.weight_scales if self.bias is None else torch.addcmul(self.bias, out, self.weight_scales)
+        return self.scaled(int8_weight_product(x, self.weight))
+
+    def scaled(self, product):
+        """The int8 product before its scales -> the layer's output: per-channel scales, then the bias."""
+        if self.bias is None:
+            return product * self.weight_scales
+        return torch.addcmul(self.bias, product, self.weight_scales)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

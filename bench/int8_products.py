@@ -96,8 +96,7 @@ class DynamicInt8Linear(Int8Linear):
     `quantize_dynamic` (ours where fbgemm is missing)."""
 
     def forward(self, x):
-        out = dynamic_int8_product(x, self.weight) * self.weight_scales
-        return out if self.bias is None else out + self.bias
+        return self.scaled(dynamic_int8_product(x, self.weight))
 
 
 class Int8PackLinear(Int8Linear):
