@@ -169,11 +169,11 @@ def seconds_text(seconds):
     return f"{seconds:.3f}" if seconds < 10 else f"{seconds:.1f}"
 
 
-def ratio_text(numerator, denominator):
-    """numerator / denominator as "12.3x", or skipped when either is missing."""
+def ratio_text(numerator, denominator, digits=1):
+    """numerator / denominator as "12.3x" (`digits` decimals), or skipped when either is missing."""
     if numerator is None or denominator is None:
         return SKIPPED
-    return f"{numerator / denominator:.1f}x"
+    return f"{numerator / denominator:.{digits}f}x"
 
 
 def new_parser(description):

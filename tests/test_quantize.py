@@ -3,9 +3,11 @@ quality on a trained model, use from a checkpoint folder alone, refusals."""
 
 import copy
 import gc
+import math
 import os
 import subprocess
 import sys
+import time
 from unittest import mock
 
 import pytest
@@ -101,6 +103,28 @@ def test_generation_runs_on_the_thread_count_chosen_at_its_start(two_threads):
         model.generate(max_new_tokens=6, streamer=streamer)
     assert calibration.call_count == 1 and seen == [1] * 6
     assert fast_decoding_music_hybrid.fastest_thread_count(model.lm_head, 1, 2) in (1, 2)
+
+
+@pytest.mark.parametrize("busy_core", [True, False])
+def test_calibration_picks_the_faster_thread_count_and_stops_early_under_load(two_threads, busy_core):
+    """A product that costs 50 us on the faster count and 2 ms on the slower one (a split product waiting for a
+    busy core, or one thread beside an idle second core): the calibration picks the faster count, decides after
+    one round, and cuts the slower burst short once it has lost (a busy core costs one waiting call, not a
+    burst of them)."""
+    fast, slow = 5e-5, 2e-3
+    calls = []
+
+    def timed_product(linear, x):
+        threads = torch.get_num_threads()
+        calls.append(threads)
+        time.sleep(slow if (threads > 1) == busy_core else fast)
+
+    with mock.patch.object(fast_decoding_music_hybrid, "decoding_linear", timed_product):
+        chosen = fast_decoding_music_hybrid.fastest_thread_count(torch.nn.Linear(8, 8), 1, 2, burst_seconds=1e-3)
+    assert chosen == (1 if busy_core else 2)
+    assert calls.count(1) <= 2 + math.ceil(1e-3 / fast)  # warm-up, sizing and a single round
+    if busy_core:
+        assert calls.count(2) == 1
 
 
 def test_int8_compiled_step_gives_the_eager_codes():
