@@ -61,7 +61,7 @@ TOP_K = 250
 REAL_TIME_FPS = 44100 / 512
 INT8_REAL_TIME_TARGET = 1.3  # the issue's batch-1 int8 target: 1.3x real time
 LOAD_KEEPS_AT_LEAST = 0.4  # under load, default settings keep this share of the quiet speed
-LOAD_ROUNDS = 5  # generations of each setting under load, taking turns
+LOAD_ROUNDS = 6  # generations of each setting under load, taking turns
 MIN_FRAMES = 9  # one per codebook
 MUSICGEN_MIN_TRANSFORMERS = "5.15"  # MusicgenForCausalLM.generate fails in earlier 5.x releases
 MEMORY = " + memory caching"  # a variant of every preset with Mamba layers
@@ -397,8 +397,8 @@ def print_load_table(name, run, quiet_fps, args, device):
     """`name` at batch 1 under load (a busy process on one core), with the default settings (the thread count
     chosen at generation start) and with one thread, beside its quiet speed from the speed table. The two
     settings take turns, a generation each, for LOAD_ROUNDS rounds (more at a larger --repeats), so that both
-    meet the same load and the same drift of the machine; the best of each counts. Returns {"quiet": ...,
-    "default": ..., "one thread": ...} in frames/s."""
+    meet the same load and the same drift of the machine, each going first in every other round; the best of
+    each counts. Returns {"quiet": ..., "default": ..., "one thread": ...} in frames/s."""
     frames = args.frames[0]
     rounds = max(args.repeats, LOAD_ROUNDS)
     budget = 2 * rounds * 4 * frames / quiet_fps + 30  # bounded: ends even if the rows were 4x slower than quiet
@@ -406,8 +406,9 @@ def print_load_table(name, run, quiet_fps, args, device):
     settings = {"default": threads, "one thread": 1}
     speeds = dict.fromkeys(settings, 0.0)
     with busy_core(budget):
-        for _ in range(rounds):
-            for label, count in settings.items():
+        for round_index in range(rounds):
+            turns = list(settings.items())
+            for label, count in turns if round_index % 2 == 0 else turns[::-1]:  # neither always goes first
                 torch.set_num_threads(count)
                 try:
                     speeds[label] = max(speeds[label], time_generation(run, 1, frames, args, device, repeats=1))
