@@ -492,6 +492,18 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
             compile_options["options"] = {"cpp_wrapper": True, **compile_options.get("options", {})}
         self._compiled_decode = torch.compile(self.model.decode, **compile_options) if enabled else None
         self._decode_with_cuda_graph = enabled and cuda_graph
+        self._compiled_thread_counts = set()  # see _note_compiling_again
+
+    def _note_compiling_again(self, threads):
+        """A compiled step is specialised to torch's thread count (inductor writes it into the CPU code), so the
+        first generation on a count chosen at its start under load compiles the step again: say so, since that
+        takes about as long as the first compilation (hybrid-116m int8: 32 s, against 43 s, on a cold cache)."""
+        if self._compiled_thread_counts and threads not in self._compiled_thread_counts:
+            logger.warning(
+                f"the decoding step compiles again, for {threads} thread(s), which this generation's start found "
+                "faster (see decoding_threads); once per thread count"
+            )
+        self._compiled_thread_counts.add(threads)
 
     def quantize_weights(self, mode="int8"):
         """Quantize the linear layers to int8 (one scale per output channel) for CPU decoding; returns the model.
@@ -532,7 +544,9 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         if compiled is not None and self._decode_with_cuda_graph and prompt.is_cuda:
             decode = CUDAGraphStep(compiled)
         prefill_length = prompt_frames + 1  # every codebook of these positions is known
-        with decoding_threads(self, model_rows):  # chosen once: every step of a seeded sample runs the same products
+        with decoding_threads(self, model_rows) as threads:  # chosen once: each step of a sample runs the same products
+            if compiled is not None:
+                self._note_compiling_again(threads)
             hidden = self.model(condition.model_rows(tokens[:, :, :prefill_length]), cache, genre_ids).last_hidden_state
             for position in range(prefill_length, num_positions):
                 logits = decoding_linear(self.lm_head, hidden[:, -1], cache).view(model_rows, num_codebooks, -1)

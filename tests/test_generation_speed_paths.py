@@ -12,6 +12,7 @@ from transformers.generation.logits_process import TopKLogitsWarper
 from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 import fast_decoding_music_hybrid
+import modeling_music_hybrid
 from fast_decoding_music_hybrid import (
     PACKED_MIN_ROWS, SPLIT_MIN_ELEMENTS, can_pack_weights, decoding_linear, pack_linear_weights,
 )
@@ -135,6 +136,20 @@ def test_compiled_decoding_equals_eager_decoding_and_compiles_once_per_batch_kin
     assert len(counting_backend.graphs) == 3
     model.compile_decoding(False)
     assert torch.equal(model.generate(prompt, max_new_tokens=6, do_sample=False), eager_greedy)
+
+
+def test_a_compiled_step_is_captured_again_once_per_thread_count_and_says_so(two_threads):
+    """A compiled step is specialised to torch's thread count: generations whose calibration picks one thread,
+    then two again, capture the step once per count, and the first on a new count says so in one warning."""
+    counting_backend = CountingBackend()
+    model = tiny_model()
+    model.compile_decoding(backend=counting_backend)
+    with mock.patch.object(modeling_music_hybrid.logger, "warning") as warning:
+        for chosen in (2, 1, 2, 1):
+            with mock.patch.object(fast_decoding_music_hybrid, "fastest_thread_count", return_value=chosen):
+                model.generate(max_new_tokens=4, do_sample=False)
+    assert len(counting_backend.graphs) == 2
+    assert warning.call_count == 1 and "for 1 thread(s)" in warning.call_args.args[0]
 
 
 def test_inductor_compiled_decoding_matches_eager_decoding():
