@@ -46,7 +46,9 @@ class WorkDir:
         leaves no claim on the folder."""
         output_dir = self.root.parent
         if not self.root.exists():
-            if output_dir.is_dir() and any(output_dir.iterdir()):
+            # Only another entry is foreign: the processes of one launch claim together, and another may have
+            # created this folder since the check above.
+            if output_dir.is_dir() and any(path.name != self.root.name for path in output_dir.iterdir()):
                 raise ValueError(f"--output_dir {output_dir} is not empty and holds no earlier build; use an empty one")
             return False
         path = self.root / "config.json"

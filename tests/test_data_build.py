@@ -16,6 +16,7 @@ import pytest
 
 from data.build_dataset import build_dataset, main
 from data.dataset_io import CODES_FEATURES, load_codes_dataset
+from data.parts import WorkDir
 from data.rejects import read_decoder_warnings, read_rejects
 from processing_music_hybrid import Codec
 
@@ -217,6 +218,20 @@ def test_two_processes_under_accelerate_match_one(procedural_reference, tmp_path
     assert len(shards[0] | shards[1]) == 8
     merged, _ = load_codes_dataset(output)
     assert _as_rows(merged) == _as_rows(procedural_reference)
+
+
+def test_the_work_folder_another_process_just_created_does_not_make_the_output_foreign(tmp_path, monkeypatch):
+    """The processes of one launch claim the output folder at the same moment: one may find no _build, and an
+    instant later the _build another has just created. That is not a foreign, non-empty --output_dir (CI saw one
+    process of the two-process build refuse so); anything else there still is."""
+    work = WorkDir(tmp_path / "codes" / "_build")
+    work.parts.mkdir(parents=True)  # what the other process created
+    plain_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda path: path != work.root and plain_exists(path))  # seen just before
+    assert work.check_claim({"source": "procedural"}) is False
+    (tmp_path / "codes" / "notes.txt").write_text("someone else's")
+    with pytest.raises(ValueError, match="is not empty and holds no earlier build"):
+        work.check_claim({"source": "procedural"})
 
 
 def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
