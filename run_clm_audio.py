@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         return report_error(str(error))
     treat_sigterm_as_interrupt()
-    from training.loop import TrainingDiverged, execute, interruption_message, setup_run  # torch, transformers: slow
+    from training.loop import TrainingDiverged, after_interrupt, execute, setup_run  # torch, transformers: slow
 
     try:
         run = setup_run(model_args, data_args, training_args)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         if run.accelerator.is_main_process:
-            print(interruption_message(training_args), file=sys.stderr)
+            print(after_interrupt(training_args), file=sys.stderr)
         return 130
     return 0
 

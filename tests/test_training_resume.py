@@ -74,3 +74,42 @@ def test_an_interrupted_run_says_which_checkpoint_is_complete_and_leaves_no_part
     assert "interrupted: the last complete checkpoint is" in log and "Traceback" not in log, log
     leftovers = [path.name for path in output_dir.iterdir() if path.name.endswith((".tmp", ".old", ".saving"))]
     assert leftovers == [] and not (output_dir / "train_results.json").exists()
+
+
+def test_ctrl_c_before_the_first_checkpoint_leaves_a_folder_the_same_command_and_latest_both_continue(
+    tmp_path, capsys
+):
+    """The most common interrupt: stopped at step 1 because it is slow. Nothing is kept, and neither the same command
+    nor --resume_from_checkpoint latest is refused afterwards."""
+    import shutil
+
+    import run_clm_audio
+
+    dataset = make_codes_dataset(tmp_path / "codes")
+    output_dir = tmp_path / "run"
+    victim = start(training_argv(dataset, output_dir, max_steps=1000, save_steps=1000), tmp_path / "victim.log")
+    deadline = time.time() + 120
+    while not read_log_lines(output_dir):  # step 1 is logged (logging_steps 1), no checkpoint before step 1000
+        assert victim.poll() is None and time.time() < deadline, (tmp_path / "victim.log").read_text()
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGINT)
+    assert victim.wait(timeout=60) == 130
+    log = (tmp_path / "victim.log").read_text()
+    assert "interrupted before the first checkpoint: nothing kept" in log and "Traceback" not in log, log
+    assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / "log_history.jsonl").exists()
+    shutil.copytree(output_dir, tmp_path / "run-latest")
+
+    # the same command (shortened: the folder's state, not the step count, decided the refusal)
+    assert run_clm_audio.main(training_argv(dataset, output_dir, max_steps=2, save_steps=1000)) == 0
+    assert [entry["step"] for entry in read_log(output_dir)] == [1, 2]
+    assert run_clm_audio.main(training_argv(dataset, tmp_path / "run-latest", max_steps=2, save_steps=1000,
+                                            resume_from_checkpoint="latest")) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("training starts from scratch") == 1 and "error" not in captured.err, captured
+
+
+def read_log_lines(output_dir) -> list[str]:
+    try:
+        return (output_dir / "log_history.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return []

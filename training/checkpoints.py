@@ -15,11 +15,13 @@ CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
 TEMPORARY_SUFFIX = ".tmp"
 PREVIOUS_SUFFIX = ".old"
 # Files a training or evaluation run leaves at the top of output_dir (besides its checkpoints): any of them means
-# finished work is there.
-RUN_MARKERS = ("log_history.jsonl", "train_results.json", "eval_results.json", "model.safetensors")
+# finished work is there. Not the log: a run stopped before its first checkpoint leaves one, and nothing to keep.
+RUN_MARKERS = ("train_results.json", "eval_results.json", "model.safetensors")
+LOG_HISTORY_FILE = "log_history.jsonl"
 # What --overwrite_output_dir removes, so that nothing of the previous run stays beside the new one.
 RUN_OUTPUTS = RUN_MARKERS + (
-    "config.json", "generation_config.json", "README.md", "training_curves.png", "codebook_metrics.png", "best",
+    LOG_HISTORY_FILE, "config.json", "generation_config.json", "README.md", "training_curves.png",
+    "codebook_metrics.png", "best",
 )
 
 
@@ -110,6 +112,17 @@ def resolve_resume_checkpoint(resume_from_checkpoint: str | None, output_dir: st
 
 def finished_run_files(output_dir: str) -> list[str]:
     return [name for name in RUN_MARKERS if os.path.exists(os.path.join(output_dir, name))]
+
+
+def forget_unsaved_steps(output_dir: str) -> bool:
+    """After an interrupt: without a checkpoint the steps trained are lost, so their log goes too and the folder
+    holds nothing of the run. Returns whether a checkpoint is kept."""
+    if list_checkpoints(output_dir):
+        return True
+    log = os.path.join(output_dir, LOG_HISTORY_FILE)
+    if os.path.exists(log):
+        os.remove(log)
+    return False
 
 
 def check_output_dir(output_dir: str, overwrite_output_dir: bool, resuming: bool) -> None:

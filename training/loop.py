@@ -30,7 +30,9 @@ from cli.paths import check_local_or_hub, load_checkpoint_config, not_found
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import IGNORE_INDEX, MusicHybridForCausalLM, weighted_codebook_mean
 from training.checkpoints import (
+    LOG_HISTORY_FILE,
     check_output_dir,
+    forget_unsaved_steps,
     checkpoint_step,
     list_checkpoints,
     prepare_output_dir,
@@ -49,7 +51,6 @@ from training.crops import (
 from training.evaluation import evaluate_model, format_metrics_table
 from training.genres import configure_genres
 
-LOG_HISTORY_FILE = "log_history.jsonl"
 EVAL_RESULTS_FILE = "eval_results.json"
 TRAIN_RESULTS_FILE = "train_results.json"
 BEST_MODEL_DIR = "best"
@@ -300,14 +301,15 @@ def execute(run: Run) -> dict:
     return results
 
 
-def interruption_message(training_args) -> str:
-    """What an interrupted run leaves: complete checkpoints (a checkpoint is renamed into place only when whole)."""
+def after_interrupt(training_args) -> str:
+    """Leave complete checkpoints or nothing (a checkpoint is renamed into place only when whole), and say which."""
     output_dir = training_args.output_dir
     if not training_args.do_train:
         return f"interrupted: nothing was written to {output_dir}"
+    if not forget_unsaved_steps(output_dir):
+        return (f"interrupted before the first checkpoint: nothing kept in {output_dir}; the same command starts "
+                "over (--save_steps sets how often a checkpoint is saved)")
     checkpoints = list_checkpoints(output_dir)
-    if not checkpoints:
-        return f"interrupted before the first checkpoint: no checkpoint in {output_dir}, nothing to resume"
     return f"interrupted: the last complete checkpoint is {checkpoints[-1]}; continue: --resume_from_checkpoint latest"
 
 
