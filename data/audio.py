@@ -54,8 +54,8 @@ def decode_audio(source, max_seconds=None, decoder_messages=None):
     """(samples (n, channels) float32, rate) from a path or encoded bytes, reading only the
     first `max_seconds` when given. Failures become RejectedInput with a reason.
 
-    With a list as `decoder_messages`, what the mp3 decoder prints about the file is appended
-    to it instead of reaching the terminal (data/decoder_messages.py)."""
+    What the mp3 decoder prints about the file never reaches the terminal (data/decoder_messages.py); with a list
+    as `decoder_messages` it is appended to it, unless the file is no audio at all."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise RejectedInput("empty", "0 bytes")
@@ -72,17 +72,25 @@ def decode_audio(source, max_seconds=None, decoder_messages=None):
             raise RejectedInput("unreadable", str(error)) from error
         size, opened = os.path.getsize(source), source
     audio_format = _audio_format(head)
-    # Only libmpg123 prints; an mp3 can start with junk, so whatever is not another known format is captured too.
-    capturing = decoder_messages is not None and audio_format in ("MP3", None)
+    # Only libmpg123 prints, whatever decoder_messages is: an mp3 can start with junk, so whatever is not another
+    # known format is captured too.
+    capturing = audio_format in ("MP3", None)
+    messages = []
     try:
-        with fd2_captured(decoder_messages) if capturing else nullcontext(), soundfile.SoundFile(opened) as file:
+        with fd2_captured(messages) if capturing else nullcontext(), soundfile.SoundFile(opened) as file:
             frames = -1 if max_seconds is None else math.ceil(max_seconds * file.samplerate)
-            return file.read(frames, dtype="float32", always_2d=True), file.samplerate
+            samples = file.read(frames, dtype="float32", always_2d=True), file.samplerate
     except Exception as error:  # libsndfile reports damaged and foreign files alike, so say what the bytes are
         if audio_format is not None:
+            if decoder_messages is not None:
+                decoder_messages.extend(messages)
             raise RejectedInput("unreadable", f"{audio_format} file that cannot be decoded: truncated or corrupt "
                                               f"({size} bytes)") from error
+        # what libmpg123 said while it searched a text or HTML file for frames is no news about audio
         raise RejectedInput("not_audio", f"{_what_it_is(head)}, not audio ({size} bytes)") from error
+    if decoder_messages is not None:
+        decoder_messages.extend(messages)
+    return samples
 
 
 def _audio_format(head):

@@ -400,6 +400,10 @@ def _merge(args, work):
     run_config = work.run_config()
     assign, split_names, split_rule = _split_rule(args, run_config)
     parts = [Dataset.from_file(path) for path in work.arrow_files()]
+    if not parts:  # every track rejected: no dataset, and no claim on the folder (the rejects are quick to redo)
+        rejects = sorted(_one_per_track(work.rejects()), key=lambda reject: reject.track_id)
+        work.discard()
+        raise ValueError(_no_usable_audio(rejects))
     empty = {name: [] for name in CODES_FEATURES}
     rows = concatenate_datasets(parts) if parts else Dataset.from_dict(empty, features=CODES_FEATURES)
     keys = rows.select_columns(["track_id", "start_frame"]).to_dict()
@@ -438,6 +442,19 @@ def _merge(args, work):
     if args.push_to_hub:
         push_codes_dataset(output_dir, args.push_to_hub, private=args.hub_private)
     return DatasetDict.load_from_disk(str(output_dir))
+
+
+def _no_usable_audio(rejects):
+    """'no usable audio: 1 file rejected (song.mp3: a text file, not audio (29 bytes))', with counts by reason when
+    there are several."""
+    if not rejects:
+        return "no usable audio: the source gave no track"
+    first = rejects[0]
+    example = f"{Path(first.path).name if first.path else first.track_id}: {first.detail}"
+    if len(rejects) == 1:
+        return f"no usable audio: 1 file rejected ({example})"
+    reasons = ", ".join(f"{reason} {count}" for reason, count in count_by_reason(rejects).items() if count)
+    return f"no usable audio: {len(rejects)} files rejected ({reasons}; the first: {example})"
 
 
 def _one_per_track(entries):

@@ -8,6 +8,7 @@ a fingerprint of that shard; the merge reads every committed part, from any proc
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -74,6 +75,13 @@ class WorkDir:
                 stale.unlink(missing_ok=True)
             settings = json.dumps(run_config, indent=2).encode()
             _write_atomically(self.root / "config.json", lambda file: file.write(settings))
+
+    def discard(self):
+        """Remove the work folder, and the output folder too when nothing else is in it."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        output_dir = self.root.parent
+        if output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
 
     def run_config(self):
         return json.loads((self.root / "config.json").read_text())

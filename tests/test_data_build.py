@@ -247,6 +247,25 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
         assert error.startswith("error:") and message in error
 
 
+def test_an_input_where_every_file_is_rejected_exits_2_with_one_line_and_claims_no_folder(tmp_path, capsys):
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    (audio / "song.mp3").write_text("not music, only a text file\n")
+    output = tmp_path / "codes"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--output_dir", str(output), "--audio_dir", str(audio), *_cli_options(CODEC)])
+    assert exit_info.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert errors == ["error: no usable audio: 1 file rejected (song.mp3: a text file, not audio (28 bytes))"]
+    assert not output.exists()
+    # other settings on the same folder are not refused, and the text file is a reject, not a decoder warning
+    _mp3_folder(audio, ["clean.mp3"])
+    main(["--output_dir", str(output), "--audio_dir", str(audio), "--min_seconds", "0.5", *_cli_options(CODEC)])
+    assert [reject.reason for reject in read_rejects(output / "rejects.jsonl")] == ["not_audio"]
+    assert read_decoder_warnings(output / "decoder_warnings.jsonl") == []
+    assert "made the decoder print warnings" not in (output / "README.md").read_text()
+
+
 def test_unavailable_pretrained_codec_names_the_random_option(tmp_path, capsys, monkeypatch):
     import huggingface_hub.constants
 
