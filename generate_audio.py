@@ -25,12 +25,17 @@ import sys
 
 from cli.arguments import ArgumentParser, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
+from cli.paths import check_model
 from generation.request import DTYPE_NAMES, LONG_FORM_MODES, QUANTIZE_MODES, check_options
 
 
 def main(argv=None):
     """Every user mistake is refused before any work (one `error:` line, exit code 2, nothing written)."""
     args = parse_args(argv)
+    try:
+        check_model(args.model, "the model")  # a mistyped folder answers at once, before torch is imported
+    except ValueError as error:
+        return report_error(str(error))
     if args.list_genres:
         return list_genres(args.model)
     options = dict(

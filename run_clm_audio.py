@@ -24,6 +24,7 @@ import yaml
 
 from cli.arguments import parse_dataclasses, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
+from cli.paths import check_codes_dataset, check_model
 
 MIXED_PRECISION_CHOICES = ["no", "fp16", "bf16"]
 
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     """Every user mistake is refused here, before any training, as one `error:` line and exit code 2."""
     try:
         model_args, data_args, training_args = parse_arguments(argv)
+        check_named_sources(model_args, data_args)
     except ValueError as error:
         return report_error(str(error))
     treat_sigterm_as_interrupt()
@@ -217,6 +219,15 @@ def main(argv: list[str] | None = None) -> int:
             print(after_interrupt(training_args), file=sys.stderr)
         return 130
     return 0
+
+
+def check_named_sources(model_args, data_args) -> None:
+    """A mistyped folder answers at once, before torch is imported (setup_run checks them again, for callers of
+    run_training; a Hub look-up is made once)."""
+    if model_args.model_name_or_path:
+        check_model(model_args.model_name_or_path, "--model_name_or_path")
+    if data_args.dataset_name:
+        check_codes_dataset(data_args.dataset_name, "--dataset_name")
 
 
 def run_training(model_args, data_args, training_args) -> dict:

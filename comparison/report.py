@@ -43,6 +43,13 @@ class EvaluatedModel:
 
 
 def load_or_evaluate(models, names, validation_data, split, segment_length, batch_size, max_segments):
+    from cli.paths import check_codes_dataset, check_model
+
+    checkpoints = [source for source in models if not _is_results_file(source)]
+    for source in checkpoints:  # every name, before the first evaluation
+        check_model(str(source), "model")
+    if checkpoints and validation_data is not None:
+        check_codes_dataset(str(validation_data), "--validation-data")
     validation = None
     evaluated = []
     for name, source in zip(names, models):

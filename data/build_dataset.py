@@ -19,6 +19,13 @@ from typing import Literal, Optional
 
 from cli.arguments import parse_dataclasses, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
+from cli.paths import check_codec_available
+
+DEFAULT_CODEC_MODEL = "descript/dac_44khz"  # processing_music_hybrid.PRETRAINED_MODEL_ID (that module imports torch)
+# processing_music_hybrid's own message, when the loading fails later, names the same ways out.
+CODEC_FIX = ("connect to the Hugging Face Hub once (the weights are cached), pass a downloaded copy with --codec_model "
+             "PATH, or choose random weights explicitly with --codec random --codec_seed N (its codes carry no musical "
+             "meaning)")
 
 
 @dataclass
@@ -96,6 +103,8 @@ def build_dataset(**kwargs):
 
 
 def run(args):
+    if args.codec == "transformers" and not args.merge_only:  # offline: refused at once, before torch is imported
+        check_codec_available(args.codec_model or DEFAULT_CODEC_MODEL, "--codec_model", fix=CODEC_FIX)
     from .builder import run_build
 
     return run_build(args)

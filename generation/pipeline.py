@@ -15,7 +15,7 @@ import soundfile
 import torch
 from tqdm.auto import tqdm
 
-from cli.paths import load_checkpoint_config
+from cli.paths import check_codec_available, load_checkpoint_config
 from data.audio import to_mono_44k
 from generation.chunked_decoder import ChunkedDecoder
 from generation.request import (
@@ -28,6 +28,7 @@ from generation.request import (
 from generation.streaming_wav import StreamingWavWriter
 from processing_music_hybrid import SAMPLE_RATE
 
+CODEC_FIX = "connect to the Hugging Face Hub once (the weights are cached), or install what it needs"
 DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre is asked for
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -194,6 +195,8 @@ def load_checkpoint_codec(identity, device):
     pipeline's message names its own options)."""
     from processing_music_hybrid import CodecUnavailableError, load_codec
 
+    if identity.get("backend") == "transformers" and identity.get("model_id"):
+        check_codec_available(identity["model_id"], "the checkpoint's codec", fix=CODEC_FIX)
     try:
         return load_codec(identity, device=device)
     except CodecUnavailableError as error:
@@ -201,8 +204,7 @@ def load_checkpoint_codec(identity, device):
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(
             f"the checkpoint's codec ({identity.get('backend')} {identity.get('model_id') or ''}) cannot be loaded "
-            f"({type(cause).__name__}: {reason}); connect to the Hugging Face Hub once (the weights are cached), "
-            "or install what it needs"
+            f"({type(cause).__name__}: {reason}); {CODEC_FIX}"
         ) from None
 
 

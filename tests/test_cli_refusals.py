@@ -221,8 +221,9 @@ GENERATION_MISTAKES = {
     "context window too large": (["--long-form", "window", "--context-window", "500"], "--context-window"),
     "missing model folder": (["--model", "ROOT/no-such-model"], "no such folder"),
     "missing model as runs/NAME": (["--model", "runs/NAME"], "no such folder"),
+    "missing model as NAME/NAME offline": (["--model", "nowhere/NAME", "OFFLINE"], "no cached Hub model"),
     "codebooks differ from the codec": (["--model", "ROOT/four-codebooks"], "the model predicts 4 codebooks"),
-    "unreachable codec": (["--model", "ROOT/pretrained-codec", "OFFLINE"], "codec (transformers descript/dac_44khz)"),
+    "unreachable codec": (["--model", "ROOT/pretrained-codec", "OFFLINE"], "the checkpoint's codec 'descript/dac_44khz'"),
     "finished file without --overwrite": (["--output-dir", "ROOT/outputs/finished"], "pass --overwrite"),
     "output dir that is a file": (["--output-dir", "ROOT/outputs/a-file"], "is a file, not a folder"),
 }
@@ -328,18 +329,68 @@ COMMANDS = {
 }
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-@pytest.mark.parametrize("argv", [["--help"], ["--no-such-option"]], ids=["help", "bad-option"])
-def test_help_and_argument_errors_import_no_heavy_module(command, argv):
+def run_counting_heavy_imports(command, argv, env=None):
+    """(exit code, the heavy modules imported, the other stderr lines) of a command run in a fresh process."""
     script = (
         "import runpy, sys\n"
         f"sys.argv = ['{command}', *{argv!r}]\n"
         f"try:\n    {COMMANDS[command]}\nexcept SystemExit as exit:\n    code = exit.code\n"
         f"print(code, [name for name in {HEAVY_MODULES!r} if name in sys.modules], file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=subprocess_env(),
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env or subprocess_env(),
                             capture_output=True, text=True, timeout=120)
     *messages, summary = result.stderr.strip().splitlines()
-    assert summary == ("0 []" if argv == ["--help"] else "2 []"), result.stderr
+    return summary, messages
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("argv", [["--help"], ["--no-such-option"]], ids=["help", "bad-option"])
+def test_help_and_argument_errors_import_no_heavy_module(command, argv):
+    summary, messages = run_counting_heavy_imports(command, argv)
+    assert summary == ("0 []" if argv == ["--help"] else "2 []"), messages
     if argv != ["--help"]:
-        assert len(messages) == 1 and messages[0].startswith("error: "), result.stderr
+        assert len(messages) == 1 and messages[0].startswith("error: "), messages
+
+
+# Offline (the tests' environment sets HF_HUB_OFFLINE), a name that is no folder here and no cached Hub repository
+# is refused before torch is imported: in a second or two, with no Hub request and no retry.
+MISSING_OFFLINE = {
+    "generate_audio": (["runs/nothing", "--output-dir", "samples"], "the model 'runs/nothing': no such folder"),
+    "run_clm_audio": (["--dataset_name", "codes/mine", "--output_dir", "runs/x", "--do_train"],
+                      "--dataset_name 'codes/mine': no such folder"),
+    "data.build_dataset": (["--output_dir", "codes/x"], "--codec_model 'descript/dac_44khz': no such folder"),
+}
+
+
+@pytest.mark.parametrize("command", MISSING_OFFLINE)
+def test_a_missing_folder_or_uncached_hub_name_offline_is_refused_before_torch_is_imported(command, tmp_path):
+    argv, expected = MISSING_OFFLINE[command]
+    env = {**subprocess_env(), "HF_HUB_CACHE": str(tmp_path / "empty-hf-cache")}
+    summary, messages = run_counting_heavy_imports(command, argv, env)
+    assert summary == "2 []" and len(messages) == 1, messages
+    assert expected in messages[0] and "HF_HUB_OFFLINE is set" in messages[0], messages
+
+
+def test_an_unreachable_hub_is_asked_once_and_refuses_a_missing_name_at_once(generation_world, capsys, monkeypatch,
+                                                                                 tmp_path):
+    """Online mode with no network: one look-up, no retries, one line."""
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    class ConnectError(Exception):  # what the Hub client's HTTP library raises without a network, by name
+        pass
+
+    calls = []
+
+    def unreachable(self, repo_id, **options):
+        calls.append(repo_id)
+        raise ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    monkeypatch.chdir(tmp_path)
+    argv = ["someone/nothing-here", "--output-dir", str(tmp_path / "samples")]
+    message = refusal(generate_audio.main, argv, capsys)
+    assert "the Hugging Face Hub cannot be reached to look for it ([Errno -2]" in message
+    assert calls == ["someone/nothing-here"] and not (tmp_path / "samples").exists()

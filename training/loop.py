@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from cli.paths import check_local_or_hub, load_checkpoint_config, not_found
+from cli.paths import check_codes_dataset, load_checkpoint_config, not_found
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import IGNORE_INDEX, MusicHybridForCausalLM, weighted_codebook_mean
 from training.checkpoints import (
@@ -190,7 +190,7 @@ def load_dataset_splits(data_args, training_args):
     name = data_args.dataset_name
     if name is None:
         raise ValueError("--dataset_name is required (a tokenized dataset folder or Hub id from the data pipeline)")
-    check_local_or_hub(name, "--dataset_name", "a codes dataset made by python -m data.build_dataset")
+    check_codes_dataset(name, "--dataset_name")
     try:
         dataset, codec_identity = load_codes_dataset(name)
     except ValueError as error:
