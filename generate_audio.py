@@ -80,10 +80,11 @@ def main(argv=None):
     except KeyboardInterrupt:  # while loading, before any file was opened
         print(f"interrupted before generation started: nothing written to {args.output_dir}", file=sys.stderr)
         return 130
+    speed = result.times_real_time
     print(
         f"Wrote {len(result.paths)} file(s) to {args.output_dir}: {result.audio_seconds:.1f} s of new audio in "
-        f"{result.elapsed_seconds:.1f} s, real-time factor {result.real_time_factor:.2f} "
-        "(below 1: faster than real time)"
+        f"{result.elapsed_seconds:.1f} s, {speed:.2f}x real time ({'faster' if speed >= 1 else 'slower'} than "
+        "playback)"
     )
     if args.reference:
         try:

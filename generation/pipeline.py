@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from cli.paths import check_codec_available, load_checkpoint_config
-from data.audio import to_mono_44k
+from data.audio import decode_audio, to_mono_44k
+from data.rejects import RejectedInput
 from generation.chunked_decoder import ChunkedDecoder
 from generation.request import (
     PARTIAL_SUFFIX,
@@ -41,9 +42,9 @@ class GenerationResult:
     elapsed_seconds: float  # generation and decoding, after loading
 
     @property
-    def real_time_factor(self):
-        """Seconds of computation per second of audio: below 1 is faster than real time."""
-        return self.elapsed_seconds / self.audio_seconds
+    def times_real_time(self):
+        """Seconds of audio made per second of computation: above 1 is faster than real time."""
+        return self.audio_seconds / self.elapsed_seconds
 
 
 @dataclass
@@ -131,6 +132,9 @@ def generate_audio(
               "steps after about a minute of compiling; see the README's int8 section)", file=sys.stderr)
     if compile_decoding:
         model.compile_decoding(cuda_graph=True)
+        if progress:  # the compilation happens inside the first step: the bar would stall and predict hours
+            print("compiling the decoding step: the first frame takes a while (tens of seconds), the next ones are "
+                  "faster", file=sys.stderr)
     prompt_codes = None
     if plan.prompt_audio is not None:
         prompt_codes = codec.encode([plan.prompt_audio])[0][None]
@@ -269,12 +273,13 @@ def check_genres(config, genre, guidance_scale, num_samples):
 
 
 def load_prompt_audio(path, hop_length):
-    """Read any soundfile-readable file, downmix to mono, resample to 44.1 kHz (every codec's rate, as
+    """Read any soundfile-readable file the way the data pipeline does (what it is when it is no audio, the mp3
+    decoder's notes kept off the terminal), downmix to mono, resample to 44.1 kHz (every codec's rate, as
     processing_music_hybrid checks); cut to whole codec frames (at most 11.6 ms)."""
     try:
-        audio, file_rate = soundfile.read(path, dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise ValueError(f"cannot read the prompt file {path}: {error}") from None
+        audio, file_rate = decode_audio(str(path), decoder_messages=[])
+    except RejectedInput as rejected:
+        raise ValueError(f"cannot read the prompt file {path}: {rejected.detail}") from None
     audio = to_mono_44k(audio, file_rate)
     whole_frames = len(audio) // hop_length * hop_length
     if whole_frames == 0:

@@ -248,6 +248,20 @@ def test_generate_audio_refuses_user_mistakes_before_any_work(case, generation_w
     assert folder_state(generation_world) == before
 
 
+def test_a_text_file_as_prompt_is_named_as_such_and_the_mp3_decoder_stays_off_the_terminal(generation_world,
+                                                                                           tmp_path):
+    prompt = tmp_path / "song.mp3"
+    prompt.write_text("these are words, not music\n")
+    argv = [str(generation_world / "model"), "--output-dir", str(tmp_path / "samples"), "--duration", "0.1",
+            "--prompt", str(prompt)]
+    result = subprocess.run([sys.executable, "generate_audio.py", *argv], cwd=REPO_ROOT, env=subprocess_env(),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: cannot read the prompt file {prompt}: a text file, not audio (27 bytes)"
+    ]
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # python -m data.build_dataset
 # ------------------------------------------------------------------------------------------------------------------
