@@ -19,11 +19,10 @@ dataset's codec, with a bootstrap interval over samples) joins the report:
         --generate 16 --generate-seconds 5
 """
 
-import argparse
 import sys
 from pathlib import Path
 
-from cli.arguments import report_error
+from cli.arguments import ArgumentParser, report_error
 from comparison.generated_audio import checkpoint_of, fad_of_checkpoints
 from comparison.report import (
     REPORT_FILENAMES,
@@ -68,7 +67,7 @@ def main(argv=None):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Compare checkpoints per codebook on identical validation segments, with paired bootstrap "
         "intervals and Holm-corrected significance; writes markdown, JSON and PNG plots.",
     )

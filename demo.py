@@ -28,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from cli.arguments import report_error
+from cli.arguments import ArgumentParser, report_error
 
 RANDOM_CODEC_WARNING = (
     "WARNING: offline demo: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def parse_args(argv: list[str] | None) -> DemoSettings:
     defaults = DemoSettings()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=defaults.output_dir, help="where everything is written")
     parser.add_argument("--pretrained_codec", action="store_true",
                         help="encode with the pretrained descript/dac_44khz weights (downloads them)")

@@ -29,7 +29,7 @@ FORMATS = {"mp3": ("MP3", "MPEG_LAYER_III"), "ogg": ("OGG", "VORBIS"), "flac": (
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--tracks", type=int, default=4, help="number of tracks")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each track")
     parser.add_argument("--format", choices=sorted(FORMATS), default="mp3", help="file format the tracks are read from")

@@ -177,4 +177,5 @@ def ratio_text(numerator, denominator, digits=1):
 
 
 def new_parser(description):
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   allow_abbrev=False)  # as every command's (cli/arguments.py)

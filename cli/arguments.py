@@ -18,7 +18,12 @@ import typing
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse answering a bad option with one `error: ...` line (exit 2), not the usage block and program name."""
+    """argparse answering a bad option with one `error: ...` line (exit 2), not the usage block and program name,
+    and taking options only by their full names: a prefix (`--max_step` for `--max_steps`) would be taken silently,
+    and a later option sharing it would change what an old command line means."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {message} (see --help)\n")

@@ -102,6 +102,8 @@ TRAINING_MISTAKES = {
     "zero steps": (lambda w: training_argv(w["dataset"], w["runs"] / "new", max_steps=0), "--max_steps"),
     "unknown choice": (lambda w: training_argv(w["dataset"], w["runs"] / "new", mixed_precision="fp8"), "fp8"),
     "not a number": (lambda w: training_argv(w["dataset"], w["runs"] / "new", learning_rate="fast"), "fast"),
+    "an abbreviated option": (lambda w: training_argv(w["dataset"], w["runs"] / "new", max_step=3),
+                              "unrecognized arguments: --max_step 3"),
     "missing config file": (lambda w: [str(w["root"] / "recipe.yaml")], "not found"),
     "not a checkpoint folder": (
         lambda w: training_argv(w["dataset"], w["runs"] / "new", resume_from_checkpoint=str(w["finished"])),
@@ -210,6 +212,7 @@ GENERATION_MISTAKES = {
     "top-k count": (["--top-k", "1", "2"], "one value or 9"),
     "no samples": (["--num-samples", "0"], "--num-samples must be a positive integer"),
     "not a number": (["--temperature", "warm"], "invalid float value: 'warm'"),
+    "an abbreviated option": (["--num-sample", "2"], "unrecognized arguments: --num-sample 2"),
     "unknown dtype": (["--dtype", "int4"], "invalid choice: 'int4'"),
     "int8 weights from bfloat16": (["--quantize", "int8", "--dtype", "bfloat16"], "is for CPU decoding of float32"),
     "int8 weights on a GPU": (["--quantize", "int8", "--device", "cuda"], "is for CPU decoding of float32"),
@@ -292,6 +295,7 @@ DATA_MISTAKES = {
     "streaming without a dataset": (["--streaming"], "--streaming applies to --hf_dataset only"),
     "unknown codec": (["--codec", "mp3"], "invalid choice: 'mp3'"),
     "not a number": (["--min_seconds", "long"], "invalid float value: 'long'"),
+    "an abbreviated option": (["--max_track", "1"], "unrecognized arguments: --max_track 1"),
     "pretrained codec offline": (["--codec", "transformers", "OFFLINE"], "--codec random --codec_seed N"),
     "other settings than the finished build": (["--output_dir", "ROOT/outputs/built", "--min_seconds", "0.5"],
                                                "holds work made with other settings"),
@@ -329,6 +333,19 @@ def test_a_failed_first_build_does_not_lock_its_folder(tmp_path, capsys, monkeyp
     (claimed / "_build" / "config.json").write_text('{"source": "fma", "fma_dir": "/mistyped"}')
     build_dataset_command.main(["--output_dir", str(claimed), *TINY_SOURCE, *RANDOM_CODEC])
     assert (claimed / "dataset_dict.json").exists()
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("compare_models", ["runs/a", "runs/b", "--output-dir", "outputs/comparison", "--max-seg", "3"]),
+    ("demo", ["--max_step", "3"]),
+], ids=["compare_models", "demo"])
+def test_the_other_commands_take_no_abbreviated_option(module, argv, capsys):
+    parse_args = __import__(module).parse_args
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"error: unrecognized arguments: {' '.join(argv[-2:])} "
+                                                             "(see --help)"]
 
 
 # ------------------------------------------------------------------------------------------------------------------
