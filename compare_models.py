@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 
 from cli.arguments import ArgumentParser, report_error
+from cli.progress import hide_transformers_bars
 from comparison.generated_audio import checkpoint_of, fad_of_checkpoints
 from comparison.report import (
     REPORT_FILENAMES,
@@ -36,6 +37,7 @@ from comparison.report import (
 
 def main(argv=None):
     args = parse_args(argv)
+    hide_transformers_bars()
     try:
         report = compare_models(
             args.models,

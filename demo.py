@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from cli.arguments import ArgumentParser, report_error
+from cli.progress import hide_transformers_bars
 
 RANDOM_CODEC_WARNING = (
     "WARNING: offline demo: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
@@ -70,6 +71,7 @@ class DemoSettings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    hide_transformers_bars()
     try:
         run_demo(settings)
     except ValueError as error:  # no network for --pretrained_codec, codes made with other settings, a bad setting

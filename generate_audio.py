@@ -26,6 +26,7 @@ import sys
 from cli.arguments import ArgumentParser, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
 from cli.paths import check_model
+from cli.progress import hide_transformers_bars
 from generation.request import DTYPE_NAMES, LONG_FORM_MODES, QUANTIZE_MODES, check_options
 
 
@@ -68,6 +69,7 @@ def main(argv=None):
     except ValueError as error:
         return report_error(str(error))
     treat_sigterm_as_interrupt()
+    hide_transformers_bars()
     from generation.pipeline import GenerationInterrupted, generate_audio
 
     try:

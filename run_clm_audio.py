@@ -25,6 +25,7 @@ import yaml
 from cli.arguments import parse_dataclasses, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
 from cli.paths import check_codes_dataset, check_model
+from cli.progress import hide_transformers_bars
 
 MIXED_PRECISION_CHOICES = ["no", "fp16", "bf16"]
 
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         return report_error(str(error))
     treat_sigterm_as_interrupt()
+    hide_transformers_bars()
     from training.loop import TrainingDiverged, after_interrupt, execute, setup_run  # torch, transformers: slow
 
     try:

@@ -20,6 +20,7 @@ from typing import Literal, Optional
 from cli.arguments import parse_dataclasses, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
 from cli.paths import check_codec_available
+from cli.progress import hide_transformers_bars
 
 DEFAULT_CODEC_MODEL = "descript/dac_44khz"  # processing_music_hybrid.PRETRAINED_MODEL_ID (that module imports torch)
 # processing_music_hybrid's own message, when the loading fails later, names the same ways out.
@@ -117,6 +118,7 @@ def main(argv=None):
     except ValueError as error:
         sys.exit(report_error(str(error)))
     treat_sigterm_as_interrupt()
+    hide_transformers_bars()
     try:
         run(args)
     except ValueError as error:

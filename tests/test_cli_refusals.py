@@ -168,6 +168,17 @@ def test_disable_tqdm_silences_every_progress_bar(training_world, tmp_path):
     assert "%|" not in result.stderr, result.stderr  # training, evaluation, datasets, save_pretrained's shards
 
 
+def test_transformers_bars_stay_out_of_the_training_output(training_world, tmp_path, capsys):
+    """Without --disable_tqdm the command's own bars show, but not transformers' "Writing model shards"."""
+    from transformers.utils import logging
+
+    logging.enable_progress_bar()  # as in a fresh process (other tests may have turned it off)
+    argv = training_argv(training_world["dataset"], tmp_path / "run", max_steps=1, disable_tqdm=False)
+    assert run_clm_audio.main(argv) == 0
+    errors = capsys.readouterr().err
+    assert "training" in errors and "Writing model shards" not in errors, errors
+
+
 # ------------------------------------------------------------------------------------------------------------------
 # generate_audio.py
 # ------------------------------------------------------------------------------------------------------------------
