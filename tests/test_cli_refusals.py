@@ -168,6 +168,21 @@ def test_disable_tqdm_silences_every_progress_bar(training_world, tmp_path):
     assert "%|" not in result.stderr, result.stderr  # training, evaluation, datasets, save_pretrained's shards
 
 
+def test_a_warmup_as_long_as_the_run_and_crops_mostly_padding_warn_in_one_line_each(training_world, tmp_path, capsys):
+    dataset = training_world["dataset"]  # tracks of 25 to 120 frames
+    assert run_clm_audio.main(training_argv(dataset, tmp_path / "sound", max_steps=2, warmup_steps=1)) == 0
+    assert "warning" not in capsys.readouterr().err
+    argv = training_argv(dataset, tmp_path / "hardly", max_steps=2, warmup_steps=5, segment_length=512)
+    assert run_clm_audio.main(argv) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --warmup_steps 5 is not below --max_steps 2: the learning rate only climbs to 40% of "
+        "--learning_rate 0.003 (a fraction such as 0.05 warms up over that share of the steps)",
+        "warning: the training tracks are shorter than a crop: 15% of a 503-frame crop is audio on average, the rest "
+        "padding (computed, not learned from); --segment_length 84 fits the median track",
+    ]
+
+
 def test_transformers_bars_stay_out_of_the_training_output(training_world, tmp_path, capsys):
     """Without --disable_tqdm the command's own bars show, but not transformers' "Writing model shards"."""
     from transformers.utils import logging

@@ -15,10 +15,12 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -147,11 +149,37 @@ def setup_run(model_args, data_args, training_args) -> Run:
         prepare_output_dir(output_dir, overwrite and training_args.do_train, resuming=resume_checkpoint is not None)
     for line in genre_lines:
         accelerator.print(line)
+    if training_args.do_train and accelerator.is_main_process:
+        track_frames = list(splits[data_args.train_split_name]["num_frames"])
+        for line in setting_warnings(training_args, data_args.segment_length, track_frames, config):
+            print(line, file=sys.stderr)
     accelerator.wait_for_everyone()
     return Run(
         model_args, data_args, training_args, accelerator, config,
         splits.get(data_args.train_split_name), splits.get(data_args.validation_split_name), resume_checkpoint,
     )
+
+
+def setting_warnings(training_args, segment_length: int, track_frames: list[int], config) -> list[str]:
+    """Settings that train, but hardly: a warmup as long as the run, crops that are mostly padding."""
+    lines = []
+    warmup, steps = training_args.num_warmup_steps, training_args.max_steps
+    if warmup >= steps:
+        lines.append(
+            f"warning: --warmup_steps {warmup} is not below --max_steps {steps}: the learning rate only climbs to "
+            f"{steps / warmup:.0%} of --learning_rate {training_args.learning_rate:g} (a fraction such as 0.05 "
+            "warms up over that share of the steps)"
+        )
+    frames = frames_per_segment(segment_length, config.num_codebooks)
+    audio_share = float(np.minimum(track_frames, frames).mean()) / frames
+    if audio_share < 0.5:
+        fitting = int(np.median(track_frames)) + config.num_codebooks
+        lines.append(
+            f"warning: the training tracks are shorter than a crop: {audio_share:.0%} of a {frames}-frame crop is "
+            f"audio on average, the rest padding (computed, not learned from); --segment_length {fitting} fits the "
+            "median track"
+        )
+    return lines
 
 
 def check_resumable(checkpoint: str, config) -> None:
