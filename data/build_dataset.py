@@ -123,9 +123,14 @@ def main(argv=None):
         run(args)
     except ValueError as error:
         sys.exit(report_error(str(error)))
-    except KeyboardInterrupt:
-        print(f"interrupted: finished parts are kept in {args.output_dir}/_build (nothing half-written); rerun the "
-              "same command to resume", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        from .parts import BuildInterrupted  # imported already when the encoding ran
+
+        if isinstance(interrupt, BuildInterrupted):
+            print(interrupt.message(args.output_dir), file=sys.stderr)
+        else:  # before or after the encoding
+            print(f"interrupted: finished parts are kept in {args.output_dir}/_build (nothing half-written); rerun "
+                  "the same command to resume", file=sys.stderr)
         sys.exit(130)
 
 

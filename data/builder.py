@@ -41,7 +41,7 @@ from .dataset_io import (
     save_codes_dataset,
 )
 from .decoder_messages import python_stderr_off_fd2
-from .parts import WorkDir, shard_fingerprint
+from .parts import BuildInterrupted, WorkDir, shard_fingerprint
 from .rejects import DecoderWarning, Reject, RejectedInput, count_by_reason, write_report
 from .sources import (
     default_fma_metadata,
@@ -244,9 +244,16 @@ class _ShardEncoder:
                                    bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self.encode_bar = tqdm(desc=f"encode{where}", unit="s audio", disable=not self.show_progress)
             decoded = _ordered_parallel_map(self._timed_read, todo(), self.args.num_workers)
-            # closed on an interrupt too, so that no decoding thread still holds fd 2 once sys.stderr is back on it
-            with self.decode_bar, self.encode_bar, closing(decoded):
-                self._encode_decoded(decoded)
+            try:
+                # closed on an interrupt too, so that no decoding thread still holds fd 2 once sys.stderr is back on it
+                with self.decode_bar, self.encode_bar, closing(decoded):
+                    self._encode_decoded(decoded)
+            except KeyboardInterrupt:
+                self._commit(only_finished=True)  # what is encoded stays done; decoded tracks are redone
+                finished = self.work.finished_track_ids()
+                if not isinstance(tracks, list):  # streamed: the source's length is unknown
+                    raise BuildInterrupted(len(finished), None) from None
+                raise BuildInterrupted(sum(track.track_id in finished for track in tracks), len(tracks)) from None
         self.work.mark_shard_done(self.rank, self.world_size, shard_ids)
         return all_ids
 
@@ -329,7 +336,11 @@ class _ShardEncoder:
             self.encode_bar.update(round(samples.size / SAMPLE_RATE, 2))
         self.pending = []
 
-    def _commit(self):
+    def _commit(self, only_finished=False):
+        """only_finished: after an interrupt, leave out the rows of a track cut short between its segments."""
+        if only_finished:
+            finished = set(self.finished)
+            self.rows = [row for row in self.rows if row["track_id"] in finished]
         if self.finished:
             self.work.write_part(self.rank, self.rows, self.finished, self.rejects, self.decoder_warnings)
         self.rows, self.finished, self.rejects, self.decoder_warnings = [], [], [], []

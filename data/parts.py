@@ -18,6 +18,22 @@ from .dataset_io import codes_table
 from .rejects import DecoderWarning, Reject
 
 
+class BuildInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM while tracks were encoded, after the tracks finished so far were committed."""
+
+    def __init__(self, kept: int, total: int | None):
+        super().__init__()
+        self.kept = kept  # tracks committed in OUTPUT_DIR/_build (by every process, this run or earlier ones)
+        self.total = total  # tracks of the source, None when streamed
+
+    def message(self, output_dir) -> str:
+        if self.total is None:
+            return (f"interrupted: {self.kept} tracks are done and kept in {output_dir}/_build (nothing half-written); "
+                    "rerun the same command to continue")
+        return (f"interrupted: {self.kept} of {self.total} tracks are done and kept in {output_dir}/_build (nothing "
+                f"half-written); rerun the same command to encode the other {self.total - self.kept}")
+
+
 def _write_atomically(path, write):
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # processes may write the same file
     try:

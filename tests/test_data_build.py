@@ -195,7 +195,10 @@ def test_resume_after_a_kill_encodes_only_unfinished_tracks(procedural_reference
     assert 2 <= len(finished) < 8, "the build must be killed midway"
     if signal_number == signal.SIGTERM:  # a stop it can handle: it says what is kept and leaves no temporary file
         assert process.returncode == 130 and "Traceback" not in stderr, stderr
-        assert stderr.strip().splitlines()[-1].startswith("interrupted: finished parts are kept")
+        assert stderr.strip().splitlines()[-1] == (
+            f"interrupted: {len(finished)} of 8 tracks are done and kept in {output}/_build (nothing half-written); "
+            f"rerun the same command to encode the other {8 - len(finished)}"
+        )
         assert not list(output.rglob("*.tmp"))
     resumed = build_dataset(output_dir=str(output), **PROCEDURAL)
     assert len(count_encoded) == 8 - len(finished)
@@ -378,7 +381,9 @@ def test_an_interrupt_while_fd2_is_captured_gives_the_terminal_its_stderr_back(t
     process.send_signal(signal.SIGTERM)  # the held decode is inside its capture window now
     stderr = process.communicate(timeout=60)[1]
     assert process.returncode == 130 and "Traceback" not in stderr, stderr
-    assert stderr.strip().splitlines()[-1].startswith("interrupted: finished parts are kept"), stderr
+    finished = {track for path in (output / "_build" / "parts").glob("*.json")
+                for track in json.loads(path.read_text())["tracks"]}
+    assert stderr.strip().splitlines()[-1].startswith(f"interrupted: {len(finished)} of 3 tracks are done"), stderr
     for line in ("a print", "a log line", "a warning"):
         assert f"{line} while fd 2 is captured" in stderr, stderr
     assert not any(text in stderr for text in DECODER_TEXT), stderr
