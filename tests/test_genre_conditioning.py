@@ -81,7 +81,7 @@ def test_conditional_prefill_then_decoding_equals_one_full_forward(name, fixed_s
     input_ids = codes_to_model_inputs(random_codes(frames=12), model.config)["input_ids"]
     genre_ids = torch.tensor([2, 3])
     full = model(input_ids, genre_ids=genre_ids).logits
-    cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
+    cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
     pieces = [model(input_ids[:, :, :6], genre_ids=genre_ids, cache=cache).logits]
     pieces += [
         model(input_ids[:, :, t : t + 1], genre_ids=genre_ids, cache=cache).logits for t in range(6, input_ids.shape[2])

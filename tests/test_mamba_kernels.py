@@ -178,7 +178,7 @@ def test_cached_kernels_match_the_torch_path_in_outputs_and_cache_updates(stand_
     input_ids = codes_to_model_inputs(codes, torch_model.config)["input_ids"]
     caches, logits = [], []
     for model in (torch_model, kernel_model):
-        cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32)
+        cache = model.model.new_cache(2, input_ids.shape[2])
         pieces = [model(input_ids[:, :, :2], cache=cache).logits]  # prefill shorter than the conv width
         pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(2, input_ids.shape[2])]
         caches.append(cache)

@@ -259,7 +259,7 @@ def test_prefill_and_decoding_steps_equal_one_forward_pass(aggregation, max_segm
     assert memories_matter(model, input_ids)
     with torch.no_grad():
         full = model(input_ids).logits
-        cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
+        cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
         pieces = [model(input_ids[:, :, :21], cache=cache).logits]  # ends inside segment 1
         pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(21, input_ids.shape[2])]
     assert (torch.cat(pieces, dim=2) - full).abs().max() <= 1e-4
@@ -274,7 +274,7 @@ def test_a_second_multi_position_input_continues_the_memories():
     input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
     with torch.no_grad():
         full = model(input_ids).logits
-        cache = MusicHybridCache(model.config, 1, input_ids.shape[2], "cpu", torch.float32)
+        cache = model.model.new_cache(1, input_ids.shape[2])
         pieces = [model(input_ids[:, :, q], cache=cache).logits for q in (slice(0, 25), slice(25, 58), slice(58, None))]
     assert (torch.cat(pieces, dim=2) - full).abs().max() <= 1e-4
 

@@ -135,7 +135,7 @@ def test_prefill_then_decoding_equals_one_full_forward(name, positions, attentio
     model.set_attn_implementation(attention)
     input_ids = codes_to_model_inputs(random_codes(frames=16), model.config)["input_ids"]
     full = model(input_ids).logits
-    cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
+    cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
     pieces = [model(input_ids[:, :, :6], cache=cache).logits]  # prefill
     pieces.append(model(input_ids[:, :, 6:11], cache=cache).logits)  # a block on top of a cache
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(11, input_ids.shape[2])]
@@ -147,7 +147,7 @@ def test_sliding_window_cache_equals_full_attention_when_the_window_covers_every
     model = tiny_model("hybrid-tiny", position_embedding_type="rope")
     input_ids = codes_to_model_inputs(random_codes(frames=12), model.config)["input_ids"]
     full = model(input_ids).logits
-    cache = MusicHybridCache(model.config, 2, 64, "cpu", torch.float32, attention_window=64)
+    cache = model.model.new_cache(2, 64, attention_window=64)
     pieces = [model(input_ids[:, :, :5], cache=cache).logits]
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(5, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
@@ -161,9 +161,8 @@ def test_sliding_window_cache_matches_a_band_mask(fixed_shape, prefill):
     model.set_attn_implementation("eager")
     window = 4
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=8), model.config)["input_ids"]
-    banded = model(input_ids, cache=MusicHybridCache(model.config, 1, 64, "cpu", torch.float32, attention_window=window)).logits
-    cache = MusicHybridCache(
-        model.config, 1, 64, "cpu", torch.float32, attention_window=window, fixed_shape=fixed_shape
+    banded = model(input_ids, cache=model.model.new_cache(1, 64, attention_window=window)).logits
+    cache = model.model.new_cache(1, 64, attention_window=window, fixed_shape=fixed_shape
     )
     pieces = [model(input_ids[:, :, :prefill], cache=cache).logits]  # shorter or longer than the window
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(prefill, input_ids.shape[2])]
@@ -174,7 +173,7 @@ def test_sliding_window_cache_matches_a_band_mask(fixed_shape, prefill):
 def test_fixed_shape_cache_shows_attention_whole_blocks_of_slots():
     """Steps see the filled slots rounded up to a block: the same shapes for a block of positions at a time."""
     model = tiny_model("transformer-tiny")
-    cache = MusicHybridCache(model.config, 1, 600, "cpu", torch.float32, fixed_shape=True)
+    cache = model.model.new_cache(1, 600, fixed_shape=True)
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=6), model.config)["input_ids"]
     model.model(input_ids[:, :, :2], cache)
     key = torch.randn(1, model.config.num_key_value_heads, 1, model.config.head_dim)
