@@ -21,6 +21,7 @@ batch-first tensors, or None) and maps (B, L, D) to (B, L, D) with `forward(hidd
 keyword inputs (cache, positions, rotary, attention_mask); each takes those it uses. See docs/architecture.md.
 """
 
+import json
 from dataclasses import dataclass
 
 import torch

@@ -11,7 +11,6 @@ from transformers.generation.logits_process import TopKLogitsWarper
 from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 import fast_decoding_music_hybrid
-import modeling_music_hybrid
 import generation_music_hybrid
 from cache_music_hybrid import MusicHybridCache
 from fast_decoding_music_hybrid import (
