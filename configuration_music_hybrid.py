@@ -270,7 +270,8 @@ class MusicHybridConfig(PretrainedConfig):
             if given_layer_types != self.layer_types:
                 fail("layer_types", f"{given_layer_types} disagrees with mixer_types {self.mixer_types}")
         if len(self.mixer_types) != self.num_hidden_layers:
-            fail("mixer_types", f"has {len(self.mixer_types)} entries for num_hidden_layers={self.num_hidden_layers}")
+            field = "mixer_types" if given_layer_types is None else "layer_types"
+            fail(field, f"has {len(self.mixer_types)} entries for num_hidden_layers={self.num_hidden_layers}")
         unknown = sorted(set(self.mixer_types) - set(MIXER_LAYER_TYPES))
         if unknown:
             fail(
