@@ -5,8 +5,8 @@ or read from an `eval_results.json` written by run_clm_audio.py. Every model mus
 scored on exactly the same deterministic segments, so differences can be tested per
 segment (paired bootstrap) and corrected for the number of codebooks (Holm).
 
-    python compare_models.py runs/transformer runs/hybrid --validation-data data/fma_codes --output-dir comparison
-    python compare_models.py runs/transformer/eval_results.json runs/hybrid/eval_results.json --output-dir comparison
+    python compare_models.py runs/transformer runs/hybrid --validation-data codes/fma --output-dir outputs/comparison
+    python compare_models.py runs/transformer/eval_results.json runs/hybrid/eval_results.json --output-dir outputs/comparison
 
 Writes comparison.md (ready for a model card), comparison.json, loss_per_codebook.png and
 loss_difference.png into the output directory.
@@ -15,7 +15,7 @@ With --generate N every model also continues the same N validation prompts with 
 written to OUTPUT_DIR/samples/ and their Frechet Audio Distance to the validation audio (DAC encoder latents of the
 dataset's codec, with a bootstrap interval over samples) joins the report:
 
-    python compare_models.py runs/transformer runs/hybrid --validation-data data/fma_codes --output-dir comparison \
+    python compare_models.py runs/transformer runs/hybrid --validation-data codes/fma --output-dir outputs/comparison \
         --generate 16 --generate-seconds 5
 """
 
