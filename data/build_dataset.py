@@ -104,11 +104,16 @@ def build_dataset(**kwargs):
 
 
 def run(args):
-    if args.codec == "transformers" and not args.merge_only:  # offline: refused at once, before torch is imported
-        check_codec_available(args.codec_model or DEFAULT_CODEC_MODEL, "--codec_model", fix=CODEC_FIX)
+    check_codec_name(args)
     from .builder import run_build
 
     return run_build(args)
+
+
+def check_codec_name(args):
+    """Offline, a pretrained codec that is not here is refused at once, before torch is imported."""
+    if args.codec == "transformers" and not args.merge_only:
+        check_codec_available(args.codec_model or DEFAULT_CODEC_MODEL, "--codec_model", fix=CODEC_FIX)
 
 
 def main(argv=None):
@@ -118,8 +123,9 @@ def main(argv=None):
     except ValueError as error:
         sys.exit(report_error(str(error)))
     treat_sigterm_as_interrupt()
-    hide_transformers_bars()
     try:
+        check_codec_name(args)  # before the bars' switch imports transformers (run checks again: one Hub look-up)
+        hide_transformers_bars()
         run(args)
     except ValueError as error:
         sys.exit(report_error(str(error)))
