@@ -166,6 +166,21 @@ def test_reproduction_recipe_runs_with_small_overrides(recipe, tiny_preset, data
     assert json.loads((output_dir / "eval_results.json").read_text())["num_segments"] == 2
 
 
+def test_the_cpu_recipes_parse_and_the_evening_one_costs_an_eighth_of_the_laptop_one():
+    """docs/training.md states the evening recipe's cost from the laptop recipe's: a quarter of the positions per
+    step (crops half as long, half the micro-batches) for half the steps."""
+    def settings(recipe):
+        _, data_args, training_args = run_clm_audio.parse_arguments([os.path.join(REPO_ROOT, "recipes", recipe)])
+        assert training_args.num_warmup_steps < training_args.max_steps
+        positions = (data_args.segment_length * training_args.per_device_train_batch_size
+                     * training_args.gradient_accumulation_steps)
+        return positions, training_args.max_steps
+
+    (laptop_positions, laptop_steps), (evening_positions, evening_steps) = settings("laptop.yaml"), settings(
+        "evening.yaml")
+    assert (evening_positions * 4, evening_steps * 2) == (laptop_positions, laptop_steps)
+
+
 def test_help_lists_the_transformers_style_options(capsys):
     with pytest.raises(SystemExit) as exit:
         run_clm_audio.main(["--help"])
