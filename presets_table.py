@@ -1,4 +1,4 @@
-"""Print the model presets as a markdown table with their parameter counts (the README's table).
+"""Print the model presets as a markdown table with their parameter counts (the table in docs/model.md).
 
     python presets_table.py
 """

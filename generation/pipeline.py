@@ -123,7 +123,7 @@ def generate_audio(
     model = load_model(model_name_or_path, device, dtype, quantize, compile_decoding)
     if device.type == "cpu" and progress and not (quantize and compile_decoding):
         print("note: on CPU, --quantize int8 --compile decodes fastest (a quarter of the weight bytes, compiled "
-              "steps after about a minute of compiling; see the README's int8 section)", file=sys.stderr)
+              "steps after about a minute of compiling; see docs/generation.md)", file=sys.stderr)
     paths = output_paths(output_dir, num_samples, prefix, plan.genres)
     return write_samples(model, codec, plan, paths, seed=seed, batch_size=batch_size, long_form=long_form,
                          stream=stream, chunk_seconds=chunk_seconds, continuation_only=continuation_only,
