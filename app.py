@@ -10,6 +10,7 @@ read a file outside it. See docs/app.md.
 """
 
 import argparse
+import importlib.util
 import os
 import shutil
 import sys
@@ -56,6 +57,8 @@ def main(argv=None):
 
 
 def check_arguments(args):
+    if importlib.util.find_spec("gradio") is None:
+        raise ValueError('the listening page needs gradio: pip install -e ".[app]"')
     if not (0 < args.max_duration <= 3600):
         raise ValueError(f"--max-duration must be between 0 and 3600 seconds, got {args.max_duration:g}")
     if not (0 < args.port < 65536):
@@ -81,8 +84,9 @@ def parse_args(argv=None):
                         help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port (default 7860)")
-    parser.add_argument("--output-dir", "--output_dir", default="app_output",
-                        help="folder for the samples, uploads and preferences.json (default: app_output)")
+    parser.add_argument("--output-dir", "--output_dir", default=os.environ.get("MUSIC_HYBRID_APP_OUTPUT", "app_output"),
+                        help="folder for the samples, uploads and preferences.json (default: $MUSIC_HYBRID_APP_OUTPUT, "
+                        "else app_output)")
     parser.add_argument("--max-duration", "--max_duration", type=float, default=30.0,
                         help="longest sample the page offers, in seconds (default 30)")
     parser.add_argument("--device", help="torch device (default: cuda when available, else cpu)")

@@ -1,50 +1,48 @@
-"""The condition controls of the page, built from what the checkpoints' configs have.
+"""The condition controls of the page, built from what the checkpoints' configs ask for.
 
-One entry per kind of condition a checkpoint can take: today the genre (a menu of the config's genre names).
-Text conditioning adds its entry here (a description box, shown for checkpoints whose config names a text
-encoder) and its keyword to the generation request; the page lays out whatever this list offers, and classifier-free
-guidance applies to any of them.
+The model's condition providers (`conditions_music_hybrid.CONDITIONS`) say which conditions a config takes
+(`wanted_by`) and the generate() argument of each (`generate_argument`); this file says how the page asks for
+each one: the genre as a menu of the config's genre names. Text conditioning adds its provider there and a
+description box here (`PAGE_CONTROLS["description"] = ...`); the page lays out what this list offers, and
+classifier-free guidance applies to any of them.
 """
 
 from dataclasses import dataclass
+
+from conditions_music_hybrid import CONDITIONS
 
 NO_CONDITION = "(none)"
 
 
 @dataclass(frozen=True)
-class ConditionKind:
-    keyword: str  # the generation request's keyword (generate()'s, plan_generation's)
+class MenuControl:
+    """A condition picked from names that the config lists (config.<names_field>)."""
+
     label: str
+    names_field: str
 
-    def values(self, config):
-        """The values `config` offers, None when the checkpoint does not take this condition."""
-        return getattr(config, self.keyword + "s", None)
+    def component(self, configs, gradio):
+        names = []
+        for config in configs:
+            names += [name for name in getattr(config, self.names_field) or [] if name not in names]
+        return gradio.Dropdown([NO_CONDITION, *names], value=NO_CONDITION, label=self.label)
 
-    def offered(self, checkpoints) -> list:
-        """Every value any of the checkpoints offers, in their order."""
-        seen = []
-        for checkpoint in checkpoints:
-            seen += [value for value in self.values(checkpoint.config) or [] if value not in seen]
-        return seen
-
-    def control(self, checkpoints, gradio):
-        """The page's input for this condition (hidden when no checkpoint takes it)."""
-        values = self.offered(checkpoints)
-        return gradio.Dropdown([NO_CONDITION, *values], value=NO_CONDITION, label=self.label, visible=bool(values))
-
-    def update_for(self, checkpoint, gradio):
-        """The control shown for one checkpoint (the single-model tab's choice)."""
-        values = self.values(checkpoint.config) or []
-        return gradio.update(choices=[NO_CONDITION, *values], value=NO_CONDITION, visible=bool(values))
+    def update_for(self, config, gradio):
+        """The control for one checkpoint (the Generate tab's choice): its own names, hidden when it has none."""
+        names = getattr(config, self.names_field) or []
+        return gradio.update(choices=[NO_CONDITION, *names], value=NO_CONDITION, visible=bool(names))
 
     @staticmethod
     def request_value(value):
         return None if value in (None, "", NO_CONDITION) else value
 
 
-GENRE = ConditionKind("genre", "Genre")
-CONDITION_KINDS = (GENRE,)
+# The page's control for each generate() condition argument.
+PAGE_CONTROLS = {"genre": MenuControl("Genre", "genres")}
 
 
-def any_conditional(checkpoints) -> bool:
-    return any(kind.offered(checkpoints) for kind in CONDITION_KINDS)
+def condition_arguments(configs) -> list:
+    """The generate() arguments of the conditions that any of the configs takes and the page can ask for."""
+    wanted = [provider.generate_argument for provider in CONDITIONS.values()
+              if any(provider.wanted_by(config) for config in configs)]
+    return [argument for argument in wanted if argument in PAGE_CONTROLS]

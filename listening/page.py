@@ -15,7 +15,7 @@ import gradio as gr
 
 from generation.pipeline import GenerationInterrupted, load_prompt_audio
 from generation.request import LONG_FORM_MODES, output_paths
-from listening.conditions import CONDITION_KINDS, any_conditional
+from listening.conditions import PAGE_CONTROLS, condition_arguments
 from listening.preferences import read_preferences, record_preference, tally_markdown
 from listening.render import Settings, check_settings, render, wav_bytes
 from listening.spectrogram import write_spectrogram
@@ -43,6 +43,7 @@ class Page:
         self.live_stream = live_stream
         self._stops = {}  # browser session -> the Event that stops its running generation
         self.hop_length = checkpoints[0].codec_identity["hop_length"]
+        self.condition_arguments = condition_arguments([checkpoint.config for checkpoint in checkpoints])
 
     # ---- layout
 
@@ -76,8 +77,9 @@ class Page:
             temperature = gr.Number(1.0, label="Temperature", minimum=0.01, step=0.05)
             top_k = gr.Number(250, precision=0, label="Top-k (0: off)", minimum=0)
             top_p = gr.Number(1.0, label="Top-p (1: off)", minimum=0.01, maximum=1.0, step=0.05)
-        conditions = [kind.control(checkpoints, gr) for kind in CONDITION_KINDS]
-        guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE_SCALE, step=0.5, visible=any_conditional(checkpoints),
+        configs = [checkpoint.config for checkpoint in checkpoints]
+        conditions = [PAGE_CONTROLS[argument].component(configs, gr) for argument in self.condition_arguments]
+        guidance = gr.Slider(1.0, 10.0, value=DEFAULT_GUIDANCE_SCALE, step=0.5, visible=bool(conditions),
                              label="Guidance scale (with a condition; 1: none)")
         prompt = gr.Audio(sources=["upload"], type="filepath", label="Audio prompt to continue (optional)")
         prompt.upload(self.check_upload, prompt, None, concurrency_limit=None)
@@ -104,7 +106,8 @@ class Page:
                    for index in range(MAX_SAMPLES)]
         files = gr.File(label="Download (WAV, 44.1 kHz; the settings are in the names)", file_count="multiple",
                         interactive=False)
-        model.change(self.conditions_for, model, self.condition_controls, concurrency_limit=None)
+        if self.condition_controls:
+            model.change(self.conditions_for, model, self.condition_controls, concurrency_limit=None)
         event = generate.click(self.generate, [model, *settings], [status, live, *players, files],
                                concurrency_id=GENERATION_QUEUE, concurrency_limit=1)
         stop.click(self.stop, None, status, cancels=[event], concurrency_limit=None)
@@ -153,10 +156,10 @@ class Page:
 
     def settings_from(self, values, num_samples=None) -> Settings:
         duration, seed, temperature, top_k, top_p, samples, prompt, *rest = values
-        conditions = dict(zip((kind.keyword for kind in CONDITION_KINDS), rest, strict=False))
-        guidance, long_form, int8, compiled = rest[len(CONDITION_KINDS):]
-        conditions = {keyword: kind.request_value(conditions[keyword])
-                      for keyword, kind in zip(conditions, CONDITION_KINDS, strict=True)}
+        arguments = self.condition_arguments
+        conditions = {argument: PAGE_CONTROLS[argument].request_value(value)
+                      for argument, value in zip(arguments, rest, strict=False)}
+        guidance, long_form, int8, compiled = rest[len(arguments):]
         conditioned = any(value is not None for value in conditions.values())
         return Settings(
             duration=float(duration), seed=int(seed or 0), temperature=float(temperature), top_k=int(top_k or 0),
@@ -182,8 +185,8 @@ class Page:
                 raise gr.Error(self.readable(error, path), print_exception=False) from None
 
     def conditions_for(self, name):
-        checkpoint = self.checkpoints[name]
-        updates = [kind.update_for(checkpoint, gr) for kind in CONDITION_KINDS]
+        config = self.checkpoints[name].config
+        updates = [PAGE_CONTROLS[argument].update_for(config, gr) for argument in self.condition_arguments]
         return updates[0] if len(updates) == 1 else updates
 
     def generate(self, request: gr.Request, name, *values):
