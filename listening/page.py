@@ -5,6 +5,7 @@ Every generating event shares one queue slot (concurrency 1): the page shows a r
 the Stop button ends the running one at its next frame. Mistakes come back as one message on the page.
 """
 
+import dataclasses
 import random
 import threading
 import time
@@ -59,9 +60,9 @@ class Page:
                     with gr.Tabs():
                         with gr.Tab("Generate"):
                             self.generate_tab(names, settings)
-                        with gr.Tab("Compare"):
+                        with gr.Tab("Compare", visible=len(names) > 1):  # both need two checkpoints
                             self.compare_tab(names, settings)
-                        with gr.Tab("A/B test"):
+                        with gr.Tab("A/B test", visible=len(names) > 1):
                             self.blind_tab(names, settings)
         page.queue(max_size=32)
         return page
@@ -171,10 +172,12 @@ class Page:
         )
 
     def plan(self, settings, checkpoint):
+        """The request checked against the checkpoint, or one message naming it (compare checks several)."""
         try:
             return check_settings(settings, checkpoint, self.samples_dir)
         except (ValueError, FileNotFoundError) as error:
-            raise gr.Error(self.readable(error, settings.prompt), print_exception=False) from None
+            message = f"{checkpoint.name}: {self.readable(error, settings.prompt)}"
+            raise gr.Error(message, print_exception=False) from None
 
     def check_upload(self, path):
         """An unreadable upload is refused when it arrives, not only at Generate."""
@@ -251,7 +254,7 @@ class Page:
             raise gr.Error("choose two different checkpoints for a blind test", print_exception=False)
         seed = random.SystemRandom().randrange(2**31)
         settings = self.settings_from(values, num_samples=1)
-        settings = Settings(**{**settings.__dict__, "seed": seed})
+        settings = dataclasses.replace(settings, seed=seed)
         played = random.SystemRandom().sample([first, second], 2)
         plans = {name: self.plan(settings, self.checkpoints[name]) for name in played}
         stop = self.new_stop(request)

@@ -184,6 +184,13 @@ def test_generate_plays_a_44k_wav_of_the_duration_asked(page, server):
 def test_compare_plays_both_checkpoints_with_the_same_seed(page, server):
     set_duration(page, DURATION)
     page.get_by_role("tab", name="Compare").click()
+    # a genre the unconditional checkpoint cannot take: one message, before any work
+    page.get_by_label("Genre").click()
+    page.get_by_role("option", name="Rock").click()
+    page.get_by_role("button", name="Compare").click()
+    page.get_by_text("transformer-tiny: --genre needs a genre-conditioned checkpoint").wait_for(timeout=30_000)
+    page.get_by_label("Genre").click()
+    page.get_by_role("option", name="(none)").click()
     page.get_by_role("button", name="Compare").click()
     page.get_by_text("Same seed (0) and settings for every checkpoint.").wait_for(timeout=90_000)
     audio = {}
@@ -232,7 +239,9 @@ def test_a_bad_upload_shows_one_message(page, server, tmp_path):
 
 
 def test_stop_ends_the_generation_and_keeps_no_partial_file(page, server):
-    set_duration(page, 20)  # beyond the tiny model's context: windowed long form, seconds of work
+    set_duration(page, 20)  # beyond the tiny model's context: refused, then windowed long form, seconds of work
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("hybrid-tiny: prompt + duration (20.0 s) exceed the model's context").wait_for(timeout=30_000)
     page.get_by_text("Decoding").click()
     page.get_by_role("radio", name="window").check()
     page.get_by_role("button", name="Generate").click()
