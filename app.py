@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from cli.arguments import ArgumentParser, report_error
+from cli.progress import hide_transformers_bars
 
 
 def main(argv=None):
@@ -34,6 +35,7 @@ def main(argv=None):
     # uploads and gradio's copies of the samples stay inside the output folder.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ["GRADIO_TEMP_DIR"] = os.path.join(output_dir, "gradio")
+    hide_transformers_bars()
     from generation.pipeline import resolve_device
     from listening.checkpoints import LoadedModels
     from listening.page import Page
