@@ -46,9 +46,11 @@ def load_or_evaluate(models, names, validation_data, split, segment_length, batc
     from cli.paths import check_codes_dataset, check_model
 
     checkpoints = [source for source in models if not _is_results_file(source)]
+    if checkpoints and validation_data is None:
+        raise ValueError("checkpoints are evaluated here, so --validation-data is required")
     for source in checkpoints:  # every name, before the first evaluation
         check_model(str(source), "model")
-    if checkpoints and validation_data is not None:
+    if checkpoints:
         check_codes_dataset(str(validation_data), "--validation-data")
     validation = None
     evaluated = []
@@ -489,8 +491,6 @@ def _count_parameters_next_to(results_path):
 
 
 def _load_validation(validation_data, split):
-    if validation_data is None:
-        raise ValueError("checkpoints are evaluated here, so --validation-data is required")
     from data.dataset_io import load_codes_dataset
 
     dataset, identity = load_codes_dataset(validation_data)
