@@ -19,14 +19,8 @@ from typing import Literal, Optional
 
 from cli.arguments import parse_dataclasses, report_error
 from cli.interrupts import treat_sigterm_as_interrupt
-from cli.paths import check_codec_available
 from cli.progress import hide_transformers_bars
 
-DEFAULT_CODEC_MODEL = "descript/dac_44khz"  # processing_music_hybrid.PRETRAINED_MODEL_ID (that module imports torch)
-# processing_music_hybrid's own message, when the loading fails later, names the same ways out.
-CODEC_FIX = ("connect to the Hugging Face Hub once (the weights are cached), pass a downloaded copy with --codec_model "
-             "PATH, or choose random weights explicitly with --codec random --codec_seed N (its codes carry no musical "
-             "meaning)")
 
 
 @dataclass
@@ -104,16 +98,9 @@ def build_dataset(**kwargs):
 
 
 def run(args):
-    check_codec_name(args)
     from .builder import run_build
 
     return run_build(args)
-
-
-def check_codec_name(args):
-    """Offline, a pretrained codec that is not here is refused at once, before torch is imported."""
-    if args.codec == "transformers" and not args.merge_only:
-        check_codec_available(args.codec_model or DEFAULT_CODEC_MODEL, "--codec_model", fix=CODEC_FIX)
 
 
 def main(argv=None):
@@ -123,9 +110,8 @@ def main(argv=None):
     except ValueError as error:
         sys.exit(report_error(str(error)))
     treat_sigterm_as_interrupt()
+    hide_transformers_bars()
     try:
-        check_codec_name(args)  # before the bars' switch imports transformers (run checks again: one Hub look-up)
-        hide_transformers_bars()
         run(args)
     except ValueError as error:
         sys.exit(report_error(str(error)))

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from cli.paths import check_codec_available
+
 from processing_music_hybrid import (
     HOP_LENGTH,
     PRETRAINED_MODEL_ID,
@@ -52,6 +54,10 @@ from .sources import (
 )
 from .splits import make_split_assigner
 
+# processing_music_hybrid's own message, when the loading fails later, names the same ways out.
+CODEC_FIX = ("connect to the Hugging Face Hub once (the weights are cached), pass a downloaded copy with --codec_model "
+             "PATH, or choose random weights explicitly with --codec random --codec_seed N (its codes carry no musical "
+             "meaning)")
 COMMIT_EVERY_SECONDS = 300  # a kill loses at most this much encoding work (or --part_tracks tracks)
 
 
@@ -72,9 +78,11 @@ def run_build(args):
     tracks = _without_unsplit_tracks(args, run_config, tracks, notes)
     # The codec before any decoding: an unreachable one (offline, no package) is refused now, not after hours.
     device, batch_size = _device_and_batch_size(args, state)
-    identity = work.codec_identity() if resuming else None
+    identity = (work.codec_identity() if resuming else None) or _requested_codec_identity(args)
+    if identity["backend"] == "transformers":  # without a network: one Hub look-up, not the loader's retries
+        check_codec_available(identity["model_id"], "--codec_model", fix=CODEC_FIX)
     codec = load_codec(
-        identity or _requested_codec_identity(args),
+        identity,
         device=device,
         batch_size=batch_size,
         window_seconds=args.window_seconds,

@@ -415,7 +415,6 @@ MISSING_OFFLINE = {
     "generate_audio": (["runs/nothing", "--output-dir", "samples"], "the model 'runs/nothing': no such folder"),
     "run_clm_audio": (["--dataset_name", "codes/mine", "--output_dir", "runs/x", "--do_train"],
                       "--dataset_name 'codes/mine': no such folder"),
-    "data.build_dataset": (["--output_dir", "codes/x"], "--codec_model 'descript/dac_44khz': no such folder"),
 }
 
 
@@ -428,9 +427,8 @@ def test_a_missing_folder_or_uncached_hub_name_offline_is_refused_before_torch_i
     assert expected in messages[0] and "HF_HUB_OFFLINE is set" in messages[0], messages
 
 
-def test_an_unreachable_hub_is_asked_once_and_refuses_a_missing_name_at_once(generation_world, capsys, monkeypatch,
-                                                                                 tmp_path):
-    """Online mode with no network: one look-up, no retries, one line."""
+def unreachable_online_hub(monkeypatch, empty_cache) -> list:
+    """Online mode with no network; returns the list of names looked up."""
     import huggingface_hub
     import huggingface_hub.constants
 
@@ -444,10 +442,26 @@ def test_an_unreachable_hub_is_asked_once_and_refuses_a_missing_name_at_once(gen
         raise ConnectError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(empty_cache))
     monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", unreachable)
+    return calls
+
+
+def test_an_unreachable_hub_is_asked_once_and_refuses_a_missing_name_at_once(generation_world, capsys, monkeypatch,
+                                                                                 tmp_path):
+    """Online mode with no network: one look-up, no retries, one line."""
+    calls = unreachable_online_hub(monkeypatch, tmp_path / "empty-hf-cache")
     monkeypatch.chdir(tmp_path)
     argv = ["someone/nothing-here", "--output-dir", str(tmp_path / "samples")]
     message = refusal(generate_audio.main, argv, capsys)
     assert "the Hugging Face Hub cannot be reached to look for it ([Errno -2]" in message
     assert calls == ["someone/nothing-here"] and not (tmp_path / "samples").exists()
+
+
+def test_an_unreachable_hub_refuses_the_pretrained_codec_after_one_look_up(tmp_path, capsys, monkeypatch):
+    calls = unreachable_online_hub(monkeypatch, tmp_path / "empty-hf-cache")
+    output_dir = tmp_path / "codes"
+    message = refusal(build_dataset_command.main, ["--output_dir", str(output_dir), *TINY_SOURCE], capsys)
+    assert "--codec_model 'descript/dac_44khz': no such folder here, and the Hugging Face Hub cannot be" in message
+    assert "--codec random --codec_seed N" in message
+    assert calls == ["descript/dac_44khz"] and not output_dir.exists()
