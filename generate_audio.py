@@ -97,7 +97,7 @@ def print_fad(result, args):
     from processing_music_hybrid import load_codec
 
     codec = load_codec(resolve_codec_identity(MusicHybridConfig.from_pretrained(args.model), args.codec),
-                       device=args.device)
+                       device=args.device, location=args.model)
     rate, hop = codec.identity["sample_rate"], codec.identity["hop_length"]
     new_samples = round(result.audio_seconds * rate / len(result.paths))
     new_frames = -(-new_samples // hop)

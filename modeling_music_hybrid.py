@@ -15,6 +15,7 @@ import functools
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -34,14 +35,14 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
         CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
         quantize_linear_layers,
     )
-    from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
+    from .processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import ATTENTION, MAMBA, MusicHybridConfig
     from fast_decoding_music_hybrid import (
         CUDAGraphStep, Int8Linear, decoding_linear, decoding_threads, is_plain_layer, pack_linear_weights,
         quantize_linear_layers,
     )
-    from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
+    from processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 
 logger = logging.get_logger(__name__)
 
@@ -148,6 +149,9 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
             )
         auto_map = getattr(self.config, "auto_map", {})
         self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **auto_map}
+        # A fitted codec's parameters go with the weights (before them: a push uploads the folder as it is then).
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        save_codec_files(self.config.codec, save_directory, self.config.name_or_path or None)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -370,7 +374,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, GenerationMixin):
         key = json.dumps(identity, sort_keys=True)
         if self._codec is None or self._codec[0] != key:
             try:
-                self._codec = (key, load_codec(identity, device=self.device))
+                self._codec = (key, load_codec(identity, device=self.device, location=self.config.name_or_path or None))
             except CodecUnavailableError as error:
                 raise CodecUnavailableError(
                     f"this model's codes come from the codec {identity.get('model_id')!r} (config.codec: backend "

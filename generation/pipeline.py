@@ -121,7 +121,7 @@ def generate_audio(
     )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     check_quantize(quantize, dtype, device)
-    codec = load_checkpoint_codec(plan.codec_identity, device)
+    codec = load_checkpoint_codec(plan.codec_identity, device, location=model_name_or_path)
     model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
     if quantize:
         model.quantize_weights(quantize)
@@ -189,14 +189,16 @@ def generate_audio(
     return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
 
 
-def load_checkpoint_codec(identity, device):
-    """The checkpoint's codec; one that cannot be loaded is refused with the fixes that apply here (the data
-    pipeline's message names its own options)."""
+def load_checkpoint_codec(identity, device, location=None):
+    """The checkpoint's codec (a fitted codec's parameters are looked for in the checkpoint `location`); one that
+    cannot be loaded is refused with the fixes that apply here (the data pipeline's message names its own options)."""
     from processing_music_hybrid import CodecUnavailableError, load_codec
 
     try:
-        return load_codec(identity, device=device)
+        return load_codec(identity, device=device, location=location)
     except CodecUnavailableError as error:
+        if identity.get("backend") == "fitted":
+            raise ValueError(str(error)) from None
         cause = error.__cause__ or error
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(
