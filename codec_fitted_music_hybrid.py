@@ -31,8 +31,8 @@ MEL_POINTS = 256  # band edges before merging the ones that fall in the same FFT
 COMPRESSION = 0.2
 FORMAT_VERSION = 1
 PARAMETERS_FILE = "codec_fitted.safetensors"
-KMEANS_ITERATIONS = 12
-MAX_FIT_FRAMES = 32768
+KMEANS_ITERATIONS = 10
+MAX_FIT_FRAMES = 16384
 GRIFFIN_LIM_ITERATIONS = 8
 PEAK_LIMIT = 0.99
 _DISTANCE_CHUNK = 8192
@@ -145,13 +145,13 @@ def nearest_centroids(points, centroids):
     tolerance = 1e-4 * (points.square().sum(dim=1) + centroid_norms.max())
     nearest = []
     for chunk, chunk_tolerance in zip(points.split(_DISTANCE_CHUNK), tolerance.split(_DISTANCE_CHUNK), strict=True):
-        distances = centroid_norms32 - 2 * chunk.float() @ centroids32.T
+        distances = torch.addmm(centroid_norms32, chunk.float(), centroids32.T, alpha=-2)
+        smallest, best = distances.min(dim=1)
         if distances.shape[1] == 1:
-            nearest.append(distances.argmin(dim=1))
+            nearest.append(best)
             continue
-        two_best = distances.topk(2, dim=1, largest=False).values
-        best = distances.argmin(dim=1)
-        close = torch.nonzero(two_best[:, 1] - two_best[:, 0] <= chunk_tolerance).reshape(-1)
+        second = distances.scatter_(1, best[:, None], float("inf")).min(dim=1).values
+        close = torch.nonzero(second - smallest <= chunk_tolerance).reshape(-1)
         if close.numel():
             best[close] = (centroid_norms - 2 * chunk[close] @ centroids.T).argmin(dim=1)
         nearest.append(best)

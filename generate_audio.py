@@ -109,7 +109,8 @@ def print_fad(result, args):
         skipped += f", {fad['reference_files_with_decoder_warnings']} read despite mp3 decoder warnings"
     print(f"FAD of the {len(result.paths)} sample(s) to the {fad['num_reference_clips']} reference file(s) in "
           f"{args.reference}{skipped}: {fad['fad']:.4g} [{fad['ci_low']:.4g}, {fad['ci_high']:.4g}] (95% bootstrap "
-          f"over samples; embedding {fad['embedding']})")
+          f"over samples; embedding {fad['embedding']}); its floor, the FAD between {fad['floor']['what']}: "
+          f"{fad['floor']['fad']:.4g}")
     if fad["note"]:
         print(fad["note"])
 
