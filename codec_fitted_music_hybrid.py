@@ -112,12 +112,16 @@ class FittedCodec:
             raise ValueError(f"codes must have shape (batch, {NUM_CODEBOOKS}, frames), got {tuple(codes.shape)}")
         if codes.numel() and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
             raise ValueError(f"codes must lie in [0, {CODEBOOK_SIZE}); pad/bos/eos ids are not audio")
-        if codes.numel() and codes.max() >= self.centroids.shape[1]:
-            raise ValueError(f"codes must lie in [0, {self.centroids.shape[1]}): this fit has that many centroids")
+        # A fit with fewer centroids than codes (tests) never encodes the others, but a model may still sample them:
+        # they add nothing (a zero row after the centroids).
+        num_centroids = self.centroids.shape[1]
+        stages, _, bands = self.centroids.shape
+        table = torch.cat([self.centroids, self.centroids.new_zeros(stages, 1, bands)], dim=1)
+        codes = codes.clamp(max=num_centroids)
         audio = torch.zeros(codes.shape[0], codes.shape[2] * HOP_LENGTH)
         for index, clip_codes in enumerate(codes):
             if clip_codes.shape[1]:
-                features = sum(self.centroids[stage][clip_codes[stage]] for stage in range(clip_codes.shape[0]))
+                features = sum(table[stage][clip_codes[stage]] for stage in range(clip_codes.shape[0]))
                 audio[index] = synthesize(features.numpy(), self.edges, griffin_lim_iterations).float()
         return audio if num_samples is None else audio[:, :num_samples]
 
