@@ -14,6 +14,12 @@ from transformers import PretrainedConfig
 ATTENTION = "full_attention"
 MAMBA = "linear_attention"
 LAYER_TYPES = (ATTENTION, MAMBA)
+# Each registered sequence-mixer kind and the transformers layer type it is filed under (transformers validates
+# `layer_types` against its own names, and files every recurrent layer under "linear_attention").
+# modeling_music_hybrid.register_mixer adds to it; a config names kinds in `mixer_types`.
+MIXER_LAYER_TYPES = {"attention": ATTENTION, "mamba": MAMBA}
+# The kind a layer type means when a config gives only `layer_types` (every config saved before `mixer_types`).
+DEFAULT_MIXER_TYPES = {ATTENTION: "attention", MAMBA: "mamba"}
 POSITION_EMBEDDING_TYPES = ("learned", "rope", "none")
 MEMORY_AGGREGATIONS = ("gated", "residual", "sparse")
 SCAN_CHUNK_SIZE = 16  # the PyTorch selective scan's chunk: memory segments end on chunk ends
@@ -41,17 +47,23 @@ class MusicHybridConfig(PretrainedConfig):
         vocab_size: embedding rows per codebook, codes plus special tokens (1027).
         pad_token_id / bos_token_id / eos_token_id: special ids, at or above `codebook_size`.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: as in Llama.
-        layer_types: one of "full_attention" (attention) or "linear_attention" (Mamba-1) per layer. When None it is
-            derived from `attention_period` / `attention_offset`: layer i is attention when i % period == offset
-            (period 1 gives a pure Transformer, period 0 a pure Mamba model).
-        mamba_mlp: whether Mamba layers carry an MLP after the mixer (attention layers always do).
+        mixer_types: the sequence-mixer kind of every layer, a registered kind name ("attention", "mamba", or one
+            added with `modeling_music_hybrid.register_mixer`). When None it follows `layer_types`
+            ("full_attention" -> "attention", "linear_attention" -> "mamba").
+        layer_types: transformers' name of every layer's type, "full_attention" or "linear_attention" (any
+            recurrent mixer); derived from `mixer_types` when those are given. When both are None it is derived
+            from `attention_period` / `attention_offset`: layer i is attention when i % period == offset (period 1
+            gives a pure Transformer, period 0 a pure Mamba model).
+        mamba_mlp: whether recurrent ("linear_attention") layers carry an MLP after the mixer (attention layers
+            always do).
         position_embedding_type: "learned" absolute positions (`max_position_embeddings` rows), "rope", or "none".
         mamba_d_state, mamba_d_conv, mamba_expand, mamba_dt_rank ("auto" = ceil(hidden_size / 16)),
         mamba_conv_bias, mamba_proj_bias, mamba_dt_min, mamba_dt_max, mamba_dt_init_floor: Mamba-1 mixer settings,
             named and initialised as in mamba_ssm's `Mamba`.
         mamba_implementation: "auto" (mamba-ssm CUDA kernels on CUDA tensors when installed, PyTorch otherwise),
             "kernels" (always the kernels), "torch" (never) or "compiled" (the PyTorch scan with each chunk of
-            steps fused by torch.compile: about twice as fast on CPU, compiled on first use; needs a C++ compiler).
+            steps fused by torch.compile: faster on CPU (docs/performance.md), compiled on first use; needs a C++
+            compiler).
         mamba_memory_segment_length: memory caching (Behrouz et al. 2026, "Memory Caching: RNNs with Growing
             Memory") in every Mamba layer when set, a positive multiple of 16 (the scan's chunk); None (the default)
             is plain Mamba-1. The sequence is cut into segments of this many positions; each Mamba layer caches
@@ -98,6 +110,7 @@ class MusicHybridConfig(PretrainedConfig):
         intermediate_size=3072,
         hidden_act="gelu",
         layer_types=None,
+        mixer_types=None,
         attention_period=1,
         attention_offset=0,
         mamba_mlp=False,
@@ -142,9 +155,12 @@ class MusicHybridConfig(PretrainedConfig):
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
-        if layer_types is None:
-            layer_types = self.periodic_layer_types(num_hidden_layers, attention_period, attention_offset)
-        self.layer_types = list(layer_types)
+        if mixer_types is None:
+            if layer_types is None:
+                layer_types = self.periodic_layer_types(num_hidden_layers, attention_period, attention_offset)
+            mixer_types = [DEFAULT_MIXER_TYPES.get(layer_type, layer_type) for layer_type in layer_types]
+        self.mixer_types = list(mixer_types)
+        self.layer_types = [MIXER_LAYER_TYPES.get(kind, kind) for kind in self.mixer_types]
         self.mamba_mlp = mamba_mlp
         self.position_embedding_type = position_embedding_type
         self.max_position_embeddings = max_position_embeddings
@@ -177,7 +193,7 @@ class MusicHybridConfig(PretrainedConfig):
         self.use_cache = use_cache
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
         # Our checks run first so that errors name our fields (PretrainedConfig checks layer_types too).
-        self.validate_fields()
+        self.validate_fields(layer_types)
         super().__init__(
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -229,7 +245,8 @@ class MusicHybridConfig(PretrainedConfig):
             raise ValueError(f"unknown genre {genre!r}; this model knows {self.genres}")
         return self.genres.index(genre)
 
-    def validate_fields(self):
+    def validate_fields(self, given_layer_types=None):
+        """Every field's check, with clear errors; `given_layer_types`: the layer_types passed with the fields."""
         def fail(field, message):
             raise ValueError(f"MusicHybridConfig.{field}: {message}")
 
@@ -247,11 +264,22 @@ class MusicHybridConfig(PretrainedConfig):
             fail("bos_token_id", "must differ from pad_token_id")
         if self.eos_token_id is not None and not self.codebook_size <= self.eos_token_id < self.vocab_size:
             fail("eos_token_id", f"must be a special id in [{self.codebook_size}, {self.vocab_size}) or None")
-        if len(self.layer_types) != self.num_hidden_layers:
-            fail("layer_types", f"has {len(self.layer_types)} entries for num_hidden_layers={self.num_hidden_layers}")
-        unknown = sorted(set(self.layer_types) - set(LAYER_TYPES))
+        if given_layer_types is not None:
+            unknown = sorted(set(given_layer_types) - set(LAYER_TYPES))
+            if unknown:
+                fail("layer_types", f"unknown layer types {unknown}; use {list(LAYER_TYPES)}")
+            if given_layer_types != self.layer_types:
+                fail("layer_types", f"{given_layer_types} disagrees with mixer_types {self.mixer_types}")
+        if len(self.mixer_types) != self.num_hidden_layers:
+            field = "mixer_types" if given_layer_types is None else "layer_types"
+            fail(field, f"has {len(self.mixer_types)} entries for num_hidden_layers={self.num_hidden_layers}")
+        unknown = sorted(set(self.mixer_types) - set(MIXER_LAYER_TYPES))
         if unknown:
-            fail("layer_types", f"unknown layer types {unknown}; use {list(LAYER_TYPES)}")
+            fail(
+                "mixer_types",
+                f"unknown kinds {unknown}; registered: {sorted(MIXER_LAYER_TYPES)} (register a new kind with "
+                "modeling_music_hybrid.register_mixer before building or loading the model)",
+            )
         if self.num_attention_layers:
             if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
                 fail("num_attention_heads", f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}")

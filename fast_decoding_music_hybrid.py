@@ -1,12 +1,14 @@
-"""What makes decoding fast, kept apart from the model: few-row CPU products, packed weights, int8 weights, the
-thread count, CUDA graphs.
+"""What makes decoding fast, kept apart from the model: few-row CPU products, packed weights, step constants,
+int8 weights, the thread count, compiled steps, CUDA graphs.
 
 A decoding step multiplies every weight by one row per sample, so it reads every weight once: bytes per step set
-the speed. `decoding_linear` picks the fastest product for those few rows on CPU and steps aside for anything it
-does not know (GPUs, gradients, wrapped, hooked or quantized layers); `quantize_linear_layers` swaps the linear
-layers for `Int8Linear` (a quarter of the bytes); `decoding_threads` picks the thread count of a generation;
-`CUDAGraphStep` replays a compiled step as one CUDA graph. modeling_music_hybrid.py imports this file, and
-save_pretrained ships it with the weights.
+the speed. Nothing here is threaded through the model: the reference modules compute with their own weights, and
+these paths are substituted for a generation. `decoding_substitutes` swaps in `FewRowLinear` (the fastest CPU
+product for a few rows; it steps aside for anything it does not know: GPUs, gradients, wrapped, hooked or
+quantized layers are never swapped) and `WithDecodingConstants`, and swaps them back after; `quantize_linear_layers`
+swaps the linear layers for `Int8Linear` (a quarter of the bytes) for good; `decoding_threads` picks the thread
+count of a generation; `compiled_step` compiles a decoding step and `CUDAGraphStep` replays it as one CUDA graph.
+generation_music_hybrid.py imports this file, and save_pretrained ships it with the weights.
 """
 
 import contextlib
@@ -22,26 +24,109 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def decoding_linear(linear, x, cache=None):
+@contextlib.contextmanager
+def decoding_substitutes(model, rows):
+    """Swap the decoding-time fast paths into `model` for one generation of `rows` model rows, and back after.
+
+    The reference modules compute with their own weights and know nothing of this: on CPU each plain linear layer
+    is replaced by a `FewRowLinear` around it (its weight packed once for the generation from PACKED_MIN_ROWS rows
+    on), and each module that names constants of its decoding steps (`decoding_constants()`, e.g. a Mamba layer's
+    decay exponents, derived from its weights alone) is wrapped by `WithDecodingConstants`, which computes them
+    once and passes them back to it. The substitutes are made once per module and reused, so that a compiled step
+    meets the same modules in every generation.
+    """
+    swaps = []
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
+        for name, child in parent.named_children():
+            substitute = None
+            if on_cpu and type(child) is nn.Linear and is_plain_layer(child):
+                substitute = substitute_of(child, FewRowLinear)
+                substitute.pack(rows)
+            elif callable(getattr(child, "decoding_constants", None)):
+                substitute = substitute_of(child, WithDecodingConstants)
+                substitute.compute()
+            if substitute is not None:
+                swaps.append((parent, name, child, substitute))
+    # Set only after the walk: a substitute holds its module, which the walk must see once, as itself.
+    for parent, name, _, substitute in swaps:
+        setattr(parent, name, substitute)
+    try:
+        yield
+    finally:
+        for parent, name, child, substitute in swaps:
+            setattr(parent, name, child)
+            substitute.release()
+
+
+def substitute_of(module, substitute_class):
+    """The module's substitute of that class, made at its first generation and kept beside it (outside its
+    submodules, so that state_dict and modules() never see it)."""
+    substitute = module.__dict__.get("_decoding_substitute")
+    if type(substitute) is not substitute_class:
+        substitute = substitute_class(module)
+        object.__setattr__(module, "_decoding_substitute", substitute)
+    return substitute
+
+
+class FewRowLinear(nn.Module):
+    """A plain linear layer for the few rows of a decoding step (one per sample), on the fastest CPU product for
+    them (see `few_row_linear`); anything it does not know goes through the layer itself."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.linear = linear
+        self.register_buffer("packed", None, persistent=False)
+
+    def pack(self, rows):
+        self.packed = packed_weight(self.linear, rows)
+
+    def release(self):
+        self.packed = None  # the packed copy costs as much memory as the weight
+
+    def forward(self, x):
+        return few_row_linear(self.linear, x, self.packed)
+
+
+class WithDecodingConstants(nn.Module):
+    """A module called with the constants of its decoding steps, computed once per generation from its weights
+    (`module.decoding_constants()`: keyword arguments its forward takes)."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+        self.names = []
+
+    def compute(self):
+        constants = self.module.decoding_constants()
+        self.names = list(constants)
+        for name, value in constants.items():
+            self.register_buffer(name, value.detach(), persistent=False)
+
+    def release(self):
+        for name in self.names:
+            setattr(self, name, None)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs, **{name: getattr(self, name) for name in self.names})
+
+
+def few_row_linear(linear, x, packed=None):
     """linear(x) for the few rows of a decoding step (one per sample), on the fastest CPU product for them.
 
     CPU BLAS kernels for so few rows are often far from the memory bandwidth that bounds decoding: on some CPUs
     they run one row on a single core, and from a few rows on they are slower per weight read than one row. So
     below PACKED_MIN_ROWS rows the weight is split into one block of rows per thread and the blocks run as one
-    batched product on all threads (1.3-1.9x faster on two cores of some CPUs; up to 10% slower on others, whose
-    BLAS spreads one row over the cores itself); from
-    PACKED_MIN_ROWS rows on, oneDNN multiplies by a copy of the weight that the generation packed once into its
-    own layout (`pack_linear_weights`, held by the cache), 1.5-2x faster than BLAS. Each output is the same dot
-    product, up to rounding. Anything else goes through the module as usual: GPUs, training, many rows, wrapped
-    or hooked layers, and `Int8Linear` layers (whose own product is the fastest for them, compiled steps included).
+    batched product on all threads (faster on two cores of some CPUs, a little slower on others, whose BLAS
+    spreads one row over the cores itself); from PACKED_MIN_ROWS rows on, oneDNN multiplies by a copy of the
+    weight packed once for the generation into its own layout (`packed`, see `packed_weight`). Each output is
+    the same dot product, up to rounding. Anything else goes through the layer as usual: GPUs, training, many
+    rows, and inputs of another dtype than the weight (autocast, or a layer kept in another dtype).
     """
-    if x.device.type != "cpu" or torch.is_grad_enabled() or not is_plain_layer(linear):
-        return linear(x)
-    if x.dtype != linear.weight.dtype:  # autocast, or a layer kept in another dtype
+    if x.device.type != "cpu" or torch.is_grad_enabled() or x.dtype != linear.weight.dtype:
         return linear(x)
     rows = x.numel() // linear.in_features
     flat = x.reshape(rows, linear.in_features)
-    packed = None if cache is None else cache.packed_weights.get(linear)
     if packed is not None:
         out = packed_weight_product(flat, packed, linear.bias)
     elif rows <= 16:
@@ -51,7 +136,7 @@ def decoding_linear(linear, x, cache=None):
     return out.view(*x.shape[:-1], linear.out_features)
 
 
-# From this many rows on (samples decoded together), decoding multiplies by packed weights (see decoding_linear).
+# From this many rows on (samples decoded together), decoding multiplies by packed weights (see few_row_linear).
 PACKED_MIN_ROWS = 4
 
 
@@ -64,17 +149,12 @@ def is_plain_layer(layer, layer_class=nn.Linear):
     return type(layer) is layer_class and not hooked and plain_parameters and layer.weight.is_contiguous()
 
 
-def pack_linear_weights(model, rows):
-    """{linear layer: its weight packed by oneDNN for products with `rows` rows}, for a generation of `rows`
-    samples on CPU; empty where packing does not pay (fewer rows, GPUs) or this torch build cannot pack. The
-    packed copies cost as much memory as the weights, for the generation's duration."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear) and is_plain_layer(m)]
-    if rows < PACKED_MIN_ROWS or not linears or linears[0].weight.device.type != "cpu":
-        return {}
-    return {
-        m: torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), rows)
-        for m in linears if can_pack_weights(m.weight.dtype)
-    }
+def packed_weight(linear, rows):
+    """The layer's weight packed by oneDNN for products with `rows` rows, or None where packing does not pay
+    (fewer rows) or this torch build cannot pack its dtype."""
+    if rows < PACKED_MIN_ROWS or not can_pack_weights(linear.weight.dtype):
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), rows)
 
 
 @functools.cache
@@ -131,7 +211,7 @@ def split_weight_product(x, weight, bias):
     return out if bias is None else out + bias
 
 
-# 1 MiB of float32: hybrid-116m's dt_proj (74K weights) took 9 us as one product and 13 us split over two threads.
+# 1 MiB of float32 (a Mamba dt_proj is smaller): one thread reads so small a weight before the others would start.
 SPLIT_MIN_ELEMENTS = 2**18
 
 
@@ -179,6 +259,16 @@ def replace_linear_layers(model, layer_class):
             if type(child) is nn.Linear and is_plain_layer(child):
                 setattr(parent, name, layer_class(child))
     return model
+
+
+def refuse_saving_quantized(model):
+    """save_pretrained refuses a model with int8 layers before anything is written: from_pretrained would load their
+    int8 weights as wrong float weights."""
+    if any(isinstance(module, Int8Linear) for module in model.modules()):
+        raise ValueError(
+            "this model's linear layers hold int8 weights (quantize_weights), which from_pretrained would load "
+            "as wrong float weights: save the float32 model, and quantize it after loading"
+        )
 
 
 class Int8Linear(nn.Module):
@@ -244,7 +334,7 @@ def pack_for_dynamic(weight):
 
 # id of an int8 weight tensor -> its copy packed for a kernel, made at its first product (and again for a copy of
 # the layer) and dropped with the tensor: packed copies do not survive copying or moving, so no module holds them.
-# Plain dicts: a step looks up some 80 of them, and a WeakIdKeyDictionary lookup costs ten times more (1 us).
+# Plain dicts: a step looks up one per layer, and a WeakIdKeyDictionary lookup costs several times more.
 FBGEMM_PACKED = {}
 DYNAMIC_PACKED = {}
 
@@ -263,8 +353,8 @@ def packed_once(packed_copies, weight, pack):
 
 @functools.cache
 def int8_kernel():
-    """The int8 product this torch build and CPU run, chosen once: fbgemm's for float rows (x86: at a few rows about
-    a third faster than the dynamic one, whose fixed cost per call is larger), torch's dynamic quantized linear
+    """The int8 product this torch build and CPU run, chosen once: fbgemm's for float rows (x86: at a few rows faster
+    than the dynamic one, whose fixed cost per call is larger; bench/int8_products.py times both), torch's dynamic quantized linear
     where fbgemm is missing (qnnpack on ARM), or None. The first fbgemm product warns once per process that it is
     deprecated: that happens here, kept from users."""
     rows, weight = torch.ones(1, 64), torch.eye(64, dtype=torch.int8).mul_(64)
@@ -302,7 +392,7 @@ def decoding_threads(model, rows):
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
     threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
-    counts, interleaved: about 8 ms under load, 14 ms quiet) decides once for the whole generation, never per
+    counts, interleaved) decides once for the whole generation, never per
     step. Int8 products split the output channels over threads, so the choice does not change their results;
     float32 ones may round differently.
     """
@@ -327,8 +417,7 @@ def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.004, d
     cut short once they take longer than the one-thread burst took (they lost the round). Bursts, not the best
     single call: split products are slow under load because some of the many products of a step wait for a busy
     core, and a single call can be lucky. A round won `decisive` times over ends the calibration: a busy core
-    shows at once, where one split product of hybrid-116m's head waited about 8 ms for its time slice against
-    0.3 ms on one thread."""
+    shows at once, since a split product then waits a whole time slice for it."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
     products, seconds = {1: 0, threads: 0}, {1: 0.0, threads: 0.0}
     with torch.no_grad():
@@ -353,11 +442,21 @@ def timed_products(linear, x, threads, calls, time_limit=math.inf):
     torch.set_num_threads(threads)
     start = time.perf_counter()
     for done in range(1, calls + 1):
-        decoding_linear(linear, x)
+        few_row_linear(linear, x)
         elapsed = time.perf_counter() - start
         if elapsed > time_limit:
             break
     return done, elapsed
+
+
+def compiled_step(decode, device, **compile_options):
+    """`decode` through torch.compile with dynamic shapes. On CPU inductor's wrapper code is C++ by default
+    (options {"cpp_wrapper": True}): its Python wrapper spends a noticeable share of a step calling the step's
+    many products one by one; the C++ one takes longer to compile."""
+    compile_options.setdefault("dynamic", True)
+    if torch.device(device).type == "cpu" and "backend" not in compile_options and "mode" not in compile_options:
+        compile_options["options"] = {"cpp_wrapper": True, **compile_options.get("options", {})}
+    return torch.compile(decode, **compile_options)
 
 
 class CUDAGraphStep:
@@ -366,36 +465,35 @@ class CUDAGraphStep:
     The graph reads its inputs from fixed buffers and updates the generation's fixed-shape cache in place, so a
     replay launches the whole step at once instead of hundreds of small kernels. It is recorded again whenever the
     cache shows attention more slots (every VISIBLE_BLOCK positions). Recording follows a warm-up run (lazy
-    initialisation, kernel autotuning), which advances the Mamba states (and memories): they are restored before
-    recording. The
-    keys and values it writes sit at the next position, which the next replay writes again.
+    initialisation, kernel autotuning), which advances the states: they are restored before recording. The keys
+    and values it writes sit at the next position, which the next replay writes again.
     """
 
     def __init__(self, decode):
         self.decode = decode
         self.graph = self.recorded_for = None
 
-    def __call__(self, input_ids, positions, cache, genre_ids=None):
+    def __call__(self, input_ids, positions, cache, **conditions):
         if self.recorded_for != cache.visible_length:
-            self.record(input_ids, positions, cache, genre_ids)
+            self.record(input_ids, positions, cache, conditions)
         self.input_ids.copy_(input_ids)
         self.positions.copy_(positions)
         self.graph.replay()
         return self.output  # overwritten by the next replay
 
-    def record(self, input_ids, positions, cache, genre_ids):
-        """genre_ids stay the same for a whole generation: the graph reads them where they are."""
+    def record(self, input_ids, positions, cache, conditions):
+        """The conditions stay the same for a whole generation: the graph reads them where they are."""
         self.input_ids, self.positions = input_ids.clone(), positions.clone()
-        states = cache.recurrent_states()
+        states = cache.tensors()
         saved = [state.clone() for state in states]
         side_stream = torch.cuda.Stream()
         side_stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side_stream):
-            self.decode(self.input_ids, self.positions, cache, genre_ids)
+            self.decode(self.input_ids, self.positions, cache, **conditions)
         torch.cuda.current_stream().wait_stream(side_stream)
         for state, kept in zip(states, saved, strict=True):
             state.copy_(kept)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.output = self.decode(self.input_ids, self.positions, cache, genre_ids)
+            self.output = self.decode(self.input_ids, self.positions, cache, **conditions)
         self.recorded_for = cache.visible_length

@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -51,10 +50,10 @@ from bench.machine import (  # noqa: E402
 )
 from bench.int8_quality import int8_quality, print_quality_table, quality_is_kept  # noqa: E402
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
-from fast_decoding_music_hybrid import (  # noqa: E402
-    QUANTIZATION_MODES, Int8Linear, decoding_linear, pack_linear_weights,
-)
-from modeling_music_hybrid import MambaMixer, MusicHybridCache, MusicHybridForCausalLM, decay_exponents  # noqa: E402
+from fast_decoding_music_hybrid import QUANTIZATION_MODES, Int8Linear, few_row_linear, packed_weight  # noqa: E402
+from mamba_music_hybrid import MambaMixer  # noqa: E402
+from modeling_music_hybrid import MusicHybridForCausalLM  # noqa: E402
+from selective_scan_music_hybrid import decay_exponents  # noqa: E402
 
 MUSICGEN = "MusicgenForCausalLM"
 TOP_K = 250
@@ -349,7 +348,7 @@ def linear_bytes(model):
 
 def step_seconds(model, batch, device, repeats, mixers=()):
     """Best time of one product per linear layer of a decoding step with `batch` rows, run as our decoding runs
-    them (`decoding_linear`, with weights packed as a generation of that batch packs them), plus the decays
+    them (`few_row_linear`, with weights packed as a generation of that batch packs them), plus the decays
     exp(delta A) of the given Mamba mixers for the step (into one reused buffer: a fused step keeps them in
     cache)."""
     linears = decoding_linears(model)
@@ -357,15 +356,15 @@ def step_seconds(model, batch, device, repeats, mixers=()):
         torch.randn(batch, module.in_features, device=device, dtype=next(model.parameters()).dtype)
         for module in linears
     ]
-    weights = types.SimpleNamespace(packed_weights=pack_linear_weights(model, batch))
+    packed = [packed_weight(module, batch) if type(module) is torch.nn.Linear else None for module in linears]
     exponents = [decay_exponents(mixer.A_log.detach()) for mixer in mixers]
     deltas = [torch.rand(batch, mixer.d_inner, 1, device=device) for mixer in mixers]
     decays = torch.empty(batch, *exponents[0].shape, device=device) if mixers else None  # reused, as a fused step
 
     def step_work():
         with torch.no_grad():
-            for module, x in zip(linears, inputs, strict=True):
-                decoding_linear(module, x, weights)
+            for module, x, weight in zip(linears, inputs, packed, strict=True):
+                few_row_linear(module, x, weight)
             for delta, exponent in zip(deltas, exponents, strict=True):
                 torch.mul(delta, exponent, out=decays).exp2_()
 
@@ -430,9 +429,9 @@ def print_load_table(name, run, quiet_fps, args, device):
 def cache_bytes(config, batch, frames, dtype):
     """Bytes of our preallocated cache for `frames` new frames (built on the meta device: nothing allocated)."""
     with torch.device("meta"):
-        cache = MusicHybridCache(config, batch, frames + config.num_codebooks, "meta", dtype)
-    tensors = [*cache.keys.values(), *cache.values.values(), *cache.recurrent_states()]
-    return sum(t.numel() * t.element_size() for t in tensors)
+        model = MusicHybridForCausalLM(config).to(dtype)
+    cache = model.model.new_cache(batch, frames + config.num_codebooks)
+    return sum(t.numel() * t.element_size() for t in cache.tensors())
 
 
 def musicgen_cache_bytes(model, batch, frames, dtype):

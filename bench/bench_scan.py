@@ -23,7 +23,8 @@ import torch.nn.functional as F
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import modeling_music_hybrid  # noqa: E402
+import mamba_music_hybrid  # noqa: E402
+import selective_scan_music_hybrid  # noqa: E402
 from bench.machine import (  # noqa: E402
     SKIPPED, add_machine_arguments, best_time, mib, new_parser, peak_memory, print_header, print_table, ratio_text,
     run_cli, seconds_text, setup_machine,
@@ -66,7 +67,7 @@ def main():
         OURS: ours, OURS_COMPILED: build_our_mixer(args, device, implementation="compiled"), PLAIN_LOOP: ours,
         TRANSFORMERS: build_transformers_mixer(args, ours, device), PROJECTIONS: ours, DECAYS: ours,
     }
-    if device.type == "cuda" and modeling_music_hybrid.mamba_kernels() is not None:
+    if device.type == "cuda" and mamba_music_hybrid.mamba_kernels() is not None:
         mixers[OURS_KERNELS] = build_our_mixer(args, device, implementation="kernels")
     print_header(
         "Mamba-1 mixer: forward and forward+backward", device,
@@ -99,8 +100,8 @@ def build_our_mixer(args, device, implementation="torch"):
         mamba_implementation=implementation,
     )
     torch.manual_seed(0)
-    mixer = modeling_music_hybrid.MambaMixer(config, layer_idx=0)
-    mixer.reset_ssm_parameters()
+    mixer = mamba_music_hybrid.MambaMixer(config, layer_idx=0)
+    mixer.init_own_weights()
     return mixer.to(device)
 
 
@@ -131,7 +132,7 @@ def plain_loop_scan(u, delta, A, B, C, initial_state=None, compiled=False):
 
 def run_mixer(name, mixer, hidden_states):
     if name == PLAIN_LOOP:
-        with mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan):
+        with mock.patch.object(mamba_music_hybrid, "selective_scan", plain_loop_scan):
             return mixer(hidden_states)
     if name in (PROJECTIONS, DECAYS):
         return projections_alone(mixer, hidden_states, with_decays=name == DECAYS)
@@ -146,7 +147,7 @@ def projections_alone(mixer, hidden_states, with_decays=False, chunk_size=16):
     x = mixer.in_proj(hidden_states)[..., : mixer.d_inner]
     delta = F.softplus(mixer.dt_proj(mixer.x_proj(x)[..., : mixer.dt_rank]))
     if with_decays:
-        exponents = modeling_music_hybrid.decay_exponents(mixer.A_log)
+        exponents = selective_scan_music_hybrid.decay_exponents(mixer.A_log)
         steps = delta.transpose(0, 1)  # (T, batch, d_inner)
         decays = delta.new_empty(chunk_size, *steps.shape[1:], exponents.shape[1])
         for start in range(0, steps.shape[0], chunk_size):

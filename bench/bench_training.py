@@ -22,7 +22,7 @@ import torch
 if __package__ in (None, ""):  # run as a file: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import modeling_music_hybrid  # noqa: E402
+import mamba_music_hybrid  # noqa: E402
 from bench.bench_scan import plain_loop_scan  # noqa: E402
 from bench.machine import (  # noqa: E402
     add_machine_arguments, best_time, mib, new_parser, peak_memory, print_header, print_table, ratio_text, run_cli,
@@ -122,7 +122,7 @@ def measure(name, variant, args, device, sequence_length):
     implementation = "compiled" if variant == COMPILED else "auto"
     step = training_step_fn(name, args, device, sequence_length, implementation, **overrides)
     plain_loop = variant == PLAIN_LOOP
-    scan = mock.patch.object(modeling_music_hybrid, "selective_scan", plain_loop_scan) if plain_loop else None
+    scan = mock.patch.object(mamba_music_hybrid, "selective_scan", plain_loop_scan) if plain_loop else None
     with scan or contextlib.nullcontext():
         with peak_memory(device) as peak:
             seconds = best_time(step, device, 1)  # warm-up: allocates the optimizer state (and compiles)

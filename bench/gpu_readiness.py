@@ -26,7 +26,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from bench.machine import new_parser, print_header, print_table, run_cli, synchronize  # noqa: E402
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
-from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs, mamba_kernels  # noqa: E402
+from mamba_music_hybrid import mamba_kernels  # noqa: E402
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_TIME_FPS = 44100 / 512

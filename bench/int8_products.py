@@ -3,7 +3,7 @@
 A decoding step runs each linear layer of the model once on one row per sample, so its products read every weight
 once; at one row the kernel's bandwidth and its fixed cost per call decide. Each candidate replaces the linear
 layers of the same preset (random weights), and one step's products run as a generation runs them
-(`decoding_linear`, bench_generation's matmul ceiling): the best of at least five timings.
+(`few_row_linear`, bench_generation's matmul ceiling): the best of at least five timings.
 
     python -m bench.int8_products                              # hybrid-116m, batch 1
     python -m bench.int8_products --presets transformer-162m --batches 1 8
@@ -33,7 +33,7 @@ from fast_decoding_music_hybrid import (  # noqa: E402
 )
 
 OURS = "int8: Int8Linear (ours)"
-FLOAT32 = "float32: decoding_linear (ours)"
+FLOAT32 = "float32: few_row_linear (ours)"
 
 
 def parse_args():

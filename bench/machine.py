@@ -84,7 +84,7 @@ def print_header(title, device, settings):
 
 
 def print_table(headers, rows):
-    """A Markdown table (ready to paste into the README), columns padded for reading in a terminal."""
+    """A Markdown table (ready to paste into docs/performance.md), columns padded for reading in a terminal."""
     rows = [[str(cell) for cell in row] for row in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"  # noqa: E731

@@ -127,7 +127,7 @@ def generate_audio(
         model.quantize_weights(quantize)
     if device.type == "cpu" and progress and not (quantize and compile_decoding):
         print("note: on CPU, --quantize int8 --compile decodes fastest (a quarter of the weight bytes, compiled "
-              "steps after about a minute of compiling; see the README's int8 section)", file=sys.stderr)
+              "steps after about a minute of compiling; see docs/generation.md)", file=sys.stderr)
     if compile_decoding:
         model.compile_decoding(cuda_graph=True)
     prompt_codes = None

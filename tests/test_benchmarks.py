@@ -99,7 +99,7 @@ def test_recall_sequences_hide_a_motif_of_its_own_codes_that_recurs_beyond_a_seg
 
 def test_int8_products_benchmark_times_every_candidate_on_the_same_layers():
     output = run_benchmark("bench.int8_products", "--presets", "hybrid-tiny", "--batches", "1", "4")
-    for candidate in ("float32: decoding_linear (ours)", "int8: Int8Linear (ours)",
+    for candidate in ("float32: few_row_linear (ours)", "int8: Int8Linear (ours)",
                       "int8: torch's dynamic quantized linear", "int8: torch._weight_int8pack_mm (weight-only)",
                       "int8: torchao Int8WeightOnly (eager)"):
         rows = [line for line in output.splitlines() if f"| {candidate} " in line]

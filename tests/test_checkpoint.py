@@ -18,10 +18,7 @@ from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
 from processing_music_hybrid import load_codec, random_codec_identity
 
 # Every file the remote code imports; save_pretrained must ship each of them.
-SHIPPED_CODE_FILES = {
-    "modeling_music_hybrid.py", "configuration_music_hybrid.py", "fast_decoding_music_hybrid.py",
-    "processing_music_hybrid.py", "codec_fitted_music_hybrid.py",
-}
+SHIPPED_CODE_FILES = {path.name for path in pathlib.Path(__file__).resolve().parents[1].glob("*_music_hybrid.py")}
 CODEC = {"backend": "random", "model_id": None, "revision": None, "seed": 3, "config_overrides": None,
          "sample_rate": 44100, "hop_length": 512, "num_codebooks": 9, "codebook_size": 1024}
 

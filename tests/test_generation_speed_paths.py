@@ -1,7 +1,6 @@
 """The fast decoding paths give what the plain paths give: the Mamba step, the sampler and compiled decoding."""
 
 import math
-import types
 from unittest import mock
 
 import pytest
@@ -12,13 +11,15 @@ from transformers.generation.logits_process import TopKLogitsWarper
 from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
 import fast_decoding_music_hybrid
-import modeling_music_hybrid
+import generation_music_hybrid
+from cache_music_hybrid import MusicHybridCache
 from fast_decoding_music_hybrid import (
-    PACKED_MIN_ROWS, SPLIT_MIN_ELEMENTS, can_pack_weights, decoding_linear, pack_linear_weights,
+    PACKED_MIN_ROWS, SPLIT_MIN_ELEMENTS, FewRowLinear, WithDecodingConstants, can_pack_weights, decoding_substitutes,
 )
-from modeling_music_hybrid import (
-    LOG2_E, CodebookSampler, MambaMixer, MusicHybridCache, MusicHybridForCausalLM, UnsortedTopKWarper,
-)
+from generation_music_hybrid import CodebookSampler, UnsortedTopKWarper
+from mamba_music_hybrid import MambaMixer
+from modeling_music_hybrid import MusicHybridForCausalLM
+from selective_scan_music_hybrid import LOG2_E
 
 
 def tiny_model(name="hybrid-tiny", **overrides):
@@ -31,36 +32,42 @@ def test_mamba_decoding_step_equals_the_sequence_forward(conv_bias):
     config = MusicHybridConfig.from_preset("mamba-tiny", mamba_conv_bias=conv_bias)
     torch.manual_seed(0)
     mixer = MambaMixer(config, layer_idx=0)
-    mixer.reset_ssm_parameters()
+    mixer.init_own_weights()
     hidden_states = torch.randn(2, 12, config.hidden_size)
     with torch.no_grad():
         full = mixer(hidden_states)
-        cache = MusicHybridCache(config, 2, 12, "cpu", torch.float32)
-        pieces = [mixer(hidden_states[:, :5], cache)]
-        cache.length = 5
+        cache = MusicHybridCache([mixer], 2, 12, "cpu", torch.float32)
+        pieces = [mixer(hidden_states[:, :5], cache.states[0], cache=cache)]
+        cache.advance(5)
         for t in range(5, 12):
-            pieces.append(mixer.torch_step(hidden_states[:, t : t + 1], cache))
-            cache.length += 1
+            pieces.append(mixer.torch_step(hidden_states[:, t : t + 1], cache.states[0], cache))
+            cache.advance(1)
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
 
 
 
 @pytest.mark.parametrize("rows", [1, 3, 4, 16, 17])
-def test_decoding_linear_equals_the_layer(rows, two_threads):
+def test_few_row_linear_equals_the_layer(rows, two_threads):
     """Whichever product runs (split weight blocks, packed weights, the layer itself), the same outputs; a
-    generation of `rows` samples packs the weights from PACKED_MIN_ROWS rows on, where this torch build can."""
+    generation of `rows` samples packs the weights from PACKED_MIN_ROWS rows on, where this torch build can. The
+    substitutes are swapped in for the generation only, and a hooked layer is never swapped."""
     torch.manual_seed(0)
     # the second layer is large enough to be split over the threads (SPLIT_MIN_ELEMENTS), the first is not
     model = torch.nn.Sequential(torch.nn.Linear(12, 512), torch.nn.Linear(512, SPLIT_MIN_ELEMENTS // 512, bias=False))
-    cache = types.SimpleNamespace(packed_weights=pack_linear_weights(model, rows))
-    assert len(cache.packed_weights) == (2 if rows >= PACKED_MIN_ROWS and can_pack_weights() else 0)
+    plain = list(model)
     x = torch.randn(rows, 1, 12)
     with torch.no_grad():
-        for linear, inputs in ((model[0], x), (model[1], model[0](x))):
-            assert torch.allclose(decoding_linear(linear, inputs, cache), linear(inputs), atol=1e-5)
-        linear = model[0]
-        linear.register_forward_hook(lambda module, inputs, output: output * 2)  # hooks are honoured
-        assert torch.allclose(decoding_linear(linear, x, cache), linear(x), atol=1e-6)
+        expected = [plain[0](x), plain[1](plain[0](x))]
+        with decoding_substitutes(model, rows):
+            assert all(isinstance(layer, FewRowLinear) for layer in model)
+            packed = [layer.packed is not None for layer in model]
+            assert packed == [rows >= PACKED_MIN_ROWS and can_pack_weights()] * 2
+            assert torch.allclose(model[0](x), expected[0], atol=1e-5)
+            assert torch.allclose(model(x), expected[1], atol=1e-5)
+        assert list(model) == plain and all(layer.__dict__["_decoding_substitute"].packed is None for layer in plain)
+        plain[0].register_forward_hook(lambda module, inputs, output: output * 2)  # hooks are honoured
+        with decoding_substitutes(model, rows):
+            assert model[0] is plain[0] and torch.allclose(model[0](x), 2 * expected[0], atol=1e-6)
 
 
 @pytest.mark.skipif(not can_pack_weights(), reason="this torch build cannot pack weights with oneDNN")
@@ -81,14 +88,21 @@ def test_batched_cpu_generation_multiplies_by_packed_weights():
     assert len(packed_calls) == packed
 
 
-def test_decay_exponents_are_computed_once_per_cache():
-    config = MusicHybridConfig.from_preset("mamba-tiny")
-    mixer = MambaMixer(config, layer_idx=0)
-    mixer.reset_ssm_parameters()
-    cache = MusicHybridCache(config, 1, 4, "cpu", torch.float32)
-    first = cache.decay_exponents(0, mixer.A_log)
-    assert cache.decay_exponents(0, mixer.A_log) is first
-    assert torch.allclose(first, -torch.exp(mixer.A_log) * LOG2_E)
+def test_decay_exponents_are_computed_once_per_generation():
+    """A generation computes each Mamba layer's decay exponents once and passes them to every step; the layers are
+    themselves again after it."""
+    model = tiny_model("mamba-tiny")
+    mixers = [layer.mixer for layer in model.model.layers]
+    computed = []
+    original = MambaMixer.decoding_constants
+    with mock.patch.object(MambaMixer, "decoding_constants", lambda self: computed.append(self) or original(self)):
+        with decoding_substitutes(model, 1):
+            wrapped = [layer.mixer for layer in model.model.layers]
+            assert all(isinstance(mixer, WithDecodingConstants) for mixer in wrapped)
+            assert torch.allclose(wrapped[0].decay_exponents, -torch.exp(mixers[0].A_log) * LOG2_E)
+        model.generate(max_new_tokens=5)
+    assert computed == mixers * 2
+    assert [layer.mixer for layer in model.model.layers] == mixers
 
 
 def test_unsorted_top_k_filters_exactly_like_transformers_warper():
@@ -144,7 +158,7 @@ def test_a_compiled_step_is_captured_again_once_per_thread_count_and_says_so(two
     counting_backend = CountingBackend()
     model = tiny_model()
     model.compile_decoding(backend=counting_backend)
-    with mock.patch.object(modeling_music_hybrid.logger, "warning") as warning:
+    with mock.patch.object(generation_music_hybrid.logger, "warning") as warning:
         for chosen in (2, 1, 2, 1):
             with mock.patch.object(fast_decoding_music_hybrid, "fastest_thread_count", return_value=chosen):
                 model.generate(max_new_tokens=4, do_sample=False)

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import modeling_music_hybrid
 from configuration_music_hybrid import MusicHybridConfig
-from modeling_music_hybrid import MambaMixer, MusicHybridCache, MusicHybridForCausalLM, codes_to_model_inputs
+import mamba_music_hybrid
+from mamba_music_hybrid import MambaMixer
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
 
 
 def causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
@@ -107,9 +108,9 @@ def stand_in_kernels(monkeypatch):
         module = types.ModuleType(name)
         module.__dict__.update({key: recorded(function) for key, function in functions.items()})
         monkeypatch.setitem(sys.modules, name, module)
-    modeling_music_hybrid.mamba_kernels.cache_clear()
+    mamba_music_hybrid.mamba_kernels.cache_clear()
     yield called
-    modeling_music_hybrid.mamba_kernels.cache_clear()
+    mamba_music_hybrid.mamba_kernels.cache_clear()
 
 
 def models_on_both_paths(name="hybrid-tiny"):
@@ -123,13 +124,13 @@ def models_on_both_paths(name="hybrid-tiny"):
 
 def test_kernel_path_without_the_kernels_is_an_import_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "mamba_ssm", None)
-    modeling_music_hybrid.mamba_kernels.cache_clear()
+    mamba_music_hybrid.mamba_kernels.cache_clear()
     try:
         _, kernel_model = models_on_both_paths()
         with pytest.raises(ImportError, match="mamba-ssm"):
             kernel_model(torch.zeros(1, 9, 4, dtype=torch.long))
     finally:
-        modeling_music_hybrid.mamba_kernels.cache_clear()
+        mamba_music_hybrid.mamba_kernels.cache_clear()
 
 
 def test_fused_training_kernel_matches_the_torch_path_in_outputs_and_gradients(stand_in_kernels):
@@ -178,16 +179,17 @@ def test_cached_kernels_match_the_torch_path_in_outputs_and_cache_updates(stand_
     input_ids = codes_to_model_inputs(codes, torch_model.config)["input_ids"]
     caches, logits = [], []
     for model in (torch_model, kernel_model):
-        cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32)
+        cache = model.model.new_cache(2, input_ids.shape[2])
         pieces = [model(input_ids[:, :, :2], cache=cache).logits]  # prefill shorter than the conv width
         pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(2, input_ids.shape[2])]
         caches.append(cache)
         logits.append(torch.cat(pieces, dim=2))
     assert set(stand_in_kernels) == {"causal_conv1d_fn", "selective_scan_fn", "causal_conv1d_update", "selective_state_update"}
     assert (logits[0] - logits[1]).abs().max() < 1e-5
-    for layer in caches[0].conv_states:
-        assert torch.allclose(caches[0].conv_states[layer], caches[1].conv_states[layer], atol=1e-6)
-        assert torch.allclose(caches[0].ssm_states[layer], caches[1].ssm_states[layer], atol=1e-5)
+    for first, second in zip(caches[0].states, caches[1].states):
+        if "ssm" in first:
+            assert torch.allclose(first["conv"], second["conv"], atol=1e-6)
+            assert torch.allclose(first["ssm"], second["ssm"], atol=1e-5)
 
 
 def test_mixer_has_mamba_ssm_parameter_names_shapes_and_initialisation():
@@ -218,7 +220,7 @@ def test_mixer_has_mamba_ssm_parameter_names_shapes_and_initialisation():
 def test_real_cuda_kernels_match_the_torch_path():
     pytest.importorskip("mamba_ssm")
     pytest.importorskip("causal_conv1d")
-    modeling_music_hybrid.mamba_kernels.cache_clear()
+    mamba_music_hybrid.mamba_kernels.cache_clear()
     torch_model, kernel_model = (model.cuda() for model in models_on_both_paths())
     codes = torch.randint(0, 1024, (2, 9, 40), device="cuda")
     inputs = codes_to_model_inputs(codes, torch_model.config)

@@ -9,9 +9,10 @@ import torch.nn.functional as F
 
 from compile_helpers import CountingBackend
 from configuration_music_hybrid import MusicHybridConfig
-from modeling_music_hybrid import (
-    MambaMixer, MemorySettings, MusicHybridCache, MusicHybridForCausalLM, codes_to_model_inputs, memory_cached_scan,
-)
+from cache_music_hybrid import MusicHybridCache
+from mamba_music_hybrid import MambaMixer
+from memory_caching_music_hybrid import MemorySettings, memory_cached_scan
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
 
 BATCH, D_INNER, D_STATE = 2, 6, 4
 TOLERANCE = 1e-5
@@ -204,16 +205,16 @@ def test_mixer_decoding_step_equals_the_sequence_forward():
     config = MusicHybridConfig.from_preset("mamba-mc-tiny", mamba_memory_aggregation="sparse", mamba_memory_top_k=1)
     torch.manual_seed(0)
     mixer = MambaMixer(config, layer_idx=0)
-    mixer.reset_ssm_parameters()
+    mixer.init_own_weights()
     torch.nn.init.normal_(mixer.memory_query.weight, std=1.0)
     hidden_states = torch.randn(2, 70, config.hidden_size)
     with torch.no_grad():
         full = mixer(hidden_states)
-        cache = MusicHybridCache(config, 2, 70, "cpu", torch.float32)
-        pieces = [mixer(hidden_states[:, :21], cache)]
+        cache = MusicHybridCache([mixer], 2, 70, "cpu", torch.float32)
+        pieces = [mixer(hidden_states[:, :21], cache.states[0], cache=cache)]
         cache.advance(21)
         for t in range(21, 70):
-            pieces.append(mixer(hidden_states[:, t : t + 1], cache, torch.tensor([t])))
+            pieces.append(mixer(hidden_states[:, t : t + 1], cache.states[0], cache=cache, positions=torch.tensor([t])))
             cache.advance(1)
     assert (torch.cat(pieces, dim=1) - full).abs().max() <= 1e-5
 
@@ -259,11 +260,11 @@ def test_prefill_and_decoding_steps_equal_one_forward_pass(aggregation, max_segm
     assert memories_matter(model, input_ids)
     with torch.no_grad():
         full = model(input_ids).logits
-        cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
+        cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
         pieces = [model(input_ids[:, :, :21], cache=cache).logits]  # ends inside segment 1
         pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(21, input_ids.shape[2])]
     assert (torch.cat(pieces, dim=2) - full).abs().max() <= 1e-4
-    slots = cache.memories[0]["segments"]
+    slots = cache.states[0]["memory_segments"][0]
     assert len(slots) == (max_segments or input_ids.shape[2] // 16)
     assert sorted(slots.tolist()) == list(range(4 - len(slots), 4))
 
@@ -274,7 +275,7 @@ def test_a_second_multi_position_input_continues_the_memories():
     input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
     with torch.no_grad():
         full = model(input_ids).logits
-        cache = MusicHybridCache(model.config, 1, input_ids.shape[2], "cpu", torch.float32)
+        cache = model.model.new_cache(1, input_ids.shape[2])
         pieces = [model(input_ids[:, :, q], cache=cache).logits for q in (slice(0, 25), slice(25, 58), slice(58, None))]
     assert (torch.cat(pieces, dim=2) - full).abs().max() <= 1e-4
 
@@ -310,4 +311,5 @@ def test_sliding_long_form_runs_the_memory_on_and_max_segments_bounds_it():
         long = model.generate(prompt, max_new_tokens=120, long_form="sliding", context_window=8)
     assert long.shape == (1, 9, 124)
     (cache,) = caches
-    assert cache.memories[0]["states"].shape[1] == 2 and sorted(cache.memories[0]["segments"].tolist()) == [6, 7]
+    memory = cache.states[0]
+    assert memory["memory_states"].shape[1] == 2 and sorted(memory["memory_segments"][0].tolist()) == [6, 7]

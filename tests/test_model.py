@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from configuration_music_hybrid import MusicHybridConfig
+from cache_music_hybrid import state_bytes_per_position
 from modeling_music_hybrid import (
-    MusicHybridCache,
+    MusicHybridAttention,
     MusicHybridForCausalLM,
     apply_delay_pattern,
     codes_to_model_inputs,
@@ -135,7 +136,7 @@ def test_prefill_then_decoding_equals_one_full_forward(name, positions, attentio
     model.set_attn_implementation(attention)
     input_ids = codes_to_model_inputs(random_codes(frames=16), model.config)["input_ids"]
     full = model(input_ids).logits
-    cache = MusicHybridCache(model.config, 2, input_ids.shape[2], "cpu", torch.float32, fixed_shape=fixed_shape)
+    cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
     pieces = [model(input_ids[:, :, :6], cache=cache).logits]  # prefill
     pieces.append(model(input_ids[:, :, 6:11], cache=cache).logits)  # a block on top of a cache
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(11, input_ids.shape[2])]
@@ -147,7 +148,7 @@ def test_sliding_window_cache_equals_full_attention_when_the_window_covers_every
     model = tiny_model("hybrid-tiny", position_embedding_type="rope")
     input_ids = codes_to_model_inputs(random_codes(frames=12), model.config)["input_ids"]
     full = model(input_ids).logits
-    cache = MusicHybridCache(model.config, 2, 64, "cpu", torch.float32, attention_window=64)
+    cache = model.model.new_cache(2, 64, attention_window=64)
     pieces = [model(input_ids[:, :, :5], cache=cache).logits]
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(5, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
@@ -161,10 +162,8 @@ def test_sliding_window_cache_matches_a_band_mask(fixed_shape, prefill):
     model.set_attn_implementation("eager")
     window = 4
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=8), model.config)["input_ids"]
-    banded = model(input_ids, cache=MusicHybridCache(model.config, 1, 64, "cpu", torch.float32, attention_window=window)).logits
-    cache = MusicHybridCache(
-        model.config, 1, 64, "cpu", torch.float32, attention_window=window, fixed_shape=fixed_shape
-    )
+    banded = model(input_ids, cache=model.model.new_cache(1, 64, attention_window=window)).logits
+    cache = model.model.new_cache(1, 64, attention_window=window, fixed_shape=fixed_shape)
     pieces = [model(input_ids[:, :, :prefill], cache=cache).logits]  # shorter or longer than the window
     pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(prefill, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(banded).abs().max() <= 1e-4
@@ -174,15 +173,15 @@ def test_sliding_window_cache_matches_a_band_mask(fixed_shape, prefill):
 def test_fixed_shape_cache_shows_attention_whole_blocks_of_slots():
     """Steps see the filled slots rounded up to a block: the same shapes for a block of positions at a time."""
     model = tiny_model("transformer-tiny")
-    cache = MusicHybridCache(model.config, 1, 600, "cpu", torch.float32, fixed_shape=True)
+    cache = model.model.new_cache(1, 600, fixed_shape=True)
     input_ids = codes_to_model_inputs(random_codes(batch=1, frames=6), model.config)["input_ids"]
     model.model(input_ids[:, :, :2], cache)
     key = torch.randn(1, model.config.num_key_value_heads, 1, model.config.head_dim)
 
     def step(position, visible):
-        keys, values = cache.update_attention(0, key, key, torch.tensor([position]))
+        keys, values = MusicHybridAttention.update_state(cache.states[0], cache, key, key, torch.tensor([position]))
         assert keys.shape[2] == values.shape[2] == visible
-        assert torch.equal(cache.keys[0][:, :, position], key[:, :, 0])  # written into the whole buffer
+        assert torch.equal(cache.states[0]["keys"][:, :, position], key[:, :, 0])  # written into the whole buffer
         mask = cache.single_position_mask(torch.tensor([position]), torch.float32)
         assert mask.shape == (1, 1, 1, visible)
         assert (mask[..., : position + 1] == 0).all() and (mask[..., position + 1 :] < -1e30).all()
@@ -198,11 +197,13 @@ def test_fixed_shape_cache_shows_attention_whole_blocks_of_slots():
 def test_mamba_cache_does_not_grow_with_the_sequence():
     config = MusicHybridConfig.from_preset("hybrid-116m")
     with torch.device("meta"):
-        short = MusicHybridCache(config, 1, 256, "meta", torch.float32)
-        long = MusicHybridCache(config, 1, 2048, "meta", torch.float32)
-    assert set(short.conv_states) == set(long.conv_states) == {i for i, t in enumerate(config.layer_types) if t != "full_attention"}
-    assert all(short.ssm_states[i].shape == long.ssm_states[i].shape for i in short.ssm_states)
-    assert short.per_frame_bytes() == 5 * 2 * 768 * 4
+        model = MusicHybridForCausalLM(config)
+    short, long = model.model.new_cache(1, 256), model.model.new_cache(1, 2048)
+    mamba_layers = [i for i, kind in enumerate(config.mixer_types) if kind == "mamba"]
+    assert all(set(short.states[i]) == {"conv", "ssm"} for i in mamba_layers)
+    assert all(short.states[i][name].shape == long.states[i][name].shape for i in mamba_layers for name in ("conv", "ssm"))
+    mixers = [layer.mixer for layer in model.model.layers]
+    assert state_bytes_per_position(mixers, 1, 256, torch.float32) == 5 * 2 * 768 * 4
 
 
 def test_gradients_reach_every_parameter():

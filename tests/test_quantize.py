@@ -119,7 +119,7 @@ def test_calibration_picks_the_faster_thread_count_and_stops_early_under_load(tw
         calls.append(threads)
         time.sleep(slow if (threads > 1) == busy_core else fast)
 
-    with mock.patch.object(fast_decoding_music_hybrid, "decoding_linear", timed_product):
+    with mock.patch.object(fast_decoding_music_hybrid, "few_row_linear", timed_product):
         chosen = fast_decoding_music_hybrid.fastest_thread_count(torch.nn.Linear(8, 8), 1, 2, burst_seconds=1e-3)
     assert chosen == (1 if busy_core else 2)
     assert calls.count(1) <= 2 + math.ceil(1e-3 / fast)  # warm-up, sizing and a single round

@@ -1,5 +1,6 @@
-"""The README stays true: CI runs its test command, its version floors are pyproject's, and its preset table is what
-the command prints."""
+"""The README and the docs stay true: the README is a short front door whose test command CI runs and whose version
+floors are pyproject's; the preset table in docs/model.md is what the command prints; the layout table in
+docs/architecture.md names every folder, root module and package module of the tree."""
 
 import pathlib
 import re
@@ -10,6 +11,8 @@ from presets_table import presets_table
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+MODEL_PAGE = (ROOT / "docs" / "model.md").read_text()
+ARCHITECTURE_PAGE = (ROOT / "docs" / "architecture.md").read_text()
 
 
 def quickstart_commands():
@@ -36,17 +39,43 @@ def test_readme_states_the_version_floors_that_ci_tests():
         assert f"{name} {version}+" in supported
 
 
-def test_readme_preset_table_is_what_presets_table_prints():
-    assert presets_table() in README
+def test_readme_is_a_short_front_door():
+    assert len(README.splitlines()) <= 250 and len(README) <= 20_000
 
 
-def test_readme_layout_table_lists_the_tree():
+def test_preset_table_in_the_model_page_is_what_presets_table_prints():
+    assert presets_table() in MODEL_PAGE
+
+
+def layout_rows():
+    """The layout table of docs/architecture.md: {first cell without backticks and trailing '/': the row}."""
+    layout = ARCHITECTURE_PAGE.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
+    return {name.rstrip("/"): row for name, row in re.findall(r"^\| `([^`]+)` \|(.*)$", layout, re.MULTILINE)}
+
+
+def tracked_files():
+    return subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_layout_table_lists_the_tree():
     """Every tracked root module and folder has a row, and every row names something that exists."""
-    layout = README.split("## Repository layout", 1)[1].split("\n## ", 1)[0]
-    listed = {cell.rstrip("/") for cell in re.findall(r"^\| `([^`]+)` \|", layout, re.MULTILINE)}
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    root_entries = {path.split("/", 1)[0] for path in tracked if not path.startswith(".")}
-    root_entries = {entry for entry in root_entries if entry.endswith(".py") or "/" in entry or (ROOT / entry).is_dir()}
-    assert root_entries == listed
-    for package in ("data", "training", "generation", "comparison"):
+    root_entries = {path.split("/", 1)[0] for path in tracked_files() if not path.startswith(".")}
+    root_entries = {entry for entry in root_entries if entry.endswith(".py") or (ROOT / entry).is_dir()}
+    assert root_entries == set(layout_rows())
+    for package in ("data", "training", "generation", "comparison", "cli", "metrics"):
         assert (ROOT / package / "__init__.py").read_text().startswith('"""')
+
+
+def test_layout_table_names_every_module_of_each_folder():
+    """A folder's row names each of its modules (or sub-folders), so a new file gets a line where newcomers look."""
+    rows = layout_rows()
+    missing = []
+    for path in tracked_files():
+        folder, _, inside = path.partition("/")
+        if not inside or folder in ("tests", "docs") or folder.startswith(".") or inside.endswith("__init__.py"):
+            continue
+        first, _, deeper = inside.partition("/")
+        name = f"{first}/" if deeper else first
+        if f"`{name}`" not in rows.get(folder, ""):
+            missing.append(f"{folder}/{name}")
+    assert not missing, f"docs/architecture.md's layout table does not name {missing}"

@@ -4,9 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import modeling_music_hybrid
 from configuration_music_hybrid import MusicHybridConfig
-from modeling_music_hybrid import MusicHybridForCausalLM, SelectiveScan, codes_to_model_inputs, selective_scan
+import selective_scan_music_hybrid
+from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
+from selective_scan_music_hybrid import SelectiveScan, selective_scan
 
 BATCH, D_INNER, D_STATE, LENGTH = 2, 6, 4, 37
 TOLERANCE = 1e-5
@@ -113,13 +114,13 @@ def test_half_precision_inputs_scan_in_float32():
 def test_compiled_mamba_implementation_gives_the_torch_path_outputs_and_gradients(monkeypatch):
     codes = torch.randint(0, 1024, (2, 9, 14), generator=torch.Generator().manual_seed(6))
     fused_chunks = []
-    compile_chunk = modeling_music_hybrid.compiled_chunk_function.__wrapped__
+    compile_chunk = selective_scan_music_hybrid.compiled_chunk_function.__wrapped__
 
     def recording_compiled_chunk_function(function):
         fused_chunks.append(function.__name__)
         return compile_chunk(function)
 
-    monkeypatch.setattr(modeling_music_hybrid, "compiled_chunk_function", recording_compiled_chunk_function)
+    monkeypatch.setattr(selective_scan_music_hybrid, "compiled_chunk_function", recording_compiled_chunk_function)
     results = []
     for implementation in ("torch", "compiled"):
         torch.manual_seed(0)

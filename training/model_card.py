@@ -1,7 +1,10 @@
-"""The README.md model card saved with every exported model: Hub metadata, what the model is, how to use it, metrics."""
+"""The README.md model card saved with every exported model, in the Hub's layout: YAML metadata (library, pipeline
+tag, tags, datasets, base model, model-index metrics), then what the model is, how to use it, where the project's
+documentation is, and the metrics."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
@@ -11,8 +14,19 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from training.evaluation import format_metrics_table
 
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
-# The Hub's task for music generation (MusicGen's); it has no task for unconditional audio.
+# The Hub has no pipeline tag for unconditional (or genre-conditioned) audio generation. text-to-audio is the task
+# under which it lists music generators (MusicGen, whose transformers pipeline is "text-to-audio"), so a search for
+# audio generation finds the model there; the other audio tags take audio in (audio-to-audio, audio-classification)
+# or are speech (text-to-speech). The tag drives no widget here: the model runs as remote code, as the usage shows.
 PIPELINE_TAG = "text-to-audio"
+# The project's pages a user of a checkpoint needs, in docs/ of the source repository.
+DOCUMENTATION_PAGES = {
+    "generation.md": "generating audio: prompts, sampling, streaming, long form, int8 on CPU",
+    "model.md": "the model from Python, its presets and what each transformers API does with it",
+    "training.md": "training, resuming and the published reproduction recipes",
+    "evaluation.md": "comparing models on the same segments, the Frechet Audio Distance",
+}
+CONDITIONING_PAGE = {"conditioning.md": "genre conditioning and classifier-free guidance"}
 # The usage snippet's checkpoint: this folder, or the Hub repository it was pushed to.
 CHECKPOINT_PLACEHOLDER = "path/to/this/folder"
 
@@ -51,7 +65,7 @@ def model_card_text(
         library_name="transformers",
         pipeline_tag=PIPELINE_TAG,
         license="apache-2.0",
-        tags=["music-generation", "audio", "dac", "music-hybrid", "mamba", "custom_code"],
+        tags=card_tags(config),
         datasets=[dataset_name] if on_the_hub(dataset_name) else None,
         base_model=base_model if on_the_hub(base_model) else None,
         metrics=["cross_entropy", "perplexity", "accuracy"],
@@ -74,6 +88,7 @@ def model_card_text(
            if codec.get("backend") == "random" else ""),
         "## Usage\n\n" + usage_snippet(),
         *([genres_section(config)] if config.genres is not None else []),
+        documentation_section(config),
         "## Validation metrics\n\n" + (format_metrics_table(evaluation) if evaluation else "Not evaluated."),
         "## Configuration\n\n```json\n" + config.to_json_string(use_diff=False) + "```",
         "## Training arguments\n\n```json\n" + json.dumps(training_arguments, indent=2, default=str) + "\n```",
@@ -93,8 +108,45 @@ def usage_snippet() -> str:
     )
 
 
+def card_tags(config) -> list[str]:
+    """Hub tags: task, modality and codec, then what the layers are (each recurrent mixer kind, e.g. "mamba", and
+    "hybrid" beside attention), so that a search for "mamba" or "hybrid" finds the hybrids and not the Transformers."""
+    recurrent = [kind.replace("_", "-") for kind in layer_kinds(config) if kind != "attention"]
+    architecture = ["transformer"] if not recurrent else recurrent + (["hybrid"] if config.num_attention_layers else [])
+    return [
+        "music-generation", "audio", "dac", "music-hybrid", *architecture,
+        *(["memory-caching"] if config.mamba_memory else []),
+        *(["genre-conditioning"] if config.genres is not None else []),
+        "custom_code",
+    ]
+
+
+def documentation_section(config) -> str:
+    """Links to the project's docs pages under the "Documentation" URL that pyproject.toml's [project.urls] gives the
+    installed package; without one, the pages are named in the source repository's docs/ folder."""
+    pages = {**DOCUMENTATION_PAGES, **(CONDITIONING_PAGE if config.genres is not None else {})}
+    url = documentation_url()
+    where = "" if url else " (the `docs/` folder of its source repository)"
+    lines = [f"- [{page}]({url}/{page}): {topic}" if url else f"- `docs/{page}`: {topic}"
+             for page, topic in pages.items()]
+    return f"## Documentation\n\nMade with music-hybrid; its documentation{where}:\n\n" + "\n".join(lines)
+
+
+def documentation_url() -> str | None:
+    try:
+        project_urls = importlib.metadata.metadata("music-hybrid").get_all("Project-URL") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for entry in project_urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "documentation":
+            return url.strip().rstrip("/")
+    return None
+
+
 def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalResult]:
-    """The model-index entries: loss and top-1 accuracy of every codebook, their means, and the perplexity."""
+    """The model-index entries: loss and top-1 accuracy of every codebook, their means, top-5, the perplexity and,
+    for a genre-conditioned model, the genre information (null-genre minus true-genre loss)."""
     dataset = dict(
         task_type=PIPELINE_TAG, dataset_type=dataset_name if on_the_hub(dataset_name) else "local",
         dataset_name=dataset_name or "tokenized dataset", dataset_split="validation",
@@ -109,8 +161,14 @@ def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalR
                               metric_value=round(evaluation["mean_loss"], 4), **dataset))
     results.append(EvalResult(metric_type="accuracy", metric_name="mean top-1",
                               metric_value=round(evaluation["mean_top1"], 4), **dataset))
+    results.append(EvalResult(metric_type="accuracy", metric_name="mean top-5",
+                              metric_value=round(evaluation["mean_top5"], 4), **dataset))
     results.append(EvalResult(metric_type="perplexity", metric_name="perplexity",
                               metric_value=round(evaluation["perplexity"], 4), **dataset))
+    information = evaluation.get("genre_information", {})
+    if information.get("num_segments"):
+        results.append(EvalResult(metric_type="genre_information", metric_name="genre information (nats)",
+                                  metric_value=round(information["mean_information"], 4), **dataset))
     return results
 
 
@@ -122,13 +180,20 @@ def genres_section(config) -> str:
     )
 
 
+def layer_kinds(config) -> dict:
+    """{mixer kind: its number of layers}, in the order of the first layer of each kind."""
+    return {kind: config.mixer_types.count(kind) for kind in dict.fromkeys(config.mixer_types)}
+
+
 def describe_architecture(config) -> str:
-    attention = sum(layer == "full_attention" for layer in config.layer_types)
-    mamba = len(config.layer_types) - attention
-    if mamba == 0:
+    kinds = layer_kinds(config)
+    names = {"attention": "attention", "mamba": "Mamba"}
+    if set(kinds) == {"attention"}:
         kind = "Transformer"
-    elif attention == 0:
-        kind = "Mamba"
+    elif len(kinds) == 1:
+        kind = names.get(*kinds, *kinds)
     else:
-        kind = f"Mamba/attention hybrid ({mamba} Mamba + {attention} attention layers)"
+        recurrent = "/".join(names.get(name, name) for name in kinds if name != "attention")
+        counts = " + ".join(f"{count} {names.get(name, name)}" for name, count in kinds.items())
+        kind = f"{recurrent}/attention hybrid ({counts} layers)"
     return f"{kind}, {len(config.layer_types)} layers, d_model {config.hidden_size}"
