@@ -80,6 +80,8 @@ def _istft(spectrum, num_samples):
 class FittedCodec:
     """encode(waveforms) -> list of (9, T) codes; decode(codes) -> (B, T * 512) waveforms; the Codec interface."""
 
+    renders_whole_clips = True  # a window decoded alone differs from the same frames in the whole clip
+
     def __init__(self, centroids, edges, identity, device=None, batch_size=1):
         self.centroids = torch.as_tensor(centroids, dtype=torch.float64)  # (stages, centroids, bands)
         self.edges = np.asarray(edges, dtype=np.int64)

@@ -149,3 +149,13 @@ def test_build_dataset_fits_encodes_and_ships_the_parameters_and_training_refuse
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     failed = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
     assert "codec_fitted.safetensors is missing" in failed.stderr
+
+
+def test_streamed_generation_decodes_the_fitted_codec_in_one_pass_with_no_seams(procedural_fit):
+    from generation.chunked_decoder import ChunkedDecoder
+
+    codec, _, clip = procedural_fit
+    codes = codec.encode([clip])[0][None]
+    decoder = ChunkedDecoder(codec, chunk_frames=20, start_frame=30)
+    assert all(decoder.push(codes[..., start : start + 25]).shape == (1, 0) for start in range(0, codes.shape[2], 25))
+    np.testing.assert_array_equal(decoder.flush(), codec.decode(codes)[:, 30 * 512 :].numpy())
