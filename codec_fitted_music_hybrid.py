@@ -1,5 +1,5 @@
 """The fitted codec: a small offline codec with DAC 44.1 kHz's token layout (9 codebooks x 1024 codes, one frame per
-512 samples), fitted to the training audio in seconds instead of downloaded.
+512 samples), fitted to the training audio instead of downloaded.
 
 Analysis: one magnitude spectrum per frame (2048-sample Hann window, hop 512), pooled into bands on a mel-like
 scale (one FFT bin per band at low frequencies, wider bands above), amplitude compressed to the power 0.2, so that
@@ -100,12 +100,6 @@ class FittedCodec:
         return [residual_codes(torch.from_numpy(band_features(clip, self.edges)), self.centroids) for clip in clips]
 
     @torch.inference_mode()
-    def encoder_latents(self, waveforms):
-        """The continuous features before quantization, one (bands, T) float32 tensor per waveform."""
-        return [torch.from_numpy(band_features(np.asarray(waveform, dtype=np.float64).reshape(-1), self.edges).T)
-                .float() for waveform in waveforms]
-
-    @torch.inference_mode()
     def decode(self, codes, num_samples=None, griffin_lim_iterations=GRIFFIN_LIM_ITERATIONS):
         """codes: (B, 9, T) -> (B, T * 512) float32 at 44.1 kHz (trimmed to `num_samples`), each clip rendered whole
         and scaled down if its peak would pass PEAK_LIMIT. Fewer codebooks than 9 decode the coarser sum."""
@@ -142,7 +136,7 @@ def residual_codes(features, centroids):
 def nearest_centroids(points, centroids):
     """Index of the nearest centroid of each float64 row (squared Euclidean distance; ties: the lowest index).
 
-    The float64 answer, whatever the thread count: distances are screened in float32 (twice as fast), and the rows
+    The float64 answer, whatever the thread count: distances are screened in float32 (faster), and the rows
     whose two best candidates lie closer than float32's error bound are decided again in float64."""
     if not len(points):
         return torch.zeros(0, dtype=torch.long)
