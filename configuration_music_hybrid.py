@@ -370,7 +370,7 @@ PRESETS = {
     ),
     "hybrid-matched": dict(
         description="Parameter-matched hybrid: the published hybrid made deeper, 30 layers "
-        "([mamba x3, attention] x7 then mamba x2), within 0.2% of transformer-162m.",
+        "([mamba x3, attention] x7 then mamba x2), within 0.2 percent of transformer-162m (presets_table.py).",
         num_hidden_layers=30, attention_period=4, attention_offset=3, mamba_mlp=False, **_PUBLISHED, **_MAMBA_1,
     ),
     "transformer-small": dict(
