@@ -10,8 +10,8 @@ follow it), refined by a few Griffin-Lim iterations; the whole clip in one pass,
 
 The fitted parameters live in one safetensors file; the codec identity names its SHA-256, so codes are never decoded
 with another fit. save_pretrained of a model copies the file into the checkpoint folder (see
-processing_music_hybrid.save_codec_files). Everything here is deterministic for a seed: float64 distances and
-sums in a fixed order, a seeded initialisation.
+processing_music_hybrid.save_codec_files). Everything here is deterministic for a seed, whatever the thread count:
+nearest centroids as float64 decides them, sums in a fixed order, a seeded initialisation.
 """
 
 import hashlib
@@ -39,7 +39,7 @@ _DISTANCE_CHUNK = 8192
 
 
 class FittedCodecFileError(ValueError):
-    """The parameters file is missing, unreadable, or not the one the codec identity names."""
+    """The parameters file is not the one the codec identity names (another fit, another format version)."""
 
 
 def band_edges():

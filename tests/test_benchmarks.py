@@ -108,6 +108,17 @@ def test_int8_products_benchmark_times_every_candidate_on_the_same_layers():
     assert all(line.rstrip(" |").endswith("1.0x") for line in ours)  # each row's own ratio to ours
 
 
+def test_codec_benchmark_prints_the_fitted_codec_per_codebook_count_beside_its_baselines(tmp_path):
+    output = run_benchmark_without_repeats(
+        "bench.bench_codec", "--train_tracks", "3", "--test_tracks", "1", "--seconds", "2", "--centroids", "16",
+        "--real_dir", str(tmp_path / "no_music"),
+    )
+    collapsed = " ".join(output.split())  # the table's columns are padded
+    for codebooks in (1, 3, 6, 9):
+        assert f"| procedural | fitted (16 centroids, 3 clips) | {codebooks} |" in collapsed
+    assert "random DAC" in output and "16 kHz low-pass round trip" in output and "real music: no .ogg files" in output
+
+
 def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     output = run_benchmark_without_repeats("bench.gpu_readiness", "--dry-run")
     for row in ("kernel tests", "CUDA-graph test", "hybrid-tiny batch-1 decoding (compiled, CPU)",
