@@ -73,7 +73,8 @@ def parse_args(argv=None):
     parser.add_argument("--validation-sequences", type=int, default=64, help="per pair count, to pick the lr")
     parser.add_argument("--test-sequences", type=int, default=256, help="per pair count, reported")
     parser.add_argument("--num-resamples", type=int, default=2000)
-    parser.add_argument("--output", default="bench_mqar.json", help="the JSON results, rewritten after every run")
+    parser.add_argument("--output", default="outputs/bench_mqar.json",
+                        help="the JSON results, rewritten after every run")
     add_machine_arguments(parser)
     parser.set_defaults(threads=1)  # models this small run fastest on one thread, above all on a loaded machine
     args = parser.parse_args(argv)
@@ -445,6 +446,7 @@ def write_json(args, arms, runs, summary, seconds):
             **summary, "accuracy": [dict(arm=name, pairs=pairs, **value) for (name, pairs), value in
                                     summary["accuracy"].items()],
         }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(args.output).with_suffix(".json.partial")
     temporary.write_text(json.dumps(document, indent=1))
     temporary.replace(args.output)
