@@ -2,9 +2,10 @@
 
 A layer caches its SSM state at every segment end and reads the cached states with its C_t beside the live state,
 mixed by weights over <W_u x_t, mean of B over the segment> and scaled by a learned gate (see `MemorySettings`).
-The readout is linear in the state, so reading N cached states is one matrix product and decoding stays constant-cost per step. Here: the
-settings, the whole-sequence scan with memories (`memory_cached_scan`), one decoding step (`memory_step`) and the
-decoding state of the cached memories. Used by mamba_music_hybrid.py; shipped with every checkpoint.
+The readout is linear in the state, so reading N cached states is one matrix product and decoding stays
+constant-cost per step. Here: the settings, the whole-sequence scan with memories (`memory_cached_scan`), one
+decoding step (`memory_step`) and the decoding state of the cached memories. Used by mamba_music_hybrid.py;
+shipped with every checkpoint.
 """
 
 import math
@@ -61,8 +62,9 @@ def memory_cached_scan(u, delta, A, B, C, query, gate, initial_state, start, set
     """The Mamba-1 scan with memory caching over inputs at positions start, start + 1, ... (see `MemorySettings`).
 
     u, delta (batch, d_inner, T), A, B, C and initial_state as in `selective_scan`; query = W_u x (batch, T,
-    d_state); gate: the layer's gate (a scalar tensor, see `memory_weights`). cached: the memories of earlier positions, (states (batch, n, d_inner, d_state), keys (batch, n,
-    d_state), segment indices (n,), the sum of B over the current segment before `start`), or None. Returns y
+    d_state); gate: the layer's gate (a scalar tensor, see `memory_weights`). cached: the memories of earlier
+    positions, (states (batch, n, d_inner, d_state), keys (batch, n, d_state), segment indices (n,), the sum of B
+    over the current segment before `start`), or None. Returns y
     (batch, T, d_inner) in float32 (before the D x term), the last state and the new memories (the same four
     fields, for the segments that end inside the inputs, and the key sum after them).
     """

@@ -39,7 +39,9 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import memory_caching_music_hybrid  # noqa: E402
-from bench.machine import add_machine_arguments, new_parser, print_header, print_table, run_cli, setup_machine  # noqa: E402
+from bench.machine import (  # noqa: E402
+    add_machine_arguments, new_parser, print_header, print_table, run_cli, setup_machine,
+)
 from comparison.paired_statistics import bootstrap_means, percentile_interval  # noqa: E402
 from configuration_music_hybrid import ATTENTION, MIXER_LAYER_TYPES, MusicHybridConfig  # noqa: E402
 from modeling_music_hybrid import MIXERS, MusicHybridForCausalLM  # noqa: E402
@@ -179,7 +181,9 @@ def arm_configs(args):
 
 def takes_memory_caching(kind, config, args):
     """Whether the kind's mixer caches memories when the config asks (it then has memory settings)."""
-    memory_config = MusicHybridConfig.from_dict({**config.to_dict(), "mamba_memory_segment_length": args.segment_length})
+    memory_config = MusicHybridConfig.from_dict(
+        {**config.to_dict(), "mamba_memory_segment_length": args.segment_length}
+    )
     return getattr(MIXERS[kind](memory_config, 0), "memory", None) is not None
 
 
@@ -255,7 +259,8 @@ def train_and_evaluate(arm, args, lr, seed, device, label):
         "validation": evaluate(model, arm, args, "validation", device)["accuracy"],
         **{f"test_{key}": value for key, value in evaluate(model, arm, args, "test", device).items()},
         "step_ms": 1e3 * float(np.median(step_seconds)),
-        "gates": [float(layer.mixer.memory_gate) for layer in model.model.layers if hasattr(layer.mixer, "memory_gate")],
+        "gates": [layer.mixer.memory_gate.item() for layer in model.model.layers
+                  if hasattr(layer.mixer, "memory_gate")],
     }
     mean_validation = np.mean([np.mean(v) for v in result["validation"].values()])
     print(f"{label}: validation accuracy {mean_validation:.3f} ({time.perf_counter() - start:.0f} s)",

@@ -192,7 +192,8 @@ def test_the_query_and_the_gate_are_the_only_new_weights_and_both_learn():
     is zero at the first step and flows from the second (as LoRA's zero-initialised factor)."""
     plain, memory = trained_looking(tiny("mamba-tiny")), tiny("mamba-mc-tiny")
     new = set(memory.state_dict()) - set(plain.state_dict())
-    assert new == {f"model.layers.{i}.mixer.{name}" for i in range(2) for name in ("memory_query.weight", "memory_gate")}
+    names = ("memory_query.weight", "memory_gate")
+    assert new == {f"model.layers.{i}.mixer.{name}" for i in range(2) for name in names}
     assert set(plain.state_dict()) <= set(memory.state_dict())
     memory.load_state_dict(plain.state_dict(), strict=False)
     mixer = memory.model.layers[0].mixer
@@ -258,7 +259,8 @@ def test_configs_saved_before_the_gate_keep_their_behaviour(tmp_path):
     plain = MusicHybridConfig.from_preset("mamba-tiny")
     plain.save_pretrained(tmp_path)
     saved = MusicHybridConfig.from_pretrained(tmp_path)
-    assert MusicHybridConfig.from_dict({**saved.to_dict(), "mamba_memory_segment_length": 16}).mamba_memory_init == "base"
+    with_memory = MusicHybridConfig.from_dict({**saved.to_dict(), "mamba_memory_segment_length": 16})
+    assert with_memory.mamba_memory_init == "base"
     assert json.loads((tmp_path / "config.json").read_text())["mamba_memory_init"] == "base"  # recorded from now on
 
 
