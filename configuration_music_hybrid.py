@@ -22,6 +22,7 @@ MIXER_LAYER_TYPES = {"attention": ATTENTION, "mamba": MAMBA}
 DEFAULT_MIXER_TYPES = {ATTENTION: "attention", MAMBA: "mamba"}
 POSITION_EMBEDDING_TYPES = ("learned", "rope", "none")
 MEMORY_AGGREGATIONS = ("gated", "residual", "sparse")
+MEMORY_INITS = ("base", "full")
 SCAN_CHUNK_SIZE = 16  # the PyTorch selective scan's chunk: memory segments end on chunk ends
 
 # Published DAC 44.1 kHz codec: the default identity when a model is created
@@ -71,16 +72,20 @@ class MusicHybridConfig(PretrainedConfig):
             later position t reads the cached states with its C_t (C_t . h^(i)) next to the live readout
             C_t . h_t, mixed by weights over <W_u x_t, k> / sqrt(d_state) (the live key: mean of B over the
             current segment so far); W_u is the mixer's `memory_query`, nn.Linear(d_inner, d_state, bias=False),
-            the only new weight, initialised like every linear layer (normal, std `initializer_range`), so the
-            weights start near uniform over the live and cached memories. In the first segment the output is
-            plain Mamba-1's. Such layers run the PyTorch scan on every device (the CUDA kernels return no
-            segment-end states).
+            initialised like every linear layer (normal, std `initializer_range`). A learned gate `memory_gate`
+            (one scalar per layer) scales what the cached memories change: y = y_live + gate (y_memories -
+            y_live). In the first segment the output is plain Mamba-1's. Such layers run the PyTorch scan on every
+            device (the CUDA kernels return no segment-end states).
         mamba_memory_aggregation: how the memories are mixed: "gated" (softmax of the scores over the live and
             cached memories, the paper's gated residual memory), "residual" (every weight 1) or "sparse" (softmax
             over the live memory and the `mamba_memory_top_k` cached segments of highest score).
         mamba_memory_top_k: cached segments read by "sparse" (>= 1).
         mamba_memory_max_segments: only this many most recent cached segments take part (None: all), in training
             and decoding alike; it bounds the decoding cache.
+        mamba_memory_init: where the gate starts: "base" (0: the layer computes its plain Mamba-1 layer's outputs
+            until it trains, so memory caching added to a trained model continues from exactly its outputs) or
+            "full" (1: the cached memories take part at full weight from the start, the only behaviour before this
+            option existed; configs saved with memory caching before it load as "full", see `from_dict`).
         label_smoothing: applied to the training loss only (evaluation reports plain cross entropy).
         codebook_loss_weights: optional per-codebook weights of the loss (a weighted mean).
         codec: identity of the codec the codes come from (backend, model id, revision or seed, rates), so that
@@ -136,6 +141,7 @@ class MusicHybridConfig(PretrainedConfig):
         mamba_memory_aggregation="gated",
         mamba_memory_top_k=2,
         mamba_memory_max_segments=None,
+        mamba_memory_init="base",
         initializer_range=0.02,
         label_smoothing=0.0,
         codebook_loss_weights=None,
@@ -184,6 +190,7 @@ class MusicHybridConfig(PretrainedConfig):
         self.mamba_memory_aggregation = mamba_memory_aggregation
         self.mamba_memory_top_k = mamba_memory_top_k
         self.mamba_memory_max_segments = mamba_memory_max_segments
+        self.mamba_memory_init = mamba_memory_init
         self.initializer_range = initializer_range
         self.label_smoothing = label_smoothing
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
@@ -201,6 +208,15 @@ class MusicHybridConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' from_dict (every saved config loads through it). A config saved with memory caching before
+        `mamba_memory_init` existed gets "full", the behaviour it was trained with; one saved without memory
+        caching gets the default, so memory caching added to it starts as its base layers."""
+        if config_dict.get("mamba_memory_segment_length") is not None and "mamba_memory_init" not in config_dict:
+            config_dict = {**config_dict, "mamba_memory_init": "full"}
+        return super().from_dict(config_dict, **kwargs)
 
     @staticmethod
     def periodic_layer_types(num_layers, attention_period, attention_offset):
@@ -319,6 +335,8 @@ class MusicHybridConfig(PretrainedConfig):
         max_segments = self.mamba_memory_max_segments
         if max_segments is not None and (not isinstance(max_segments, int) or max_segments < 1):
             fail("mamba_memory_max_segments", f"must be None or an integer >= 1, got {max_segments!r}")
+        if self.mamba_memory_init not in MEMORY_INITS:
+            fail("mamba_memory_init", f"must be one of {MEMORY_INITS}, got {self.mamba_memory_init!r}")
         if self.codebook_loss_weights is not None:
             if len(self.codebook_loss_weights) != self.num_codebooks:
                 fail("codebook_loss_weights", f"needs {self.num_codebooks} values, got {len(self.codebook_loss_weights)}")
