@@ -42,6 +42,8 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .fast_decoding_music_hybrid import refuse_saving_quantized
     from .generation_music_hybrid import MusicHybridGenerationMixin, default_generation_config
     from .mamba_music_hybrid import MambaMixer
+    from .mamba2_music_hybrid import Mamba2Mixer
+    from .gated_deltanet_music_hybrid import GatedDeltaNetMixer
     from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from cache_music_hybrid import MusicHybridCache
@@ -51,6 +53,8 @@ except ImportError:  # from the repository root they are plain modules
     from fast_decoding_music_hybrid import refuse_saving_quantized
     from generation_music_hybrid import MusicHybridGenerationMixin, default_generation_config
     from mamba_music_hybrid import MambaMixer
+    from mamba2_music_hybrid import Mamba2Mixer
+    from gated_deltanet_music_hybrid import GatedDeltaNetMixer
     from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
 
 __all__ = [
@@ -661,6 +665,8 @@ def weighted_codebook_mean(codebook_losses, weights):
 
 register_mixer("attention", MusicHybridAttention)
 register_mixer("mamba", MambaMixer)
+register_mixer("mamba2", Mamba2Mixer)
+register_mixer("gated_deltanet", GatedDeltaNetMixer)
 MusicHybridConfig.register_for_auto_class()
 MusicHybridModel.register_for_auto_class("AutoModel")
 MusicHybridForCausalLM.register_for_auto_class("AutoModelForCausalLM")
