@@ -18,7 +18,7 @@ def parameter_count(config):
 
 def presets_table():
     rows = [
-        "| preset | layers (attention + Mamba) | d_model | parameters | published | description |",
+        "| preset | layers (attention + recurrent) | d_model | parameters | published | description |",
         "|---|---|---|---|---|---|",
     ]
     for name, preset in PRESETS.items():
