@@ -4,6 +4,8 @@ layer's semantics written out step by step, decoding equal to the full forward p
 generates, saves, reloads, quantizes and compiles."""
 
 import copy
+import sys
+import types
 
 import pytest
 import torch
@@ -245,3 +247,70 @@ def test_real_fla_kernels_match_the_torch_path():
         assert torch.allclose(p.grad, q.grad, atol=1e-3, rtol=1e-2), name
     generated = [model.generate(codes[:, :, :8], max_new_tokens=8, do_sample=False) for model in models]
     assert torch.equal(generated[0], generated[1])
+
+
+def fla_kernel(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False, **kwargs):
+    """Stand-in for fla's chunk / fused_recurrent gated delta rule: q, k (B, T, H, K), v (B, T, HV, V), g (log
+    decay) and beta (B, T, HV), state (N, HV, K, V) -> o, final state or None."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    state = q.new_zeros(q.shape[0], v.shape[2], q.shape[-1], v.shape[-1]) if initial_state is None else initial_state
+    o, last = naive_delta_rule(q * scale, k, v, g, beta, state.float())
+    return o, (last if output_final_state else None)
+
+
+@pytest.fixture
+def stand_in_kernels(monkeypatch):
+    """Installs the stand-ins as fla's kernels; yields the names of the kernels called."""
+    called = []
+
+    def recorded(name):
+        def call(*args, **kwargs):
+            called.append(name)
+            return fla_kernel(*args, **kwargs)
+
+        return call
+
+    for name in ("fla", "fla.ops"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    module = types.ModuleType("fla.ops.gated_delta_rule")
+    module.chunk_gated_delta_rule = recorded("chunk_gated_delta_rule")
+    module.fused_recurrent_gated_delta_rule = recorded("fused_recurrent_gated_delta_rule")
+    monkeypatch.setitem(sys.modules, "fla.ops.gated_delta_rule", module)
+    gated_deltanet_music_hybrid.gated_delta_rule_kernels.cache_clear()
+    yield called
+    gated_deltanet_music_hybrid.gated_delta_rule_kernels.cache_clear()
+
+
+def test_kernel_path_matches_the_torch_path_in_training_and_decoding(stand_in_kernels):
+    models = []
+    for implementation in ("torch", "kernels"):
+        torch.manual_seed(0)
+        config = MusicHybridConfig.from_preset("hybrid-gdn-tiny", gdn_implementation=implementation)
+        models.append(MusicHybridForCausalLM(config))
+    codes = torch.randint(0, 1024, (2, 9, 12), generator=torch.Generator().manual_seed(1))
+    results = []
+    for model in models:
+        inputs = codes_to_model_inputs(codes, model.config)
+        output = model(**inputs)
+        output.loss.backward()
+        cache = model.model.new_cache(2, inputs["input_ids"].shape[2])
+        with torch.no_grad():
+            pieces = [model(inputs["input_ids"][:, :, :5], cache=cache).logits]
+            pieces += [model(inputs["input_ids"][:, :, t : t + 1], cache=cache).logits for t in range(5, 20)]
+        results.append((output.logits, {n: p.grad for n, p in model.named_parameters()}, torch.cat(pieces, dim=2)))
+    assert set(stand_in_kernels) == {"chunk_gated_delta_rule", "fused_recurrent_gated_delta_rule"}
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-5
+    assert (results[0][2] - results[1][2]).abs().max() < 1e-5
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_kernel_path_without_the_kernels_is_an_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fla", None)
+    gated_deltanet_music_hybrid.gated_delta_rule_kernels.cache_clear()
+    try:
+        config = MusicHybridConfig.from_preset("hybrid-gdn-tiny", gdn_implementation="kernels")
+        with pytest.raises(ImportError, match="flash-linear-attention"):
+            MusicHybridForCausalLM(config)(torch.zeros(1, 9, 4, dtype=torch.long))
+    finally:
+        gated_deltanet_music_hybrid.gated_delta_rule_kernels.cache_clear()

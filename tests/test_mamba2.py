@@ -3,6 +3,8 @@ per-step recurrence (outputs, states, gradients) and against the authors' own re
 full forward pass, and a whole model that trains, generates, saves, reloads, quantizes and compiles."""
 
 import copy
+import sys
+import types
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import mamba2_music_hybrid
 from configuration_music_hybrid import MusicHybridConfig
 from mamba2_music_hybrid import GroupedGatedRMSNorm, Mamba2Mixer, ssd_scan, ssd_step
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
+from tests.test_mamba_kernels import causal_conv1d_fn, causal_conv1d_update
 from tests.upstream_references import reference_functions
 
 
@@ -252,3 +255,138 @@ def test_real_cuda_kernels_match_the_torch_path():
         assert torch.allclose(p.grad, q.grad, atol=1e-3, rtol=1e-2), name
     generated = [model.generate(codes[:, :, :8], max_new_tokens=8, do_sample=False) for model in models]
     assert torch.equal(generated[0], generated[1])
+
+
+# Stand-ins for mamba_ssm's Mamba-2 kernels with their documented signatures and layouts, written from the
+# recurrence (not from the mixer): forcing the kernel path onto them must reproduce the PyTorch path, so a layout
+# mistake in the kernel calls fails here and not first on a user's GPU.
+
+
+def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None, initial_states=None,
+                              seq_idx=None, cu_seqlens=None, dt_softplus=False, return_final_states=False, **kwargs):
+    """x (batch, seqlen, nheads, headdim), dt (batch, seqlen, nheads), B, C (batch, seqlen, ngroups, dstate)."""
+    dt = dt.float() + (0 if dt_bias is None else dt_bias)
+    dt = F.softplus(dt) if dt_softplus else dt
+    state = x.new_zeros(x.shape[0], x.shape[2], x.shape[3], B.shape[-1], dtype=torch.float32)
+    y, last = naive_ssd(x.float(), dt, A, B.float(), C.float(), state)
+    if D is not None:
+        y = y + x * D[:, None]
+    return (y, last) if return_final_states else y
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    """state (batch, nheads, headdim, dstate) updated in place; x, dt (batch, nheads, headdim); A (nheads, headdim,
+    dstate); B, C (batch, ngroups, dstate); D, dt_bias (nheads, headdim) -> (batch, nheads, headdim)."""
+    dt = dt + (0 if dt_bias is None else dt_bias)
+    dt = F.softplus(dt) if dt_softplus else dt
+    heads_per_group = x.shape[1] // B.shape[1]
+    B, C = (t.repeat_interleave(heads_per_group, dim=1)[:, :, None, :] for t in (B, C))
+    state.copy_(torch.exp(dt[..., None] * A) * state + (dt * x)[..., None] * B)
+    out = (state * C).sum(-1) + (0 if D is None else x * D)
+    return out * F.silu(z) if z is not None else out
+
+
+def mamba_split_conv1d_scan_combined(zxbcdt, conv1d_weight, conv1d_bias, dt_bias, A, D, chunk_size,
+                                     activation="silu", rmsnorm_weight=None, rmsnorm_eps=1e-6, outproj_weight=None,
+                                     outproj_bias=None, headdim=None, ngroups=1, norm_before_gate=True, **kwargs):
+    """zxbcdt (batch, seqlen, 2 * dim + 2 * ngroups * dstate + nheads), conv1d_weight (conv_dim, width)."""
+    nheads = dt_bias.shape[0]
+    dim = nheads * headdim
+    d_state = (zxbcdt.shape[-1] - 2 * dim - nheads) // (2 * ngroups)
+    z, xBC, dt = torch.split(zxbcdt, [dim, dim + 2 * ngroups * d_state, nheads], dim=-1)
+    xBC = causal_conv1d_fn(xBC.transpose(1, 2), conv1d_weight, conv1d_bias, activation=activation).transpose(1, 2)
+    x, B, C = torch.split(xBC, [dim, ngroups * d_state, ngroups * d_state], dim=-1)
+    batch, seqlen = x.shape[:2]
+    y = mamba_chunk_scan_combined(
+        x.view(batch, seqlen, nheads, headdim), dt, A, B.view(batch, seqlen, ngroups, d_state),
+        C.view(batch, seqlen, ngroups, d_state), chunk_size, D=D, dt_bias=dt_bias, dt_softplus=True,
+    ).reshape(batch, seqlen, dim)
+    assert not norm_before_gate
+    gated = (y * F.silu(z)).unflatten(-1, (ngroups, -1))
+    y = (gated * torch.rsqrt(gated.square().mean(-1, keepdim=True) + rmsnorm_eps)).flatten(-2) * rmsnorm_weight
+    return F.linear(y, outproj_weight, outproj_bias)
+
+
+@pytest.fixture
+def stand_in_kernels(monkeypatch):
+    """Installs the stand-ins as the kernel packages; yields the names of the kernels called."""
+    called = []
+
+    def recorded(function):
+        def call(*args, **kwargs):
+            called.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return call
+
+    modules = {
+        "causal_conv1d": dict(causal_conv1d_fn=causal_conv1d_fn, causal_conv1d_update=causal_conv1d_update),
+        "mamba_ssm": {},
+        "mamba_ssm.ops": {},
+        "mamba_ssm.ops.triton": {},
+        "mamba_ssm.ops.triton.selective_state_update": dict(selective_state_update=selective_state_update),
+        "mamba_ssm.ops.triton.ssd_combined": dict(
+            mamba_chunk_scan_combined=mamba_chunk_scan_combined,
+            mamba_split_conv1d_scan_combined=mamba_split_conv1d_scan_combined,
+        ),
+    }
+    for name, functions in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update({key: recorded(function) for key, function in functions.items()})
+        monkeypatch.setitem(sys.modules, name, module)
+    mamba2_music_hybrid.mamba2_kernels.cache_clear()
+    yield called
+    mamba2_music_hybrid.mamba2_kernels.cache_clear()
+
+
+def models_on_both_paths():
+    models = []
+    for implementation in ("torch", "kernels"):
+        torch.manual_seed(0)
+        config = MusicHybridConfig.from_preset("hybrid-mamba2-tiny", mamba2_implementation=implementation)
+        models.append(MusicHybridForCausalLM(config).eval())
+    return models
+
+
+def test_fused_training_kernel_matches_the_torch_path_in_outputs_and_gradients(stand_in_kernels):
+    codes = torch.randint(0, 1024, (2, 9, 14), generator=torch.Generator().manual_seed(1))
+    results = []
+    for model in models_on_both_paths():
+        output = model(**codes_to_model_inputs(codes, model.config))
+        output.loss.backward()
+        results.append((output.logits, {n: p.grad for n, p in model.named_parameters()}))
+    assert set(stand_in_kernels) == {"mamba_split_conv1d_scan_combined"}
+    assert (results[0][0] - results[1][0]).abs().max() < 1e-5
+    for name, grad in results[0][1].items():
+        assert torch.allclose(grad, results[1][1][name], atol=1e-5, rtol=1e-4), name
+
+
+def test_cached_kernels_match_the_torch_path_in_outputs_and_states(stand_in_kernels):
+    codes = torch.randint(0, 1024, (2, 9, 10), generator=torch.Generator().manual_seed(2))
+    caches, logits = [], []
+    for model in models_on_both_paths():
+        input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
+        cache = model.model.new_cache(2, input_ids.shape[2])
+        with torch.no_grad():
+            pieces = [model(input_ids[:, :, :2], cache=cache).logits]  # a prefill shorter than the conv width
+            pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(2, input_ids.shape[2])]
+        caches.append(cache)
+        logits.append(torch.cat(pieces, dim=2))
+    assert set(stand_in_kernels) == {
+        "causal_conv1d_fn", "mamba_chunk_scan_combined", "causal_conv1d_update", "selective_state_update",
+    }
+    assert (logits[0] - logits[1]).abs().max() < 1e-5
+    for first, second in zip(caches[0].states, caches[1].states, strict=True):
+        if "ssm" in first:
+            assert torch.allclose(first["conv"], second["conv"], atol=1e-6)
+            assert torch.allclose(first["ssm"], second["ssm"], atol=1e-5)
+
+
+def test_kernel_path_without_the_kernels_is_an_import_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mamba_ssm", None)
+    mamba2_music_hybrid.mamba2_kernels.cache_clear()
+    try:
+        with pytest.raises(ImportError, match="mamba-ssm"):
+            models_on_both_paths()[1](torch.zeros(1, 9, 4, dtype=torch.long))
+    finally:
+        mamba2_music_hybrid.mamba2_kernels.cache_clear()
