@@ -126,6 +126,24 @@ def test_step_and_norm_equal_mamba_ssm_references(request):
     torch.testing.assert_close(norm(y, z), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_mixer_equals_transformers_mamba2_mixer_with_the_same_weights():
+    """transformers' Mamba2Mixer (its PyTorch path) loads our state dict unchanged and computes the same outputs."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer as TransformersMamba2Mixer
+
+    ours = tiny_mixer(torch.float32)
+    config = Mamba2Config(
+        hidden_size=64, state_size=ours.d_state, expand=ours.expand, head_dim=ours.headdim, num_heads=ours.nheads,
+        n_groups=ours.ngroups, conv_kernel=ours.d_conv, use_bias=False, use_conv_bias=True, num_hidden_layers=1,
+        layer_norm_epsilon=ours.norm.eps,
+    )
+    theirs = TransformersMamba2Mixer(config, layer_idx=0).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    hidden = torch.randn(2, 100, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(hidden), theirs(hidden), rtol=1e-5, atol=1e-5)
+
+
 def tiny_mixer(dtype=torch.float64, **overrides):
     torch.manual_seed(0)
     config = MusicHybridConfig.from_preset(
