@@ -368,6 +368,12 @@ class MusicHybridConfig(PretrainedConfig):
                 "mamba_memory_segment_length",
                 f"must be None or a positive multiple of {SCAN_CHUNK_SIZE} (the scan's chunk), got {segment_length!r}",
             )
+        matrix_memory_kinds = sorted({"mamba2", "gated_deltanet"} & set(self.mixer_types))
+        if segment_length is not None and matrix_memory_kinds:
+            fail(
+                "mamba_memory_segment_length",
+                f"memory caching is implemented for Mamba-1 layers only, not yet for {matrix_memory_kinds}",
+            )
         if self.mamba_memory_aggregation not in MEMORY_AGGREGATIONS:
             aggregation = self.mamba_memory_aggregation
             fail("mamba_memory_aggregation", f"must be one of {MEMORY_AGGREGATIONS}, got {aggregation!r}")
