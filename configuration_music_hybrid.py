@@ -74,7 +74,9 @@ class MusicHybridConfig(PretrainedConfig):
             the only new weight, initialised like every linear layer (normal, std `initializer_range`), so the
             weights start near uniform over the live and cached memories. In the first segment the output is
             plain Mamba-1's. Such layers run the PyTorch scan on every device (the CUDA kernels return no
-            segment-end states).
+            segment-end states). The same settings cache the matrix memories of "mamba2" and "gated_deltanet"
+            layers (see matrix_memory_caching_music_hybrid.py: per Mamba-2 group or Gated DeltaNet query/key head,
+            keys the mean of B or k, read with C or q).
         mamba_memory_aggregation: how the memories are mixed: "gated" (softmax of the scores over the live and
             cached memories, the paper's gated residual memory), "residual" (every weight 1) or "sparse" (softmax
             over the live memory and the `mamba_memory_top_k` cached segments of highest score).
@@ -367,12 +369,6 @@ class MusicHybridConfig(PretrainedConfig):
             fail(
                 "mamba_memory_segment_length",
                 f"must be None or a positive multiple of {SCAN_CHUNK_SIZE} (the scan's chunk), got {segment_length!r}",
-            )
-        matrix_memory_kinds = sorted({"mamba2", "gated_deltanet"} & set(self.mixer_types))
-        if segment_length is not None and matrix_memory_kinds:
-            fail(
-                "mamba_memory_segment_length",
-                f"memory caching is implemented for Mamba-1 layers only, not yet for {matrix_memory_kinds}",
             )
         if self.mamba_memory_aggregation not in MEMORY_AGGREGATIONS:
             aggregation = self.mamba_memory_aggregation

@@ -18,6 +18,7 @@ modeling_music_hybrid.py registers it; shipped with every checkpoint.
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -26,10 +27,18 @@ from transformers import initialization as init
 from transformers.utils import logging
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
+    from .matrix_memory_caching_music_hybrid import (
+        alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
+    )
+    from .memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
     from .recurrent_parts_music_hybrid import (
         causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
     )
 except ImportError:  # from the repository root they are plain modules
+    from matrix_memory_caching_music_hybrid import (
+        alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
+    )
+    from memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
     from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
 
 logger = logging.get_logger(__name__)
@@ -101,6 +110,9 @@ class GatedDeltaNetMixer(nn.Module):
         self.g_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
         self.o_norm = GatedRMSNorm(self.head_v_dim, eps=config.gdn_norm_eps)
         self.o_proj = nn.Linear(self.value_dim, self.hidden_size, bias=False)
+        self.memory = MemorySettings.from_config(config)
+        if self.memory is not None:  # the query W_u x_t of each query/key head, scoring the cached memories
+            self.memory_query = nn.Linear(self.hidden_size, self.key_dim, bias=False)
         log_gdn_path_once(config)
 
     def init_own_weights(self):
@@ -113,11 +125,12 @@ class GatedDeltaNetMixer(nn.Module):
 
     def init_state(self, batch_size, max_positions, device, dtype, **settings):
         """The decoding state, constant in size: the last conv_size inputs of each short convolution and the
-        matrix memory ("recurrent", (B, num_v_heads, head_k_dim, head_v_dim), at least float32: fla's layout)."""
+        matrix memory ("recurrent", (B, num_v_heads, head_k_dim, head_v_dim), at least float32: fla's layout); with
+        memory caching also the cached memories (see `empty_matrix_memory`; read by q, so stored transposed)."""
         def conv_state(channels):
             return torch.zeros(batch_size, channels, self.conv_size, dtype=dtype, device=device)
 
-        return {
+        state = {
             "q_conv": conv_state(self.key_dim), "k_conv": conv_state(self.key_dim),
             "v_conv": conv_state(self.value_dim),
             "recurrent": torch.zeros(
@@ -125,6 +138,12 @@ class GatedDeltaNetMixer(nn.Module):
                 device=device,
             ),
         }
+        if self.memory is not None:
+            state.update(empty_matrix_memory(
+                self.memory, batch_size, max_positions, self.num_v_heads, self.head_v_dim, self.head_k_dim,
+                self.num_heads, compute_dtype(dtype), device,
+            ))
+        return state
 
     def decoding_constants(self):
         """What every decoding step derives from the weights alone (see fast_decoding_music_hybrid)."""
@@ -136,7 +155,7 @@ class GatedDeltaNetMixer(nn.Module):
 
     def use_kernels(self, hidden_states):
         choice = self.config.gdn_implementation
-        if choice == "torch":
+        if choice == "torch" or self.memory is not None:  # the kernels return no segment-end states
             return False
         if choice == "kernels":
             if gated_delta_rule_kernels() is None:
@@ -144,18 +163,24 @@ class GatedDeltaNetMixer(nn.Module):
             return True
         return hidden_states.is_cuda and gated_delta_rule_kernels() is not None
 
-    def forward(self, hidden_states, state=None, decay_rates=None, **kwargs):
+    def forward(self, hidden_states, state=None, cache=None, positions=None, decay_rates=None, **kwargs):
         """hidden_states (B, T, hidden) -> (B, T, hidden); with a state (see `init_state`), continue from and
-        update it (a prefill, a continuation and a one-position step alike). decay_rates: -exp(A_log), computed
-        when not given (see `decoding_constants`)."""
+        update it (a prefill, a continuation and a one-position step alike). cache: the generation's shared cache
+        (its `length`, `fixed_shape`) and positions (a tensor), read with memory caching; decay_rates:
+        -exp(A_log), computed when not given (see `decoding_constants`)."""
         q, k, v, g, beta = self.recurrence_inputs(hidden_states, state, decay_rates)
         recurrent = None if state is None else state["recurrent"]
+        single_step = recurrent is not None and hidden_states.shape[1] == 1
         if self.use_kernels(hidden_states):
             o, last_state = self.kernel_recurrence(q, k, v, g, beta, recurrent)
-        elif recurrent is not None and hidden_states.shape[1] == 1:
+        elif single_step:
             o, last_state = gated_delta_step(recurrent, q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0])[:, None], None
-        else:
+            if self.memory is not None:
+                o = self.memory_step(hidden_states, state, cache, positions, o[:, 0], q[:, 0], k[:, 0])[:, None]
+        elif self.memory is None:
             o, last_state = chunked_gated_delta_rule(q, k, v, g, beta, recurrent)
+        else:
+            o, last_state = self.memory_forward(hidden_states, state, 0 if cache is None else cache.length, q, k, v, g, beta)
         if last_state is not None and recurrent is not None:
             recurrent.copy_(last_state)
         gate = self.g_proj(hidden_states).unflatten(-1, (self.num_v_heads, self.head_v_dim))
@@ -187,6 +212,36 @@ class GatedDeltaNetMixer(nn.Module):
         rates = self.decay_rates() if decay_rates is None else decay_rates
         g = rates.to(dtype) * F.softplus(self.a_proj(hidden_states).to(dtype) + self.dt_bias.to(dtype))
         return q, k, v, g, beta
+
+    def memory_query_and_keys(self, hidden_states, k):
+        """W_u x per query/key head and the keys it wrote with (k before its repetition for the value heads)."""
+        query = self.memory_query(hidden_states).to(k.dtype).unflatten(-1, (self.num_heads, self.head_k_dim))
+        return query, k.unflatten(-2, (self.num_heads, -1))[..., 0, :]
+
+    def memory_forward(self, hidden_states, state, start, q, k, v, g, beta):
+        """The chunked delta rule with memory caching from position `start`: o and the last state."""
+        segment_length = self.memory.segment_length
+        o, last_state, segment_states = chunked_gated_delta_rule(
+            q, k, v, g, beta, None if state is None else state["recurrent"],
+            chunk_size=math.gcd(GDN_CHUNK_SIZE, segment_length), start=start, segment_length=segment_length,
+        )
+        query, written = self.memory_query_and_keys(hidden_states, k)
+        cached = None if state is None else cached_memory(state, self.memory, start)
+        o, new_memory = cached_scan_readout(
+            o, q, written, query, segment_states.transpose(-1, -2), start, self.memory, cached
+        )
+        if state is not None:
+            store_memory(state, self.memory, *new_memory)
+        return o, last_state
+
+    def memory_step(self, hidden_states, state, cache, positions, o, q, k):
+        """The cached memories read and updated by a decoding step (see `matrix_memory_step`): every slot in a
+        fixed-shape cache (a compiled step reads no length), the filled ones otherwise."""
+        slots = state["memory_segments"].shape[1]
+        visible = slots if cache.fixed_shape else filled_slots(state, self.memory, cache.length)
+        query, written = self.memory_query_and_keys(hidden_states[:, 0], k)
+        memory = state["recurrent"].transpose(-1, -2)
+        return matrix_memory_step(state, self.memory, o, memory, q, written, query, positions, visible)
 
     def kernel_recurrence(self, q, k, v, g, beta, recurrent):
         """fla's kernels on the prepared inputs (normalised and scaled here, so the kernels do neither):
@@ -228,7 +283,8 @@ def l2_normalized(x):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size=GDN_CHUNK_SIZE):
+def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size=GDN_CHUNK_SIZE, start=0,
+                             segment_length=None):
     """The gated delta rule over a sequence, in chunks (the WY / UT-transform form of Yang et al.).
 
     q, k (batch, T, heads, dk) (q already scaled), v (batch, T, heads, dv), g (log decay) and beta (batch, T,
@@ -240,13 +296,19 @@ def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size=GD
     exp(gamma_t) S_0^T k_t, solved once per chunk for both right-hand sides (u = U - W S_0); then o_t =
     exp(gamma_t) S_0^T q_t + sum_(s<=t) exp(gamma_t - gamma_s) (q_t . k_s) u_s, and the chunk's end state follows.
     Only the chunk-end states run sequentially.
+
+    With `segment_length` (memory caching; chunk_size must divide it) the inputs are at positions start, start + 1,
+    ... and the states at the segment ends among them come third: (batch, segments, heads, dk, dv).
     """
     batch, length, heads, dk = k.shape
     dv = v.shape[-1]
-    padding = -length % chunk_size  # padded steps have g = 0 and beta = 0: no decay, no update
-    if padding:
-        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, padding)) for t in (q, k, v))
-        g, beta = (F.pad(t, (0, 0, 0, padding)) for t in (g, beta))
+    # Padded steps have g = 0 and beta = 0: no decay, no update. In front, they make chunks end on multiples of
+    # chunk_size.
+    front = 0 if segment_length is None else alignment_padding(start, chunk_size)
+    padding = -(front + length) % chunk_size
+    if padding or front:
+        q, k, v = (F.pad(t, (0, 0, 0, 0, front, padding)) for t in (q, k, v))
+        g, beta = (F.pad(t, (0, 0, front, padding)) for t in (g, beta))
     chunks = q.shape[1] // chunk_size
     q, k, v = (t.transpose(1, 2).reshape(batch, heads, chunks, chunk_size, -1) for t in (q, k, v))
     g, beta = (t.transpose(1, 2).reshape(batch, heads, chunks, chunk_size) for t in (g, beta))
@@ -263,13 +325,20 @@ def chunked_gated_delta_rule(q, k, v, g, beta, initial_state=None, chunk_size=GD
     k_to_end = k * (gamma[..., -1:] - gamma).exp()[..., None]
     chunk_decays = gamma[..., -1].exp()
     state = q.new_zeros(batch, heads, dk, dv) if initial_state is None else initial_state.to(q.dtype)
-    outputs = []
+    outputs, chunk_end_states = [], []
     for chunk in range(chunks):
         u = corrections[:, :, chunk] - state_weights[:, :, chunk] @ state
         outputs.append(q_from_start[:, :, chunk] @ state + attention[:, :, chunk] @ u)
         state = state * chunk_decays[:, :, chunk, None, None] + k_to_end[:, :, chunk].transpose(-1, -2) @ u
-    o = torch.stack(outputs, dim=2).reshape(batch, heads, chunks * chunk_size, dv)[:, :, :length]
-    return o.transpose(1, 2), state
+        chunk_end_states.append(state)
+    o = torch.stack(outputs, dim=2).reshape(batch, heads, chunks * chunk_size, dv)[:, :, front : front + length]
+    if segment_length is None:
+        return o.transpose(1, 2), state
+    ends = segment_end_chunks(start, front, chunk_size, chunks, length, segment_length)
+    segment_states = torch.stack([chunk_end_states[chunk] for chunk in ends], dim=1) if ends else state.new_zeros(
+        batch, 0, heads, dk, dv
+    )
+    return o.transpose(1, 2), state, segment_states
 
 
 def gated_delta_step(state, q, k, v, g, beta):

@@ -13,6 +13,7 @@ registers it; shipped with every checkpoint.
 """
 
 import functools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +23,19 @@ from transformers.utils import logging
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .fast_decoding_music_hybrid import is_plain_layer
+    from .matrix_memory_caching_music_hybrid import (
+        alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
+    )
+    from .memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
     from .recurrent_parts_music_hybrid import (
         causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
     )
 except ImportError:  # from the repository root they are plain modules
     from fast_decoding_music_hybrid import is_plain_layer
+    from matrix_memory_caching_music_hybrid import (
+        alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
+    )
+    from memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
     from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
 
 logger = logging.get_logger(__name__)
@@ -107,6 +116,9 @@ class Mamba2Mixer(nn.Module):
         self.D._no_weight_decay = True
         self.norm = GroupedGatedRMSNorm(self.d_ssm, group_size=self.d_ssm // self.ngroups, eps=1e-5)
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=config.mamba2_bias)
+        self.memory = MemorySettings.from_config(config)
+        if self.memory is not None:  # the query W_u x_t of each group, scoring the cached memories (see MemorySettings)
+            self.memory_query = nn.Linear(self.d_ssm, self.ngroups * self.d_state, bias=False)
         log_mamba2_path_once(config)
 
     def init_own_weights(self):
@@ -121,13 +133,20 @@ class Mamba2Mixer(nn.Module):
 
     def init_state(self, batch_size, max_positions, device, dtype, **settings):
         """The decoding state, constant in size: the last d_conv inputs of the conv ("conv", (B, conv_dim,
-        d_conv)) and the SSM state ("ssm", (B, nheads, headdim, d_state), at least float32), as upstream's."""
-        return {
+        d_conv)) and the SSM state ("ssm", (B, nheads, headdim, d_state), at least float32), as upstream's; with
+        memory caching also the cached memories (see `empty_matrix_memory`)."""
+        state = {
             "conv": torch.zeros(batch_size, self.conv_dim, self.d_conv, dtype=dtype, device=device),
             "ssm": torch.zeros(
                 batch_size, self.nheads, self.headdim, self.d_state, dtype=compute_dtype(dtype), device=device
             ),
         }
+        if self.memory is not None:
+            state.update(empty_matrix_memory(
+                self.memory, batch_size, max_positions, self.nheads, self.headdim, self.d_state, self.ngroups,
+                compute_dtype(dtype), device,
+            ))
+        return state
 
     def decoding_constants(self):
         """What every decoding step derives from the weights alone (see fast_decoding_music_hybrid)."""
@@ -139,7 +158,7 @@ class Mamba2Mixer(nn.Module):
 
     def use_kernels(self, hidden_states):
         choice = self.config.mamba2_implementation
-        if choice == "torch":
+        if choice == "torch" or self.memory is not None:  # the kernels return no segment-end states
             return False
         if choice == "kernels":
             if mamba2_kernels() is None:
@@ -147,10 +166,11 @@ class Mamba2Mixer(nn.Module):
             return True
         return hidden_states.is_cuda and mamba2_kernels() is not None
 
-    def forward(self, hidden_states, state=None, cache=None, decay_rates=None, **kwargs):
+    def forward(self, hidden_states, state=None, cache=None, positions=None, decay_rates=None, **kwargs):
         """hidden_states (B, T, d_model) -> (B, T, d_model); with a state (see `init_state`), continue from and
-        update it. cache: the generation's shared cache (its `length` of positions seen); decay_rates: A, computed
-        from A_log when not given (see `decoding_constants`)."""
+        update it. cache: the generation's shared cache (its `length` of positions seen, `fixed_shape`);
+        positions (a tensor): the inputs' positions, read by a decoding step with memory caching; decay_rates: A,
+        computed from A_log when not given (see `decoding_constants`)."""
         single_step = state is not None and hidden_states.shape[1] == 1
         if self.use_kernels(hidden_states):
             if state is None and self.fused_kernel_sees_every_layer():
@@ -158,8 +178,8 @@ class Mamba2Mixer(nn.Module):
             if state is None or single_step or cache.length == 0:
                 return self.kernel_forward(hidden_states, state)
         if single_step:
-            return self.torch_step(hidden_states, state, decay_rates)
-        return self.torch_forward(hidden_states, state)
+            return self.torch_step(hidden_states, state, cache, positions, decay_rates)
+        return self.torch_forward(hidden_states, state, 0 if cache is None else cache.length)
 
     def split_projection(self, zxbcdt):
         """in_proj's output -> z0, x0 (the gated MLP part), z, xBC, dt, along the last dimension."""
@@ -187,29 +207,52 @@ class Mamba2Mixer(nn.Module):
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         return self.out_proj(y)
 
-    def torch_forward(self, hidden_states, state):
-        """A whole sequence, or the continuation of `state` (the PyTorch chunked SSD scan)."""
+    def torch_forward(self, hidden_states, state, start):
+        """A whole sequence, or the continuation of `state` from position `start` (the PyTorch chunked SSD scan)."""
         batch, seq_length, _ = hidden_states.shape
         z0, x0, z, xBC, dt = self.split_projection(self.in_proj(hidden_states))
         xBC = F.silu(causal_conv(xBC, self.conv1d, None if state is None else state["conv"]))
         x, B, C = self.split_conv_output(xBC)
         dtype = compute_dtype(x.dtype)
-        y, last_state = ssd_scan(
-            x.to(dtype), self.time_steps(dt), self.decay_rates().to(dtype), B.to(dtype), C.to(dtype),
-            None if state is None else state["ssm"],
-        )
+        scan_inputs = (x.to(dtype), self.time_steps(dt), self.decay_rates().to(dtype), B.to(dtype), C.to(dtype))
+        initial_state = None if state is None else state["ssm"]
+        if self.memory is None:
+            y, last_state = ssd_scan(*scan_inputs, initial_state)
+        else:
+            segment_length = self.memory.segment_length
+            y, last_state, segment_states = ssd_scan(
+                *scan_inputs, initial_state, chunk_size=math.gcd(SSD_CHUNK_SIZE, segment_length), start=start,
+                segment_length=segment_length,
+            )
+            cached = None if state is None else cached_memory(state, self.memory, start)
+            query = self.memory_query(x.flatten(-2)).to(dtype).unflatten(-1, (self.ngroups, self.d_state))
+            readouts = scan_inputs[4].repeat_interleave(self.nheads // self.ngroups, dim=2)
+            y, new_memory = cached_scan_readout(
+                y, readouts, scan_inputs[3], query, segment_states, start, self.memory, cached
+            )
+            if state is not None:
+                store_memory(state, self.memory, *new_memory)
         if state is not None:
             state["ssm"].copy_(last_state)
         y = y + x.to(dtype) * self.D.to(dtype)[:, None]
         return self.output(y.reshape(batch, seq_length, self.d_ssm).to(x.dtype), z, z0, x0)
 
-    def torch_step(self, hidden_states, state, decay_rates=None):
-        """One decoding step (B, 1, d_model): the conv and SSM states advance by one input in place."""
+    def torch_step(self, hidden_states, state, cache, positions=None, decay_rates=None):
+        """One decoding step (B, 1, d_model): the conv and SSM states advance by one input in place. With memory
+        caching, the step at `positions` (one element) also reads and updates the cached memories: every slot in
+        a fixed-shape cache (a compiled step reads no length), the filled ones otherwise."""
         z0, x0, z, xBC, dt = self.split_projection(self.in_proj(hidden_states[:, 0]))
         x, B, C = self.split_conv_output(F.silu(causal_conv_step(xBC, self.conv1d, state["conv"])))
         dtype = state["ssm"].dtype
         A = self.decay_rates() if decay_rates is None else decay_rates
-        y = ssd_step(state["ssm"], x.to(dtype), self.time_steps(dt).to(dtype), A.to(dtype), B.to(dtype), C.to(dtype))
+        B, C = B.to(dtype), C.to(dtype)
+        y = ssd_step(state["ssm"], x.to(dtype), self.time_steps(dt).to(dtype), A.to(dtype), B, C)
+        if self.memory is not None:
+            slots = state["memory_segments"].shape[1]
+            visible = slots if cache.fixed_shape else filled_slots(state, self.memory, cache.length)
+            query = self.memory_query(x.flatten(-2)).to(dtype).unflatten(-1, (self.ngroups, self.d_state))
+            readout = C.repeat_interleave(self.nheads // self.ngroups, dim=1)
+            y = matrix_memory_step(state, self.memory, y, state["ssm"], readout, B, query, positions, visible)
         y = y + x.to(dtype) * self.D.to(dtype)[:, None]
         return self.output(y.reshape(-1, self.d_ssm).to(x.dtype), z, z0, x0)[:, None]
 
@@ -293,7 +336,7 @@ class GroupedGatedRMSNorm(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def ssd_scan(x, dt, A, B, C, initial_state=None, chunk_size=SSD_CHUNK_SIZE):
+def ssd_scan(x, dt, A, B, C, initial_state=None, chunk_size=SSD_CHUNK_SIZE, start=0, segment_length=None):
     """h_t = exp(dt_t A) h_(t-1) + dt_t x_t B_t^T, y_t = h_t C_t per head, in chunks (Mamba-2's SSD form).
 
     x (batch, T, nheads, headdim), dt (batch, T, nheads) after the softplus, A (nheads,), B and C (batch, T,
@@ -301,14 +344,19 @@ def ssd_scan(x, dt, A, B, C, initial_state=None, chunk_size=SSD_CHUNK_SIZE):
     or None. Returns y (batch, T, nheads, headdim) and the last state. Within a chunk the outputs are products
     (the decays between two positions are exp of differences of cumulative sums, at most 1); across chunks only
     the chunk-end states are carried, one multiply-add per chunk.
+
+    With `segment_length` (memory caching; chunk_size must divide it) the inputs are at positions start, start + 1,
+    ... and the states at the segment ends among them come third: (batch, segments, nheads, headdim, d_state).
     """
     batch, length, nheads, headdim = x.shape
     ngroups, d_state = B.shape[2:]
     heads_per_group = nheads // ngroups
-    padding = -length % chunk_size  # padded steps have dt = 0: no decay, no input
-    if padding:
-        x, B, C = (F.pad(t, (0, 0, 0, 0, 0, padding)) for t in (x, B, C))
-        dt = F.pad(dt, (0, 0, 0, padding))
+    # Padded steps have dt = 0: no decay, no input. In front, they make chunks end on multiples of chunk_size.
+    front = 0 if segment_length is None else alignment_padding(start, chunk_size)
+    padding = -(front + length) % chunk_size
+    if padding or front:
+        x, B, C = (F.pad(t, (0, 0, 0, 0, front, padding)) for t in (x, B, C))
+        dt = F.pad(dt, (0, 0, front, padding))
     chunks = x.shape[1] // chunk_size
     x = (x * dt[..., None]).view(batch, chunks, chunk_size, ngroups, heads_per_group, headdim)
     B, C = (t.view(batch, chunks, chunk_size, ngroups, d_state) for t in (B, C))
@@ -330,10 +378,20 @@ def ssd_scan(x, dt, A, B, C, initial_state=None, chunk_size=SSD_CHUNK_SIZE):
     for chunk in range(chunks):
         entering.append(state)
         state = state * chunk_decays[:, chunk, :, None, None] + chunk_states[:, chunk]
-    entering = torch.stack(entering, dim=1).view(batch, chunks, ngroups, heads_per_group, headdim, d_state)
+    entering.append(state)
     from_start = log_decays.exp().view(batch, chunks, chunk_size, ngroups, heads_per_group)
-    y = y + torch.einsum("bctgn,bcgkpn,bctgk->bctgkp", C, entering, from_start)
-    return y.reshape(batch, chunks * chunk_size, nheads, headdim)[:, :length], state
+    y = y + torch.einsum(
+        "bctgn,bcgkpn,bctgk->bctgkp", C,
+        torch.stack(entering[:-1], dim=1).view(batch, chunks, ngroups, heads_per_group, headdim, d_state), from_start,
+    )
+    y = y.reshape(batch, chunks * chunk_size, nheads, headdim)[:, front : front + length]
+    if segment_length is None:
+        return y, state
+    ends = segment_end_chunks(start, front, chunk_size, chunks, length, segment_length)
+    segment_states = torch.stack([entering[chunk + 1] for chunk in ends], dim=1) if ends else state.new_zeros(
+        batch, 0, nheads, headdim, d_state
+    )
+    return y, state, segment_states
 
 
 def ssd_step(state, x, dt, A, B, C):
