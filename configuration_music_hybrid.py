@@ -49,8 +49,11 @@ class MusicHybridConfig(PretrainedConfig):
         pad_token_id / bos_token_id / eos_token_id: special ids, at or above `codebook_size`.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: as in Llama.
         mixer_types: the sequence-mixer kind of every layer, a registered kind name ("attention", "mamba",
-            "mamba2", "gated_deltanet", or one added with `modeling_music_hybrid.register_mixer`). When None it follows `layer_types`
-            ("full_attention" -> "attention", "linear_attention" -> "mamba").
+            "mamba2", "gated_deltanet", or one added with `modeling_music_hybrid.register_mixer`). When None it
+            follows `layer_types` ("full_attention" -> "attention", "linear_attention" -> `recurrent_mixer`).
+        recurrent_mixer: the kind of the recurrent layers when `mixer_types` follows `layer_types` or the attention
+            period ("mamba", "mamba2", "gated_deltanet" or a registered recurrent kind), so that a layout overridden
+            in depth keeps its kind.
         layer_types: transformers' name of every layer's type, "full_attention" or "linear_attention" (any
             recurrent mixer); derived from `mixer_types` when those are given. When both are None it is derived
             from `attention_period` / `attention_offset`: layer i is attention when i % period == offset (period 1
@@ -126,6 +129,7 @@ class MusicHybridConfig(PretrainedConfig):
         hidden_act="gelu",
         layer_types=None,
         mixer_types=None,
+        recurrent_mixer="mamba",
         attention_period=1,
         attention_offset=0,
         mamba_mlp=False,
@@ -195,8 +199,12 @@ class MusicHybridConfig(PretrainedConfig):
         if mixer_types is None:
             if layer_types is None:
                 layer_types = self.periodic_layer_types(num_hidden_layers, attention_period, attention_offset)
-            mixer_types = [DEFAULT_MIXER_TYPES.get(layer_type, layer_type) for layer_type in layer_types]
+            mixer_types = [
+                recurrent_mixer if layer_type == MAMBA else DEFAULT_MIXER_TYPES.get(layer_type, layer_type)
+                for layer_type in layer_types
+            ]
         self.mixer_types = list(mixer_types)
+        self.recurrent_mixer = recurrent_mixer
         self.layer_types = [MIXER_LAYER_TYPES.get(kind, kind) for kind in self.mixer_types]
         self.mamba_mlp = mamba_mlp
         self.position_embedding_type = position_embedding_type
@@ -323,6 +331,9 @@ class MusicHybridConfig(PretrainedConfig):
             fail("bos_token_id", "must differ from pad_token_id")
         if self.eos_token_id is not None and not self.codebook_size <= self.eos_token_id < self.vocab_size:
             fail("eos_token_id", f"must be a special id in [{self.codebook_size}, {self.vocab_size}) or None")
+        if MIXER_LAYER_TYPES.get(self.recurrent_mixer) != MAMBA:
+            recurrent = sorted(kind for kind, layer_type in MIXER_LAYER_TYPES.items() if layer_type == MAMBA)
+            fail("recurrent_mixer", f"must be a registered recurrent kind {recurrent}, got {self.recurrent_mixer!r}")
         if given_layer_types is not None:
             unknown = sorted(set(given_layer_types) - set(LAYER_TYPES))
             if unknown:
@@ -473,14 +484,14 @@ PRESETS = {
         description="The published hybrid with Mamba-2 in place of Mamba-1: [mamba2 x3, attention] x5, no MLP; "
         "mamba_ssm's Mamba2 defaults (expand 2, 1 group, d_conv 4) with d_state 256 and head size 32 (48 heads) "
         "instead of 128 and 64, which match the published count (the defaults give 112.35M).",
-        num_hidden_layers=20, mixer_types=["mamba2", "mamba2", "mamba2", "attention"] * 5, mamba_mlp=False,
+        num_hidden_layers=20, attention_period=4, attention_offset=3, recurrent_mixer="mamba2", mamba_mlp=False,
         mamba2_d_state=256, mamba2_headdim=32, **_PUBLISHED,
     ),
     "hybrid-gdn-116m": dict(
         description="The published hybrid with Gated DeltaNet in place of Mamba-1: [gated_deltanet x3, attention] x5, "
         "no MLP; fla's GatedDeltaNet defaults (6 heads, expand_v 2, output gate, short convs of 4) with head size 108 "
         "(fla's rule of 0.75 d_model for the keys, head size 96, gives 109.24M).",
-        num_hidden_layers=20, mixer_types=["gated_deltanet", "gated_deltanet", "gated_deltanet", "attention"] * 5,
+        num_hidden_layers=20, attention_period=4, attention_offset=3, recurrent_mixer="gated_deltanet",
         mamba_mlp=False, gdn_num_heads=6, gdn_head_dim=108, gdn_expand_v=2, **_PUBLISHED,
     ),
     "hybrid-matched": dict(
@@ -518,13 +529,13 @@ PRESETS = {
     ),
     "hybrid-mamba2-tiny": dict(
         description="Test-size Mamba-2 hybrid: [mamba2, attention] x2, d_model 64, d_state 16, 8 heads of 16, 2 groups.",
-        num_hidden_layers=4, mixer_types=["mamba2", "attention"] * 2, mamba2_d_state=16, mamba2_headdim=16,
+        num_hidden_layers=4, attention_period=2, attention_offset=1, recurrent_mixer="mamba2", mamba2_d_state=16, mamba2_headdim=16,
         mamba2_ngroups=2, **_TINY,
     ),
     "hybrid-gdn-tiny": dict(
         description="Test-size Gated DeltaNet hybrid: [gated_deltanet, attention] x2, d_model 64, 2 query/key heads "
         "of 16, 4 value heads of 32.",
-        num_hidden_layers=4, mixer_types=["gated_deltanet", "attention"] * 2, gdn_num_heads=2, gdn_num_v_heads=4,
+        num_hidden_layers=4, attention_period=2, attention_offset=1, recurrent_mixer="gated_deltanet", gdn_num_heads=2, gdn_num_v_heads=4,
         gdn_head_dim=16, gdn_expand_v=2, **_TINY,
     ),
     "mamba-tiny": dict(

@@ -187,6 +187,14 @@ def test_mixer_has_fla_gated_deltanet_names_shapes_attributes_and_initialisation
     assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
 
 
+def test_a_layout_overridden_in_depth_keeps_its_recurrent_kind():
+    config = MusicHybridConfig.from_preset("hybrid-gdn-116m", num_hidden_layers=8)
+    assert config.mixer_types == ["gated_deltanet"] * 3 + ["attention"] + ["gated_deltanet"] * 3 + ["attention"]
+    assert config.layer_types == ["linear_attention"] * 3 + ["full_attention"] + ["linear_attention"] * 3 + ["full_attention"]
+    with pytest.raises(ValueError, match="recurrent_mixer: must be a registered recurrent kind"):
+        MusicHybridConfig.from_preset("hybrid-tiny", recurrent_mixer="attention")
+
+
 def test_config_refuses_inconsistent_gated_deltanet_settings():
     with pytest.raises(ValueError, match="gdn_num_v_heads: 3 is not a multiple of gdn_num_heads=2"):
         MusicHybridConfig.from_preset("hybrid-gdn-tiny", gdn_num_v_heads=3)
