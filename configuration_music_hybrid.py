@@ -66,7 +66,8 @@ class MusicHybridConfig(PretrainedConfig):
             named and initialised as in mamba_ssm's `Mamba`.
         mamba_implementation: "auto" (mamba-ssm CUDA kernels on CUDA tensors when installed, PyTorch otherwise),
             "kernels" (always the kernels), "torch" (never) or "compiled" (the PyTorch scan with each chunk of
-            steps fused by torch.compile: about twice as fast on CPU, compiled on first use; needs a C++ compiler).
+            steps fused by torch.compile: faster on CPU (docs/performance.md), compiled on first use; needs a C++
+            compiler).
         mamba_memory_segment_length: memory caching (Behrouz et al. 2026, "Memory Caching: RNNs with Growing
             Memory") in every Mamba layer when set, a positive multiple of 16 (the scan's chunk); None (the default)
             is plain Mamba-1. The sequence is cut into segments of this many positions; each Mamba layer caches
@@ -496,7 +497,7 @@ PRESETS = {
     ),
     "hybrid-matched": dict(
         description="Parameter-matched hybrid: the published hybrid made deeper, 30 layers "
-        "([mamba x3, attention] x7 then mamba x2), within 0.2% of transformer-162m.",
+        "([mamba x3, attention] x7 then mamba x2), within 0.2 percent of transformer-162m (presets_table.py).",
         num_hidden_layers=30, attention_period=4, attention_offset=3, mamba_mlp=False, **_PUBLISHED, **_MAMBA_1,
     ),
     "transformer-small": dict(

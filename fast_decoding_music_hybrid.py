@@ -211,7 +211,7 @@ def split_weight_product(x, weight, bias):
     return out if bias is None else out + bias
 
 
-# 1 MiB of float32: hybrid-116m's dt_proj (74K weights) took 9 us as one product and 13 us split over two threads.
+# 1 MiB of float32 (a Mamba dt_proj is smaller): one thread reads so small a weight before the others would start.
 SPLIT_MIN_ELEMENTS = 2**18
 
 
@@ -334,7 +334,7 @@ def pack_for_dynamic(weight):
 
 # id of an int8 weight tensor -> its copy packed for a kernel, made at its first product (and again for a copy of
 # the layer) and dropped with the tensor: packed copies do not survive copying or moving, so no module holds them.
-# Plain dicts: a step looks up some 80 of them, and a WeakIdKeyDictionary lookup costs ten times more (1 us).
+# Plain dicts: a step looks up one per layer, and a WeakIdKeyDictionary lookup costs several times more.
 FBGEMM_PACKED = {}
 DYNAMIC_PACKED = {}
 
@@ -353,8 +353,8 @@ def packed_once(packed_copies, weight, pack):
 
 @functools.cache
 def int8_kernel():
-    """The int8 product this torch build and CPU run, chosen once: fbgemm's for float rows (x86: at a few rows about
-    a third faster than the dynamic one, whose fixed cost per call is larger), torch's dynamic quantized linear
+    """The int8 product this torch build and CPU run, chosen once: fbgemm's for float rows (x86: at a few rows faster
+    than the dynamic one, whose fixed cost per call is larger; bench/int8_products.py times both), torch's dynamic quantized linear
     where fbgemm is missing (qnnpack on ARM), or None. The first fbgemm product warns once per process that it is
     deprecated: that happens here, kept from users."""
     rows, weight = torch.ones(1, 64), torch.eye(64, dtype=torch.int8).mul_(64)
@@ -392,7 +392,7 @@ def decoding_threads(model, rows):
 
     Products split over threads wait for the slowest core, so where other processes keep a core busy, all
     threads decode far slower than one. A short calibration at the start (bursts of the head's product at both
-    counts, interleaved: about 8 ms under load, 14 ms quiet) decides once for the whole generation, never per
+    counts, interleaved) decides once for the whole generation, never per
     step. Int8 products split the output channels over threads, so the choice does not change their results;
     float32 ones may round differently.
     """
@@ -417,8 +417,7 @@ def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.004, d
     cut short once they take longer than the one-thread burst took (they lost the round). Bursts, not the best
     single call: split products are slow under load because some of the many products of a step wait for a busy
     core, and a single call can be lucky. A round won `decisive` times over ends the calibration: a busy core
-    shows at once, where one split product of hybrid-116m's head waited about 8 ms for its time slice against
-    0.3 ms on one thread."""
+    shows at once, since a split product then waits a whole time slice for it."""
     x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
     products, seconds = {1: 0, threads: 0}, {1: 0.0, threads: 0.0}
     with torch.no_grad():

@@ -147,7 +147,7 @@ class MusicHybridGenerationMixin:
     def quantize_weights(self, mode="int8"):
         """Quantize the linear layers to int8 (one scale per output channel) for CPU decoding; returns the model.
 
-        A decoding step reads every weight once, so a quarter of the bytes decodes up to 4x faster than float32.
+        A decoding step reads every weight once, so a quarter of the bytes can decode up to four times as fast as float32.
         In place, for inference, on a float32 model on CPU (on GPUs, decode in bfloat16). The embedding tables
         stay float32 (a step reads one row of each). Each Mamba dt_proj, whose outputs set the decays exp(delta A)
         of the state, is quantized too: bench/int8_quality.py measures the effect on the validation loss (see

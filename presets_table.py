@@ -5,7 +5,7 @@
 
 import torch
 
-from configuration_music_hybrid import ATTENTION, PRESETS, MusicHybridConfig
+from configuration_music_hybrid import PRESETS, MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM
 
 PUBLISHED = {"transformer-162m": "162.08M", "hybrid-116m": "115.78M"}
@@ -18,13 +18,13 @@ def parameter_count(config):
 
 def presets_table():
     rows = [
-        "| preset | layers (attention + recurrent) | d_model | parameters | published | description |",
+        "| preset | layers (by mixer kind) | d_model | parameters | published | description |",
         "|---|---|---|---|---|---|",
     ]
     for name, preset in PRESETS.items():
         config = MusicHybridConfig.from_preset(name)
-        attention = config.layer_types.count(ATTENTION)
-        layers = f"{config.num_hidden_layers} ({attention} + {config.num_hidden_layers - attention})"
+        kinds = {kind: config.mixer_types.count(kind) for kind in dict.fromkeys(config.mixer_types)}
+        layers = f"{config.num_hidden_layers} ({', '.join(f'{count} {kind}' for kind, count in kinds.items())})"
         parameters = f"{parameter_count(config) / 1e6:.2f}M"
         rows.append(
             f"| `{name}` | {layers} | {config.hidden_size} | {parameters} | {PUBLISHED.get(name, '')} | {preset['description']} |"

@@ -126,8 +126,8 @@ def _compute_snake_in_place(model):
 
 class InPlaceSnake1d(Snake1d):
     """Snake1d's arithmetic, x + sin(alpha x)^2 / (alpha + 1e-9), in one buffer instead of five
-    (channels x samples) temporaries: bitwise-equal outputs, about 2x faster encoding on CPU
-    (measured). In-place ops break autograd; the codec only runs under inference_mode."""
+    (channels x samples) temporaries: bitwise-equal outputs, faster encoding on CPU
+    (bench/bench_encode.py). In-place ops break autograd; the codec only runs under inference_mode."""
 
     def forward(self, hidden_states):
         shape = hidden_states.shape

@@ -109,8 +109,6 @@ def generate_audio(
     Every check runs before any file is written; an interrupt raises GenerationInterrupted after removing
     unfinished files (streamed ones stay, valid).
     """
-    from modeling_music_hybrid import MusicHybridForCausalLM
-
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     check_options(output_dir, num_samples=num_samples, duration=duration, batch_size=batch_size,
                   long_form=long_form, chunk_seconds=chunk_seconds, dtype=dtype, prefix=prefix, overwrite=overwrite,
@@ -119,37 +117,66 @@ def generate_audio(
         model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre, guidance_scale,
         num_samples,
     )
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     check_quantize(quantize, dtype, device)
     codec = load_checkpoint_codec(plan.codec_identity, device)
-    model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
-    if quantize:
-        model.quantize_weights(quantize)
+    model = load_model(model_name_or_path, device, dtype, quantize, compile_decoding)
     if device.type == "cpu" and progress and not (quantize and compile_decoding):
         print("note: on CPU, --quantize int8 --compile decodes fastest (a quarter of the weight bytes, compiled "
               "steps after about a minute of compiling; see docs/generation.md)", file=sys.stderr)
+    paths = output_paths(output_dir, num_samples, prefix, plan.genres)
+    return write_samples(model, codec, plan, paths, seed=seed, batch_size=batch_size, long_form=long_form,
+                         stream=stream, chunk_seconds=chunk_seconds, continuation_only=continuation_only,
+                         progress=progress)
+
+
+def resolve_device(device=None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def load_model(model_name_or_path, device, dtype="float32", quantize=None, compile_decoding=False):
+    """The checkpoint's model on `device`, ready to decode: int8 weights with quantize="int8", compiled decoding
+    steps (CUDA graphs on a GPU) with compile_decoding."""
+    from modeling_music_hybrid import MusicHybridForCausalLM
+
+    model = MusicHybridForCausalLM.from_pretrained(model_name_or_path, dtype=DTYPES[dtype]).to(device).eval()
+    if quantize:
+        model.quantize_weights(quantize)
     if compile_decoding:
         model.compile_decoding(cuda_graph=True)
-    prompt_codes = None
-    if plan.prompt_audio is not None:
-        prompt_codes = codec.encode([plan.prompt_audio])[0][None]
+    return model
 
+
+def write_samples(
+    model, codec, plan, paths, seed=0, batch_size=4, long_form=None, stream=False, chunk_seconds=1.0,
+    continuation_only=False, progress=True, on_audio=None, stop=None,
+):
+    """Generate the planned samples with a loaded model and codec into `paths` (one WAV per sample, in batches).
+
+    on_audio(sample_index, samples): called with each piece of audio as it is appended to a sample's file (the
+    prompt first, unless continuation_only), for a caller that plays the samples while they render.
+    stop: a threading.Event; once set, the generation ends at the next frame as if interrupted.
+    Raises GenerationInterrupted after removing unfinished files (streamed ones stay, valid).
+    """
+    num_samples = len(paths)
     sample_rate = plan.codec_identity["sample_rate"]
     frame_rate = sample_rate / plan.codec_identity["hop_length"]
     num_batches = math.ceil(num_samples / batch_size)
-    all_paths = output_paths(output_dir, num_samples, prefix, plan.genres)
-    output_dir = Path(output_dir)
+    prompt_codes = None
+    if plan.prompt_audio is not None:
+        prompt_codes = codec.encode([plan.prompt_audio])[0][None]
+    output_dir = Path(paths[0]).parent
     created_output_dir = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     started = time.perf_counter()
-    paths, codes, unfinished = [], [], []
+    written, codes, unfinished = [], [], []
     try:
         with tqdm(total=num_batches * plan.new_frames, unit="frame", desc="generating", disable=not progress) as bar:
             for batch_start in range(0, num_samples, batch_size):
                 indices = range(batch_start, min(num_samples, batch_start + batch_size))
                 batch_genres = None if plan.genres is None else [plan.genres[index] for index in indices]
-                batch_paths = [all_paths[index] for index in indices]
+                batch_paths = [Path(paths[index]) for index in indices]
                 # Without --stream a file is written as NAME.partial and takes its name only when complete.
                 unfinished = [path if stream else path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
                 with ExitStack() as files:
@@ -162,6 +189,8 @@ def generate_audio(
                         plan.new_samples,
                         chunk_frames=max(1, round(chunk_seconds * frame_rate)),
                         progress=FrameProgress(bar, frame_rate),
+                        on_audio=None if on_audio is None else SampleAudio(on_audio, batch_start),
+                        stop=stop,
                     )
                     codes.append(
                         model.generate(
@@ -176,17 +205,17 @@ def generate_audio(
                             **plan.sampling,
                         ).cpu()
                     )
-                for written, final in zip(list(unfinished), batch_paths, strict=True):
-                    os.replace(written, final)
-                    paths.append(final)
-                    unfinished.remove(written)
+                for partial, final in zip(list(unfinished), batch_paths, strict=True):
+                    os.replace(partial, final)
+                    written.append(final)
+                    unfinished.remove(partial)
     except BaseException as error:
-        kept = remove_unfinished(unfinished, stream, output_dir if created_output_dir and not paths else None)
+        kept = remove_unfinished(unfinished, stream, output_dir if created_output_dir and not written else None)
         if isinstance(error, KeyboardInterrupt):
-            raise GenerationInterrupted(paths, kept) from None
+            raise GenerationInterrupted(written, kept) from None
         raise
     elapsed = time.perf_counter() - started
-    return GenerationResult(paths, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
+    return GenerationResult(written, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
 
 
 def load_checkpoint_codec(identity, device):
@@ -373,19 +402,26 @@ class WavStreamer:
     The files start with the prompt audio (if any); each ends after exactly `max_new_samples` new samples.
     """
 
-    def __init__(self, codec, writers, prompt_codes, prompt_audio, max_new_samples, chunk_frames, progress):
+    def __init__(self, codec, writers, prompt_codes, prompt_audio, max_new_samples, chunk_frames, progress,
+                 on_audio=None, stop=None):
         self.writers = writers
         self.progress = progress
+        self.on_audio = on_audio  # on_audio(row, samples) after each append
+        self.stop = stop
         self.remaining = [max_new_samples] * len(writers)
         prompt_frames = 0 if prompt_codes is None else prompt_codes.shape[-1]
         self.decoder = ChunkedDecoder(codec, chunk_frames=chunk_frames, start_frame=prompt_frames)
         if prompt_codes is not None:
             self.decoder.push(prompt_codes.expand(len(writers), -1, -1))  # decoding context only
         if prompt_audio is not None:
-            for writer in writers:
+            for row, writer in enumerate(writers):
                 writer.append(prompt_audio)
+                if on_audio is not None:
+                    on_audio(row, prompt_audio)
 
     def put(self, frames):
+        if self.stop is not None and self.stop.is_set():
+            raise KeyboardInterrupt  # handled like Ctrl-C: unfinished files removed, GenerationInterrupted raised
         self.progress.update(frames.shape[-1])
         self._append(self.decoder.push(frames))
 
@@ -398,6 +434,19 @@ class WavStreamer:
             if kept.size:
                 writer.append(kept)
                 self.remaining[row] -= kept.size
+                if self.on_audio is not None:
+                    self.on_audio(row, kept)
+
+
+class SampleAudio:
+    """on_audio(sample index, samples) from a batch's on_audio(row, samples)."""
+
+    def __init__(self, on_audio, first_index):
+        self.on_audio = on_audio
+        self.first_index = first_index
+
+    def __call__(self, row, samples):
+        self.on_audio(self.first_index + row, samples)
 
 
 def _check_per_codebook(name, value, num_codebooks):

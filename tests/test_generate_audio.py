@@ -124,6 +124,31 @@ def test_continuation_starts_with_the_prompt_audio(hybrid, codec, prompt_file, t
     assert audio.size == round(0.25 * SAMPLE_RATE)
 
 
+def test_write_samples_hands_over_each_samples_audio_as_it_is_written(hybrid, codec, prompt_file, tmp_path):
+    """What app.py plays while it renders: on_audio gets every piece appended to each file, the prompt first."""
+    import threading
+
+    from generation.pipeline import GenerationInterrupted, load_model, plan_generation, write_samples
+
+    sampling = {"temperature": 1.0, "top_k": 250, "top_p": 1.0}
+    plan = plan_generation(hybrid, 0.3, prompt_file, sampling, None, None, None, num_samples=2)
+    model = load_model(hybrid, torch.device("cpu"))
+    pieces = {0: [], 1: []}
+    paths = [tmp_path / "a.wav", tmp_path / "b.wav"]
+    result = write_samples(model, codec, plan, paths, seed=3, chunk_seconds=0.05, progress=False,
+                           on_audio=lambda index, samples: pieces[index].append(samples))
+    for index, path in enumerate(result.paths):
+        assert len(pieces[index]) > 2 and np.array_equal(pieces[index][0], plan.prompt_audio)
+        audio, _ = read_both_ways(path)
+        assert np.allclose(np.concatenate(pieces[index]), audio, atol=1 / 32767)
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(GenerationInterrupted):
+        write_samples(model, codec, plan, [tmp_path / "stopped" / "c.wav"], stop=stop, progress=False)
+    assert not (tmp_path / "stopped").exists()  # nothing finished: the unfinished file and its new folder removed
+
+
 def test_per_codebook_override_changes_only_its_codebook(hybrid, tmp_path):
     top_k = [0] * 9
     top_k[2] = 1  # greedy on codebook 2 only

@@ -79,3 +79,21 @@ def test_layout_table_names_every_module_of_each_folder():
         if f"`{name}`" not in rows.get(folder, ""):
             missing.append(f"{folder}/{name}")
     assert not missing, f"docs/architecture.md's layout table does not name {missing}"
+
+
+# A timing, rate or speed-up ratio: what a benchmark measures on one machine.
+MEASUREMENT = re.compile(
+    r"\b\d+(\.\d+)?\s?(ms|us|µs|ns|frames/s|GB/s|MB/s)\b|\b\d+(\.\d+)?x (faster|slower)|\b\d+(\.\d+)?% (of|faster|slower)"
+)
+
+
+def test_shipped_model_files_quote_no_measurement():
+    """The *_music_hybrid.py files travel inside every checkpoint, where a measured figure goes stale: a comment
+    says why, and the figure lives in docs/performance.md under the command that measures it."""
+    found = [
+        f"{path.name}:{number}: {line.strip()}"
+        for path in sorted(ROOT.glob("*_music_hybrid.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if MEASUREMENT.search(line)
+    ]
+    assert not found, "\n".join(found)

@@ -109,10 +109,10 @@ def usage_snippet() -> str:
 
 
 def card_tags(config) -> list[str]:
-    """Hub tags: task, modality and codec, then what the layers are, so that a search for "mamba" or "hybrid" finds
-    the hybrids and not the Transformers."""
-    attention, layers = config.num_attention_layers, len(config.layer_types)
-    architecture = ["transformer"] if attention == layers else ["mamba"] if attention == 0 else ["mamba", "hybrid"]
+    """Hub tags: task, modality and codec, then what the layers are (each recurrent mixer kind, e.g. "mamba", and
+    "hybrid" beside attention), so that a search for "mamba" or "hybrid" finds the hybrids and not the Transformers."""
+    recurrent = [kind.replace("_", "-") for kind in layer_kinds(config) if kind != "attention"]
+    architecture = ["transformer"] if not recurrent else recurrent + (["hybrid"] if config.num_attention_layers else [])
     return [
         "music-generation", "audio", "dac", "music-hybrid", *architecture,
         *(["memory-caching"] if config.mamba_memory else []),
@@ -180,13 +180,20 @@ def genres_section(config) -> str:
     )
 
 
+def layer_kinds(config) -> dict:
+    """{mixer kind: its number of layers}, in the order of the first layer of each kind."""
+    return {kind: config.mixer_types.count(kind) for kind in dict.fromkeys(config.mixer_types)}
+
+
 def describe_architecture(config) -> str:
-    attention = config.num_attention_layers
-    mamba = len(config.layer_types) - attention
-    if mamba == 0:
+    kinds = layer_kinds(config)
+    names = {"attention": "attention", "mamba": "Mamba"}
+    if set(kinds) == {"attention"}:
         kind = "Transformer"
-    elif attention == 0:
-        kind = "Mamba"
+    elif len(kinds) == 1:
+        kind = names.get(*kinds, *kinds)
     else:
-        kind = f"Mamba/attention hybrid ({mamba} Mamba + {attention} attention layers)"
+        recurrent = "/".join(names.get(name, name) for name in kinds if name != "attention")
+        counts = " + ".join(f"{count} {names.get(name, name)}" for name, count in kinds.items())
+        kind = f"{recurrent}/attention hybrid ({counts} layers)"
     return f"{kind}, {len(config.layer_types)} layers, d_model {config.hidden_size}"
