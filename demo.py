@@ -8,9 +8,10 @@
    reuses the codes,
 2. context-free baselines fitted on the training codes (per-codebook unigram, bigram within each codebook), scored on
    the validation segments,
-3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), and the hybrid with memory
-   caching and with genre conditioning (the procedural styles as genres), trained on the same codes with the same
-   steps, batch, learning rate and seed, each evaluated on the same validation segments,
+3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), the hybrid with memory
+   caching and with genre conditioning (the procedural styles as genres), and with Mamba-2 or Gated DeltaNet layers
+   in place of Mamba-1, trained on the same codes with the same steps, batch, learning rate and seed, each evaluated
+   on the same validation segments,
 4. compare_models: per-codebook table, paired bootstrap intervals, Holm correction -> comparison.md/.json + plots;
    with --generate every model continues the same validation prompts with the same seeds -> WAV files, and the
    Frechet Audio Distance of each model's samples to the validation audio (log-mel frames offline), with a bootstrap
@@ -41,12 +42,16 @@ RANDOM_CODEC_WARNING = (
 CODECS = ("fitted", "random", "pretrained")
 # The models compared, all trained alike: name -> (preset, config fields added to --model_overrides, genres).
 # The two published architectures, then the reference post's next steps on the hybrid: memory caching in its Mamba
-# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres).
+# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres); then
+# the hybrid with Mamba-2 or Gated DeltaNet layers in place of Mamba-1.
 MODELS = {
     "transformer-small": ("transformer-small", "", False),
     "hybrid-small": ("hybrid-small", "", False),
     "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=64", False),
     "hybrid-small-genres": ("hybrid-small", "", True),
+    # The field's other recurrent layers in place of Mamba-1 (Zonos / Granite 4 / Nemotron-H; Qwen3-Next, Kimi).
+    "hybrid-small-mamba2": ("hybrid-small", "recurrent_mixer=mamba2,mamba2_d_state=64,mamba2_headdim=32", False),
+    "hybrid-small-gdn": ("hybrid-small", "recurrent_mixer=gated_deltanet,gdn_num_heads=2,gdn_head_dim=48", False),
 }
 GUIDANCE_SCALE = 3.0  # MusicGen's, for the one sample per style of the genre-conditioned model
 REQUIRED_MARGIN = 0.1  # nats every model must stay below the best context-free baseline

@@ -32,7 +32,9 @@ def run_benchmark_without_repeats(module, *arguments):
 def test_scan_benchmark_compares_our_mixers_with_the_baselines():
     output = run_benchmark("bench.bench_scan", "--lengths", "32", "--hidden-size", "32", "--d-state", "8")
     rows = ("ours (PyTorch chunked scan)", "ours (chunks fused by torch.compile)", "plain PyTorch loop",
-            "transformers MambaMixer (torch)", "projections alone", "projections + decays")
+            "transformers MambaMixer (torch)", "projections alone", "projections + decays",
+            "Mamba-2 (PyTorch chunked SSD)", "transformers Mamba2Mixer (torch)", "Gated DeltaNet (PyTorch chunked WY)",
+            "fwd+bwd: this / ours (Mamba-1)")
     for row in rows:
         assert row in output
 

@@ -57,6 +57,9 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     assert "hybrid-small-genres: genre information" in summary
     memory_config = json.loads((Path(paths["models"]["hybrid-small-memory"]) / "config.json").read_text())
     assert memory_config["mamba_memory_segment_length"] == 64
+    for name, kind in (("hybrid-small-mamba2", "mamba2"), ("hybrid-small-gdn", "gated_deltanet")):
+        config = json.loads((Path(paths["models"][name]) / "config.json").read_text())
+        assert kind in config["mixer_types"] and "mamba" not in config["mixer_types"]
     for path in paths["wavs"]:
         assert abs(soundfile.info(path).duration - 9 * 512 / 44100) < 1e-3  # 0.1 s = 9 frames of new audio
 
