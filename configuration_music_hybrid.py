@@ -17,11 +17,13 @@ LAYER_TYPES = (ATTENTION, MAMBA)
 # Each registered sequence-mixer kind and the transformers layer type it is filed under (transformers validates
 # `layer_types` against its own names, and files every recurrent layer under "linear_attention").
 # modeling_music_hybrid.register_mixer adds to it; a config names kinds in `mixer_types`.
-MIXER_LAYER_TYPES = {"attention": ATTENTION, "mamba": MAMBA}
+MIXER_LAYER_TYPES = {"attention": ATTENTION, "mamba": MAMBA, "mamba2": MAMBA, "gated_deltanet": MAMBA}
 # The kind a layer type means when a config gives only `layer_types` (every config saved before `mixer_types`).
 DEFAULT_MIXER_TYPES = {ATTENTION: "attention", MAMBA: "mamba"}
 POSITION_EMBEDDING_TYPES = ("learned", "rope", "none")
 MEMORY_AGGREGATIONS = ("gated", "residual", "sparse")
+MEMORY_INITS = ("base", "full")
+MIXER_IMPLEMENTATIONS = ("auto", "kernels", "torch")
 SCAN_CHUNK_SIZE = 16  # the PyTorch selective scan's chunk: memory segments end on chunk ends
 
 # Published DAC 44.1 kHz codec: the default identity when a model is created
@@ -47,9 +49,12 @@ class MusicHybridConfig(PretrainedConfig):
         vocab_size: embedding rows per codebook, codes plus special tokens (1027).
         pad_token_id / bos_token_id / eos_token_id: special ids, at or above `codebook_size`.
         hidden_size, num_hidden_layers, num_attention_heads, num_key_value_heads, intermediate_size: as in Llama.
-        mixer_types: the sequence-mixer kind of every layer, a registered kind name ("attention", "mamba", or one
-            added with `modeling_music_hybrid.register_mixer`). When None it follows `layer_types`
-            ("full_attention" -> "attention", "linear_attention" -> "mamba").
+        mixer_types: the sequence-mixer kind of every layer, a registered kind name ("attention", "mamba",
+            "mamba2", "gated_deltanet", or one added with `modeling_music_hybrid.register_mixer`). When None it
+            follows `layer_types` ("full_attention" -> "attention", "linear_attention" -> `recurrent_mixer`).
+        recurrent_mixer: the kind of the recurrent layers when `mixer_types` follows `layer_types` or the attention
+            period ("mamba", "mamba2", "gated_deltanet" or a registered recurrent kind), so that a layout overridden
+            in depth keeps its kind.
         layer_types: transformers' name of every layer's type, "full_attention" or "linear_attention" (any
             recurrent mixer); derived from `mixer_types` when those are given. When both are None it is derived
             from `attention_period` / `attention_offset`: layer i is attention when i % period == offset (period 1
@@ -71,16 +76,36 @@ class MusicHybridConfig(PretrainedConfig):
             later position t reads the cached states with its C_t (C_t . h^(i)) next to the live readout
             C_t . h_t, mixed by weights over <W_u x_t, k> / sqrt(d_state) (the live key: mean of B over the
             current segment so far); W_u is the mixer's `memory_query`, nn.Linear(d_inner, d_state, bias=False),
-            the only new weight, initialised like every linear layer (normal, std `initializer_range`), so the
-            weights start near uniform over the live and cached memories. In the first segment the output is
-            plain Mamba-1's. Such layers run the PyTorch scan on every device (the CUDA kernels return no
-            segment-end states).
+            initialised like every linear layer (normal, std `initializer_range`). A learned gate `memory_gate`
+            (one scalar per layer) scales what the cached memories change: y = y_live + gate (y_memories -
+            y_live). In the first segment the output is plain Mamba-1's. Such layers run the PyTorch scan on every
+            device (the CUDA kernels return no segment-end states).
+            The same settings cache the matrix memories of "mamba2" and "gated_deltanet" layers (see
+            matrix_memory_caching_music_hybrid.py: per Mamba-2 group or Gated DeltaNet query/key head, keys the
+            mean of B or k, read with C or q).
         mamba_memory_aggregation: how the memories are mixed: "gated" (softmax of the scores over the live and
             cached memories, the paper's gated residual memory), "residual" (every weight 1) or "sparse" (softmax
             over the live memory and the `mamba_memory_top_k` cached segments of highest score).
         mamba_memory_top_k: cached segments read by "sparse" (>= 1).
         mamba_memory_max_segments: only this many most recent cached segments take part (None: all), in training
             and decoding alike; it bounds the decoding cache.
+        mamba_memory_init: where the gate starts: "base" (0: the layer computes its plain Mamba-1 layer's outputs
+            until it trains, so memory caching added to a trained model continues from exactly its outputs) or
+            "full" (1: the cached memories take part at full weight from the start, the only behaviour before this
+            option existed; configs saved with memory caching before it load as "full", see `from_dict`).
+        mamba2_d_state, mamba2_d_conv, mamba2_expand, mamba2_headdim, mamba2_ngroups, mamba2_d_ssm (None: all of
+        d_inner), mamba2_A_init_range, mamba2_dt_min, mamba2_dt_max, mamba2_dt_init_floor, mamba2_conv_bias,
+        mamba2_bias, mamba2_chunk_size: the "mamba2" mixer's settings, named, defaulted and initialised as
+            mamba_ssm's `Mamba2` arguments (d_state, d_conv, expand, headdim, ngroups, d_ssm, A_init_range, dt_min,
+            dt_max, dt_init_floor, conv_bias, bias, chunk_size: the CUDA kernels' chunk).
+        mamba2_implementation: "auto" (mamba-ssm's CUDA kernels on CUDA tensors when installed, the PyTorch chunked
+            SSD scan otherwise), "kernels" (always the kernels) or "torch" (never).
+        gdn_num_heads, gdn_num_v_heads (None: gdn_num_heads), gdn_head_dim, gdn_expand_v, gdn_conv_size,
+        gdn_conv_bias, gdn_norm_eps: the "gated_deltanet" mixer's settings, named and defaulted as
+            flash-linear-attention's `GatedDeltaNet` arguments (num_heads, num_v_heads, head_dim, expand_v,
+            conv_size, conv_bias, norm_eps; with its output gate and short convolutions).
+        gdn_implementation: "auto" (flash-linear-attention's kernels on CUDA tensors when installed, the PyTorch
+            chunked delta rule otherwise), "kernels" or "torch".
         label_smoothing: applied to the training loss only (evaluation reports plain cross entropy).
         codebook_loss_weights: optional per-codebook weights of the loss (a weighted mean).
         codec: identity of the codec the codes come from (backend, model id, revision or seed, rates), so that
@@ -111,6 +136,7 @@ class MusicHybridConfig(PretrainedConfig):
         hidden_act="gelu",
         layer_types=None,
         mixer_types=None,
+        recurrent_mixer="mamba",
         attention_period=1,
         attention_offset=0,
         mamba_mlp=False,
@@ -136,6 +162,29 @@ class MusicHybridConfig(PretrainedConfig):
         mamba_memory_aggregation="gated",
         mamba_memory_top_k=2,
         mamba_memory_max_segments=None,
+        mamba_memory_init="base",
+        mamba2_d_state=128,
+        mamba2_d_conv=4,
+        mamba2_expand=2,
+        mamba2_headdim=64,
+        mamba2_ngroups=1,
+        mamba2_d_ssm=None,
+        mamba2_A_init_range=(1, 16),
+        mamba2_dt_min=0.001,
+        mamba2_dt_max=0.1,
+        mamba2_dt_init_floor=1e-4,
+        mamba2_conv_bias=True,
+        mamba2_bias=False,
+        mamba2_chunk_size=256,
+        mamba2_implementation="auto",
+        gdn_num_heads=6,
+        gdn_num_v_heads=None,
+        gdn_head_dim=256,
+        gdn_expand_v=2,
+        gdn_conv_size=4,
+        gdn_conv_bias=False,
+        gdn_norm_eps=1e-5,
+        gdn_implementation="auto",
         initializer_range=0.02,
         label_smoothing=0.0,
         codebook_loss_weights=None,
@@ -158,8 +207,12 @@ class MusicHybridConfig(PretrainedConfig):
         if mixer_types is None:
             if layer_types is None:
                 layer_types = self.periodic_layer_types(num_hidden_layers, attention_period, attention_offset)
-            mixer_types = [DEFAULT_MIXER_TYPES.get(layer_type, layer_type) for layer_type in layer_types]
+            mixer_types = [
+                recurrent_mixer if layer_type == MAMBA else DEFAULT_MIXER_TYPES.get(layer_type, layer_type)
+                for layer_type in layer_types
+            ]
         self.mixer_types = list(mixer_types)
+        self.recurrent_mixer = recurrent_mixer
         self.layer_types = [MIXER_LAYER_TYPES.get(kind, kind) for kind in self.mixer_types]
         self.mamba_mlp = mamba_mlp
         self.position_embedding_type = position_embedding_type
@@ -184,6 +237,29 @@ class MusicHybridConfig(PretrainedConfig):
         self.mamba_memory_aggregation = mamba_memory_aggregation
         self.mamba_memory_top_k = mamba_memory_top_k
         self.mamba_memory_max_segments = mamba_memory_max_segments
+        self.mamba_memory_init = mamba_memory_init
+        self.mamba2_d_state = mamba2_d_state
+        self.mamba2_d_conv = mamba2_d_conv
+        self.mamba2_expand = mamba2_expand
+        self.mamba2_headdim = mamba2_headdim
+        self.mamba2_ngroups = mamba2_ngroups
+        self.mamba2_d_ssm = mamba2_d_ssm
+        self.mamba2_A_init_range = list(mamba2_A_init_range)
+        self.mamba2_dt_min = mamba2_dt_min
+        self.mamba2_dt_max = mamba2_dt_max
+        self.mamba2_dt_init_floor = mamba2_dt_init_floor
+        self.mamba2_conv_bias = mamba2_conv_bias
+        self.mamba2_bias = mamba2_bias
+        self.mamba2_chunk_size = mamba2_chunk_size
+        self.mamba2_implementation = mamba2_implementation
+        self.gdn_num_heads = gdn_num_heads
+        self.gdn_num_v_heads = gdn_num_heads if gdn_num_v_heads is None else gdn_num_v_heads
+        self.gdn_head_dim = gdn_head_dim
+        self.gdn_expand_v = gdn_expand_v
+        self.gdn_conv_size = gdn_conv_size
+        self.gdn_conv_bias = gdn_conv_bias
+        self.gdn_norm_eps = gdn_norm_eps
+        self.gdn_implementation = gdn_implementation
         self.initializer_range = initializer_range
         self.label_smoothing = label_smoothing
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
@@ -201,6 +277,15 @@ class MusicHybridConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' from_dict (every saved config loads through it). A config saved with memory caching before
+        `mamba_memory_init` existed gets "full", the behaviour it was trained with; one saved without memory
+        caching gets the default, so memory caching added to it starts as its base layers."""
+        if config_dict.get("mamba_memory_segment_length") is not None and "mamba_memory_init" not in config_dict:
+            config_dict = {**config_dict, "mamba_memory_init": "full"}
+        return super().from_dict(config_dict, **kwargs)
 
     @staticmethod
     def periodic_layer_types(num_layers, attention_period, attention_offset):
@@ -264,6 +349,9 @@ class MusicHybridConfig(PretrainedConfig):
             fail("bos_token_id", "must differ from pad_token_id")
         if self.eos_token_id is not None and not self.codebook_size <= self.eos_token_id < self.vocab_size:
             fail("eos_token_id", f"must be a special id in [{self.codebook_size}, {self.vocab_size}) or None")
+        if MIXER_LAYER_TYPES.get(self.recurrent_mixer) != MAMBA:
+            recurrent = sorted(kind for kind, layer_type in MIXER_LAYER_TYPES.items() if layer_type == MAMBA)
+            fail("recurrent_mixer", f"must be a registered recurrent kind {recurrent}, got {self.recurrent_mixer!r}")
         if given_layer_types is not None:
             unknown = sorted(set(given_layer_types) - set(LAYER_TYPES))
             if unknown:
@@ -319,6 +407,12 @@ class MusicHybridConfig(PretrainedConfig):
         max_segments = self.mamba_memory_max_segments
         if max_segments is not None and (not isinstance(max_segments, int) or max_segments < 1):
             fail("mamba_memory_max_segments", f"must be None or an integer >= 1, got {max_segments!r}")
+        if self.mamba_memory_init not in MEMORY_INITS:
+            fail("mamba_memory_init", f"must be one of {MEMORY_INITS}, got {self.mamba_memory_init!r}")
+        if "mamba2" in self.mixer_types:
+            self.validate_mamba2_fields(fail)
+        if "gated_deltanet" in self.mixer_types:
+            self.validate_gdn_fields(fail)
         if self.codebook_loss_weights is not None:
             if len(self.codebook_loss_weights) != self.num_codebooks:
                 fail("codebook_loss_weights", f"needs {self.num_codebooks} values, got {len(self.codebook_loss_weights)}")
@@ -335,6 +429,44 @@ class MusicHybridConfig(PretrainedConfig):
             fail("condition_dropout", f"must be in [0, 1), got {self.condition_dropout!r}")
         if self.condition_dropout and self.genres is None:
             fail("condition_dropout", "needs genres: an unconditional model has no condition to drop")
+
+    def validate_mamba2_fields(self, fail):
+        for field in ("mamba2_d_state", "mamba2_d_conv", "mamba2_expand", "mamba2_headdim", "mamba2_ngroups",
+                      "mamba2_chunk_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(field, f"must be a positive integer, got {value!r}")
+        d_inner = self.mamba2_expand * self.hidden_size
+        d_ssm = d_inner if self.mamba2_d_ssm is None else self.mamba2_d_ssm
+        if not isinstance(d_ssm, int) or not 0 < d_ssm <= d_inner:
+            fail("mamba2_d_ssm", f"must be None or an integer in [1, {d_inner}] (mamba2_expand * hidden_size), got {d_ssm!r}")
+        if d_ssm % self.mamba2_headdim:
+            fail("mamba2_headdim", f"{self.mamba2_headdim} does not divide the SSM channels ({d_ssm})")
+        nheads = d_ssm // self.mamba2_headdim
+        if nheads % self.mamba2_ngroups or d_ssm % self.mamba2_ngroups:
+            fail("mamba2_ngroups", f"{self.mamba2_ngroups} does not divide the {nheads} heads")
+        low_high = self.mamba2_A_init_range
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            fail("mamba2_A_init_range", f"must be (low, high) with 0 < low <= high, got {low_high!r}")
+        if not 0 < self.mamba2_dt_min <= self.mamba2_dt_max:
+            fail("mamba2_dt_min", f"must satisfy 0 < mamba2_dt_min <= mamba2_dt_max, got {self.mamba2_dt_min!r}")
+        if self.mamba2_implementation not in MIXER_IMPLEMENTATIONS:
+            fail("mamba2_implementation", f"must be one of {MIXER_IMPLEMENTATIONS}, got {self.mamba2_implementation!r}")
+
+    def validate_gdn_fields(self, fail):
+        for field in ("gdn_num_heads", "gdn_num_v_heads", "gdn_head_dim", "gdn_conv_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                fail(field, f"must be a positive integer, got {value!r}")
+        if self.gdn_num_v_heads % self.gdn_num_heads:
+            fail("gdn_num_v_heads", f"{self.gdn_num_v_heads} is not a multiple of gdn_num_heads={self.gdn_num_heads}")
+        head_v_dim = self.gdn_head_dim * self.gdn_expand_v
+        if not isinstance(self.gdn_expand_v, (int, float)) or head_v_dim <= 0 or head_v_dim != int(head_v_dim):
+            fail("gdn_expand_v", f"gdn_head_dim * gdn_expand_v must be a positive integer, got {head_v_dim!r}")
+        if not isinstance(self.gdn_norm_eps, (int, float)) or self.gdn_norm_eps <= 0:
+            fail("gdn_norm_eps", f"must be positive, got {self.gdn_norm_eps!r}")
+        if self.gdn_implementation not in MIXER_IMPLEMENTATIONS:
+            fail("gdn_implementation", f"must be one of {MIXER_IMPLEMENTATIONS}, got {self.gdn_implementation!r}")
 
     @classmethod
     def from_preset(cls, name, **overrides):
@@ -368,6 +500,20 @@ PRESETS = {
         description="Published hybrid: [mamba x3, attention] x5, Mamba-1 (d_state 64, expand 2, dt_rank 48) without MLP.",
         num_hidden_layers=20, attention_period=4, attention_offset=3, mamba_mlp=False, **_PUBLISHED, **_MAMBA_1,
     ),
+    "hybrid-mamba2-116m": dict(
+        description="The published hybrid with Mamba-2 in place of Mamba-1: [mamba2 x3, attention] x5, no MLP; "
+        "mamba_ssm's Mamba2 defaults (expand 2, 1 group, d_conv 4) with d_state 256 and head size 32 (48 heads) "
+        "instead of 128 and 64, which match the published count (the defaults give 112.35M).",
+        num_hidden_layers=20, attention_period=4, attention_offset=3, recurrent_mixer="mamba2", mamba_mlp=False,
+        mamba2_d_state=256, mamba2_headdim=32, **_PUBLISHED,
+    ),
+    "hybrid-gdn-116m": dict(
+        description="The published hybrid with Gated DeltaNet in place of Mamba-1: [gated_deltanet x3, attention] x5, "
+        "no MLP; fla's GatedDeltaNet defaults (6 heads, expand_v 2, output gate, short convs of 4) with head size 108 "
+        "(fla's rule of 0.75 d_model for the keys, head size 96, gives 109.24M).",
+        num_hidden_layers=20, attention_period=4, attention_offset=3, recurrent_mixer="gated_deltanet",
+        mamba_mlp=False, gdn_num_heads=6, gdn_head_dim=108, gdn_expand_v=2, **_PUBLISHED,
+    ),
     "hybrid-matched": dict(
         description="Parameter-matched hybrid: the published hybrid made deeper, 30 layers "
         "([mamba x3, attention] x7 then mamba x2), within 0.2 percent of transformer-162m (presets_table.py).",
@@ -400,6 +546,17 @@ PRESETS = {
         description="Test-size pure Mamba model with memory caching: 2 Mamba layers with MLPs, segments of 16.",
         num_hidden_layers=2, attention_period=0, mamba_mlp=True, position_embedding_type="none",
         mamba_memory_segment_length=16, **_TINY,
+    ),
+    "hybrid-mamba2-tiny": dict(
+        description="Test-size Mamba-2 hybrid: [mamba2, attention] x2, d_model 64, d_state 16, 8 heads of 16, 2 groups.",
+        num_hidden_layers=4, attention_period=2, attention_offset=1, recurrent_mixer="mamba2", mamba2_d_state=16, mamba2_headdim=16,
+        mamba2_ngroups=2, **_TINY,
+    ),
+    "hybrid-gdn-tiny": dict(
+        description="Test-size Gated DeltaNet hybrid: [gated_deltanet, attention] x2, d_model 64, 2 query/key heads "
+        "of 16, 4 value heads of 32.",
+        num_hidden_layers=4, attention_period=2, attention_offset=1, recurrent_mixer="gated_deltanet", gdn_num_heads=2, gdn_num_v_heads=4,
+        gdn_head_dim=16, gdn_expand_v=2, **_TINY,
     ),
     "mamba-tiny": dict(
         description="Test-size pure Mamba model: 2 Mamba layers with MLPs, d_model 64, no positions.",

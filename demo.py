@@ -3,21 +3,25 @@
     python demo.py                      # outputs in demo_output/
     python demo.py --pretrained_codec   # with network access: the real DAC 44.1 kHz weights
 
-1. procedural music (styles, tempi, keys; each chord held for two sample-identical bars) -> DAC codes, split by
-   track; a rerun reuses the codes,
+1. procedural music (styles, tempi, keys; each chord held for two sample-identical bars) -> codes of a codec fitted
+   to the training tracks (9 codebooks x 1024, DAC's layout; codec_fitted_music_hybrid.py), split by track; a rerun
+   reuses the codes,
 2. context-free baselines fitted on the training codes (per-codebook unigram, bigram within each codebook), scored on
    the validation segments,
-3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), and the hybrid with memory
-   caching and with genre conditioning (the procedural styles as genres), trained on the same codes with the same
-   steps, batch, learning rate and seed, each evaluated on the same validation segments,
+3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), the hybrid with memory
+   caching and with genre conditioning (the procedural styles as genres), and with Mamba-2 or Gated DeltaNet layers
+   in place of Mamba-1, trained on the same codes with the same steps, batch, learning rate and seed, each evaluated
+   on the same validation segments,
 4. compare_models: per-codebook table, paired bootstrap intervals, Holm correction -> comparison.md/.json + plots;
    with --generate every model continues the same validation prompts with the same seeds -> WAV files, and the
-   Frechet Audio Distance of each model's samples to the validation audio, with a bootstrap interval over samples;
-   then the genre-conditioned model writes one sample per style with classifier-free guidance.
+   Frechet Audio Distance of each model's samples to the validation audio (log-mel frames offline), with a bootstrap
+   interval over samples, between its floor (two halves of the validation audio) and its ceiling (a context-free
+   bigram sampler's decoded codes); then the genre-conditioned model writes one sample per style with
+   classifier-free guidance.
 
-The last lines say what the comparison found. Offline the codec is DAC's architecture, shrunk, with *random* weights
-(the pretrained weights cannot be downloaded): its codes keep the music's repetitions (so there is something to
-learn) but decode to noise-like audio, and the FAD is measured in a random embedding space.
+The last lines say what the comparison found. Offline the codec is fitted to the demo's own training audio in
+seconds (an offline, small-data codec, not a replacement for DAC): its samples decode to pitched music. --codec
+random keeps the shrunk random-weight DAC of the tests, whose codes decode to noise.
 """
 
 from __future__ import annotations
@@ -32,19 +36,23 @@ from cli.arguments import ArgumentParser, report_error
 from cli.progress import hide_transformers_bars
 
 RANDOM_CODEC_WARNING = (
-    "WARNING: offline demo: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
-    "Its codes carry no musical meaning, the generated WAV files will sound like noise and the FAD is measured in a "
-    "random embedding space. The pipeline, metrics and plots are real; run with --pretrained_codec (network access "
-    "needed) for the pretrained descript/dac_44khz codec."
+    "WARNING: --codec random: the DAC codec has RANDOM weights (44.1 kHz architecture with shrunk channels, seed 0). "
+    "Its codes carry no musical meaning and the generated WAV files will sound like noise. The pipeline, metrics and "
+    "plots are real; the default --codec fitted decodes to music offline."
 )
+CODECS = ("fitted", "random", "pretrained")
 # The models compared, all trained alike: name -> (preset, config fields added to --model_overrides, genres).
 # The two published architectures, then the reference post's next steps on the hybrid: memory caching in its Mamba
-# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres).
+# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres); then
+# the hybrid with Mamba-2 or Gated DeltaNet layers in place of Mamba-1.
 MODELS = {
     "transformer-small": ("transformer-small", "", False),
     "hybrid-small": ("hybrid-small", "", False),
     "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=64", False),
     "hybrid-small-genres": ("hybrid-small", "", True),
+    # The field's other recurrent layers in place of Mamba-1 (Zonos / Granite 4 / Nemotron-H; Qwen3-Next, Kimi).
+    "hybrid-small-mamba2": ("hybrid-small", "recurrent_mixer=mamba2,mamba2_d_state=64,mamba2_headdim=32", False),
+    "hybrid-small-gdn": ("hybrid-small", "recurrent_mixer=gated_deltanet,gdn_num_heads=2,gdn_head_dim=48", False),
 }
 GUIDANCE_SCALE = 3.0  # MusicGen's, for the one sample per style of the genre-conditioned model
 REQUIRED_MARGIN = 0.1  # nats every model must stay below the best context-free baseline
@@ -54,7 +62,8 @@ NUM_STAGES = 4
 @dataclass
 class DemoSettings:
     output_dir: str = "demo_output"
-    pretrained_codec: bool = False
+    codec: str = "fitted"
+    codec_centroids: int = 1024
     num_tracks: int = 36
     track_seconds: float = 5.0
     model_overrides: str = "hidden_size=128,intermediate_size=512,num_hidden_layers=4,max_position_embeddings=1024"
@@ -83,8 +92,13 @@ def parse_args(argv: list[str] | None) -> DemoSettings:
     defaults = DemoSettings()
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", default=defaults.output_dir, help="where everything is written")
-    parser.add_argument("--pretrained_codec", action="store_true",
-                        help="encode with the pretrained descript/dac_44khz weights (downloads them)")
+    parser.add_argument("--codec", choices=CODECS, default=defaults.codec,
+                        help="fitted: fitted to the training tracks, offline (default); random: random-weight DAC "
+                             "(tests); pretrained: descript/dac_44khz (downloads it)")
+    parser.add_argument("--pretrained_codec", dest="codec", action="store_const", const="pretrained",
+                        help="the same as --codec pretrained")
+    parser.add_argument("--codec_centroids", type=int, default=defaults.codec_centroids,
+                        help="centroids per codebook of the fitted codec")
     parser.add_argument("--num_tracks", type=int, default=defaults.num_tracks, help="procedural tracks to make")
     parser.add_argument("--track_seconds", type=float, default=defaults.track_seconds, help="length of each track")
     parser.add_argument("--model_overrides", default=defaults.model_overrides,
@@ -114,10 +128,11 @@ def run_demo(settings: DemoSettings) -> dict:
         "models": {name: os.path.join(out, name) for name in MODELS},
         "comparison": os.path.join(out, "comparison"),
     }
-    if not settings.pretrained_codec:
+    if settings.codec == "random":
         print(RANDOM_CODEC_WARNING, flush=True)
 
-    stage(1, f"{settings.num_tracks} procedural tracks x {settings.track_seconds:g} s -> DAC codes")
+    stage(1, f"{settings.num_tracks} procedural tracks x {settings.track_seconds:g} s -> codes ({settings.codec} "
+             "codec)")
     dataset = build_codes(settings, paths["codes"])
 
     stage(2, "context-free baselines fitted on the training codes, scored on the validation segments")
@@ -156,8 +171,9 @@ def build_codes(settings: DemoSettings, codes_dir: str):
         procedural_tracks=settings.num_tracks,
         procedural_seconds=settings.track_seconds,
         procedural_seed=settings.seed,
-        codec="transformers" if settings.pretrained_codec else "random",
-        codec_small=not settings.pretrained_codec,
+        codec={"pretrained": "transformers"}.get(settings.codec, settings.codec),
+        codec_small=settings.codec == "random",
+        codec_centroids=settings.codec_centroids,
         validation_fraction=0.15,
     )
 
@@ -250,11 +266,13 @@ def one_sample_per_style(settings: DemoSettings, paths: dict) -> list[str]:
 
 
 def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: float) -> None:
+    from comparison.report import fad_scale_line
+
     report, baselines, fad = results["comparison"], results["baselines"], results["fad"]
     percent = round(100 * report["confidence"])
     best = baselines[baselines["best"]]["mean_loss"]
     lines = [f"\nDone in {seconds / 60:.1f} min. Outputs:",
-             f"  {paths['codes']}/  tokenized dataset (DAC codes + codec.json), load with data.dataset_io",
+             f"  {paths['codes']}/  tokenized dataset (codes + codec.json), load with data.dataset_io",
              *[f"  {model_dir}/  trained model, eval_results.json, training_curves.png, codebook_metrics.png"
                for model_dir in paths["models"].values()],
              f"  {paths['comparison']}/  comparison.md, comparison.json, loss_per_codebook.png, loss_difference.png",
@@ -288,6 +306,7 @@ def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: f
             f"  FAD of {name} to the validation audio: {result['fad']:.4g} [{result['ci_low']:.4g}, "
             f"{result['ci_high']:.4g}] ({result['num_samples']} samples; embedding {fad['embedding']})"
         )
+    lines.append(f"  {fad_scale_line(fad)}")
     if fad["note"]:
         lines.append(f"  {fad['note']}")
     print("\n".join(lines), flush=True)

@@ -399,9 +399,10 @@ def decoding_threads(model, rows):
     threads = torch.get_num_threads()
     head = model.get_output_embeddings()
     on_cpu = head is not None and next(model.parameters()).device.type == "cpu"
-    chosen = fastest_thread_count(head, rows, threads) if on_cpu and threads > 1 and available_cores() > 1 else threads
-    torch.set_num_threads(chosen)
-    try:
+    calibrate = on_cpu and threads > 1 and available_cores() > 1
+    try:  # the calibration sets thread counts itself
+        chosen = fastest_thread_count(head, rows, threads, model.dtype) if calibrate else threads
+        torch.set_num_threads(chosen)
         yield chosen
     finally:
         torch.set_num_threads(threads)
@@ -411,14 +412,16 @@ def available_cores():
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def fastest_thread_count(linear, rows, threads, rounds=3, burst_seconds=0.004, decisive=2.0):
-    """threads or 1, whichever runs `rows` rows through `linear` in less time per product over up to `rounds`
-    rounds. A round runs a burst of products on one thread (about `burst_seconds`), then as many on `threads`,
-    cut short once they take longer than the one-thread burst took (they lost the round). Bursts, not the best
-    single call: split products are slow under load because some of the many products of a step wait for a busy
-    core, and a single call can be lucky. A round won `decisive` times over ends the calibration: a busy core
-    shows at once, since a split product then waits a whole time slice for it."""
-    x = torch.ones(rows, linear.in_features)  # not random: seeded generations draw from the global generator
+def fastest_thread_count(linear, rows, threads, dtype=torch.float32, rounds=3, burst_seconds=0.004, decisive=2.0):
+    """threads or 1, whichever runs `rows` rows of `dtype` (the model's: what the head multiplies while decoding)
+    through `linear` in less time per product over up to `rounds` rounds. A round runs a burst of products on one
+    thread (about `burst_seconds`), then as many on `threads`, cut short once they take longer than the one-thread
+    burst took (they lost the round). Bursts, not the best single call: split products are slow under load because
+    some of the many products of a step wait for a busy core, and a single call can be lucky. A round won
+    `decisive` times over ends the calibration: a busy core shows at once, since a split product then waits a
+    whole time slice for it."""
+    # not random: seeded generations draw from the global generator
+    x = torch.ones(rows, linear.in_features, dtype=dtype)
     products, seconds = {1: 0, threads: 0}, {1: 0.0, threads: 0.0}
     with torch.no_grad():
         timed_products(linear, x, 1, calls=1)  # the first call may pack the weight

@@ -105,7 +105,7 @@ def print_fad(result, args):
     from processing_music_hybrid import load_codec
 
     codec = load_codec(resolve_codec_identity(MusicHybridConfig.from_pretrained(args.model), args.codec),
-                       device=args.device)
+                       device=args.device, location=args.model)
     rate, hop = codec.identity["sample_rate"], codec.identity["hop_length"]
     new_samples = round(result.audio_seconds * rate / len(result.paths))
     new_frames = -(-new_samples // hop)
@@ -117,7 +117,8 @@ def print_fad(result, args):
         skipped += f", {fad['reference_files_with_decoder_warnings']} read despite mp3 decoder warnings"
     print(f"FAD of the {len(result.paths)} sample(s) to the {fad['num_reference_clips']} reference file(s) in "
           f"{args.reference}{skipped}: {fad['fad']:.4g} [{fad['ci_low']:.4g}, {fad['ci_high']:.4g}] (95% bootstrap "
-          f"over samples; embedding {fad['embedding']})")
+          f"over samples; embedding {fad['embedding']}); its floor, the FAD between {fad['floor']['what']}: "
+          f"{fad['floor']['fad']:.4g}")
     if fad["note"]:
         print(fad["note"])
 

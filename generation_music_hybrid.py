@@ -186,7 +186,9 @@ class MusicHybridGenerationMixin:
             if compiled is not None:
                 self._note_compiling_again(threads)
             prefill = condition.model_rows(tokens[:, :, :prefill_length])
-            hidden = self.model(prefill, cache, **conditions).last_hidden_state
+            # whatever output flags the config sets: generate reads the last hidden state only
+            flags = {"output_hidden_states": False, "return_dict": True}
+            hidden = self.model(prefill, cache, **flags, **conditions).last_hidden_state
             for position in range(prefill_length, num_positions):
                 logits = self.lm_head(hidden[:, -1]).view(model_rows, num_codebooks, -1)
                 logits = condition.guided_logits(logits)
@@ -237,6 +239,10 @@ GENERATION_NEUTRAL_VALUES = {
     "token_healing": False, "num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant",
     "assistant_confidence_threshold": 0.4, "assistant_lookbehind": 10, "target_lookbehind": 10,
 }
+# Output flags, which from_pretrained(path, output_hidden_states=True, ...) sets on the generation config too:
+# return_dict concerns forward() alone, and the others ask generate() for something only with
+# return_dict_in_generate, as in transformers.
+GENERATION_OUTPUT_FLAGS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
 
 
 def merged_generation_config(model_generation_config, passed, overrides):
@@ -255,9 +261,12 @@ def merged_generation_config(model_generation_config, passed, overrides):
         raise ValueError(f"generate() does not take {', '.join(sorted(unused))}")
     for name, value in per_codebook.items():
         setattr(config, name, value)
+    ignored = GENERATION_FIELDS_HONOURED | {"return_dict"}
+    if not config.return_dict_in_generate:
+        ignored |= set(GENERATION_OUTPUT_FLAGS)
     refused = sorted(
         name for name, value in config.to_dict().items()
-        if name not in GENERATION_FIELDS_HONOURED and value is not None and value != GENERATION_NEUTRAL_VALUES.get(name)
+        if name not in ignored and value is not None and value != GENERATION_NEUTRAL_VALUES.get(name)
     )
     if refused:
         settings = ", ".join(f"{name}={getattr(config, name)!r}" for name in refused)

@@ -19,14 +19,16 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .configuration_music_hybrid import MAMBA
     from .fast_decoding_music_hybrid import is_plain_layer
     from .memory_caching_music_hybrid import (
-        MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step, store_memory,
+        INITIAL_GATE, MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step,
+        store_memory,
     )
     from .selective_scan_music_hybrid import decay_exponents, selective_scan, selective_state_step
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import MAMBA
     from fast_decoding_music_hybrid import is_plain_layer
     from memory_caching_music_hybrid import (
-        MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step, store_memory,
+        INITIAL_GATE, MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step,
+        store_memory,
     )
     from selective_scan_music_hybrid import decay_exponents, selective_scan, selective_state_step
 
@@ -101,12 +103,14 @@ class MambaMixer(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, config.hidden_size, bias=config.mamba_proj_bias)
         self.memory = MemorySettings.from_config(config)
-        if self.memory is not None:  # the query W_u x_t that scores the cached memories (see MemorySettings)
+        if self.memory is not None:  # the query W_u x_t that scores the memories and the gate that scales them
             self.memory_query = nn.Linear(self.d_inner, self.d_state, bias=False)
+            self.memory_gate = nn.Parameter(torch.empty((), dtype=torch.float32))
         log_mamba_path_once(config)
 
     def init_own_weights(self):
-        """mamba_ssm's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform draw."""
+        """mamba_ssm's initialisation: S4D-real A, D = 1, dt bias = softplus^-1 of a log-uniform draw; the memory
+        gate by `mamba_memory_init` (see `INITIAL_GATE`)."""
         config = self.config
         A = torch.arange(1, self.d_state + 1, dtype=torch.float32).expand(self.d_inner, -1)
         init.copy_(self.A_log, torch.log(A))
@@ -119,6 +123,8 @@ class MambaMixer(nn.Module):
         init.kaiming_uniform_(self.conv1d.weight, a=math.sqrt(5))
         if self.conv1d.bias is not None:
             init.zeros_(self.conv1d.bias)
+        if self.memory is not None:
+            init.constant_(self.memory_gate, INITIAL_GATE[config.mamba_memory_init])
 
     def init_state(self, batch_size, max_positions, device, dtype, **settings):
         """The decoding state: the last d_conv inputs of the conv ("conv") and the SSM state ("ssm", float32), whose
@@ -188,7 +194,7 @@ class MambaMixer(nn.Module):
         else:
             cached = None if state is None else cached_memory(state, self.memory, start)
             y, last_state, new_memory = memory_cached_scan(
-                x.transpose(1, 2), delta, A, B, C, self.memory_query(x), initial_state,
+                x.transpose(1, 2), delta, A, B, C, self.memory_query(x), self.memory_gate, initial_state,
                 start=start, settings=self.memory, cached=cached, compiled=compiled,
             )
             if state is not None:
@@ -236,7 +242,9 @@ class MambaMixer(nn.Module):
         if self.memory is not None:
             slots = state["memory_segments"].shape[1]
             visible = slots if cache.fixed_shape else filled_slots(state, self.memory, cache.length)
-            y = memory_step(state, self.memory, y, ssm_state, self.memory_query(x), B, C, positions, visible)
+            y = memory_step(
+                state, self.memory, y, ssm_state, self.memory_query(x), self.memory_gate, B, C, positions, visible
+            )
         y = (y.to(x.dtype) + x * self.D.to(x.dtype)) * F.silu(z)
         return self.out_proj(y)[:, None]
 

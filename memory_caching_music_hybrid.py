@@ -1,10 +1,11 @@
 """Memory caching (Behrouz et al. 2026, "Memory Caching: RNNs with Growing Memory") for Mamba-1 layers.
 
 A layer caches its SSM state at every segment end and reads the cached states with its C_t beside the live state,
-mixed by weights over <W_u x_t, mean of B over the segment> (see `MemorySettings`). The readout is linear in the
-state, so reading N cached states is one matrix product and decoding stays constant-cost per step. Here: the
-settings, the whole-sequence scan with memories (`memory_cached_scan`), one decoding step (`memory_step`) and the
-decoding state of the cached memories. Used by mamba_music_hybrid.py; shipped with every checkpoint.
+mixed by weights over <W_u x_t, mean of B over the segment> and scaled by a learned gate (see `MemorySettings`).
+The readout is linear in the state, so reading N cached states is one matrix product and decoding stays
+constant-cost per step. Here: the settings, the whole-sequence scan with memories (`memory_cached_scan`), one
+decoding step (`memory_step`) and the decoding state of the cached memories. Used by mamba_music_hybrid.py;
+shipped with every checkpoint.
 """
 
 import math
@@ -19,14 +20,21 @@ except ImportError:  # from the repository root they are plain modules
     from selective_scan_music_hybrid import selective_scan
 
 
+# Where a layer's gate starts, by `config.mamba_memory_init`: "base" at 0, so that the layer computes its plain
+# Mamba-1 layer's outputs until it trains (adding memory to a trained model loses nothing); "full" at 1, the
+# aggregation alone (the only behaviour before the gate existed).
+INITIAL_GATE = {"base": 0.0, "full": 1.0}
+
+
 @dataclass(frozen=True)
 class MemorySettings:
     """Memory caching of a Mamba layer. The sequence is cut into segments of `segment_length` positions; the SSM
     state h^(i) right after segment i is cached with the key k^(i) = mean of B over segment i. Position t of
     segment s reads the live memory (r = C_t . h_t, key: mean of B over segment s up to t) and the cached ones
     (r^(i) = C_t . h^(i), i < s; the `max_segments` most recent when set): y_t = sum_j g_t^(j) r_t^(j) + D x_t,
-    with g from the scores <W_u x_t, k^(j)> / sqrt(d_state) by `aggregation` (see `memory_weights`). The readout
-    is linear in the state, so reading n cached states is one matrix product (see `read_memories`)."""
+    with g from the scores <W_u x_t, k^(j)> / sqrt(d_state) by `aggregation`, then scaled by the layer's gate
+    (see `memory_weights`). The readout is linear in the state, so reading n cached states is one matrix product
+    (see `read_memories`)."""
 
     segment_length: int
     aggregation: str
@@ -50,12 +58,13 @@ class MemorySettings:
         return valid
 
 
-def memory_cached_scan(u, delta, A, B, C, query, initial_state, start, settings, cached=None, compiled=False):
+def memory_cached_scan(u, delta, A, B, C, query, gate, initial_state, start, settings, cached=None, compiled=False):
     """The Mamba-1 scan with memory caching over inputs at positions start, start + 1, ... (see `MemorySettings`).
 
     u, delta (batch, d_inner, T), A, B, C and initial_state as in `selective_scan`; query = W_u x (batch, T,
-    d_state). cached: the memories of earlier positions, (states (batch, n, d_inner, d_state), keys (batch, n,
-    d_state), segment indices (n,), the sum of B over the current segment before `start`), or None. Returns y
+    d_state); gate: the layer's gate (a scalar tensor, see `memory_weights`). cached: the memories of earlier
+    positions, (states (batch, n, d_inner, d_state), keys (batch, n, d_state), segment indices (n,), the sum of B
+    over the current segment before `start`), or None. Returns y
     (batch, T, d_inner) in float32 (before the D x term), the last state and the new memories (the same four
     fields, for the segments that end inside the inputs, and the key sum after them).
     """
@@ -86,17 +95,26 @@ def memory_cached_scan(u, delta, A, B, C, query, initial_state, start, settings,
     live_scores = (query * live_keys).sum(-1) * scale
     scores = torch.matmul(query, keys.transpose(1, 2)) * scale
     valid = settings.valid(memory_segments, segments[:, None])
-    live_weights, weights = memory_weights(live_scores, scores, valid, settings)
+    live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = live_weights[..., None] * y_live.transpose(1, 2) + read_memories(weights, C.float().transpose(1, 2), states)
     return y, last_state, new_memory
 
 
-def memory_weights(live_scores, scores, valid, settings):
+def memory_weights(live_scores, scores, valid, settings, gate):
     """The weights g of the live memory (...) and the cached ones (..., n), zero where not `valid`.
 
     "gated": softmax over the live and valid cached scores; "residual": every weight 1; "sparse": softmax over the
-    live score and the `top_k` highest valid cached scores.
+    live score and the `top_k` highest valid cached scores. The gate scales what the cached memories change:
+    y = y_live + gate (y_aggregated - y_live), so the cached weights are gate g^(i) and the live one
+    1 - gate (1 - g^(live)). At gate 0 the layer is exactly its plain Mamba-1 layer (the "base" initialisation,
+    see `INITIAL_GATE`); at gate 1 it is the aggregation alone.
     """
+    live_weights, weights = aggregation_weights(live_scores, scores, valid, settings)
+    return 1 - gate * (1 - live_weights), gate * weights
+
+
+def aggregation_weights(live_scores, scores, valid, settings):
+    """The weights of the aggregation alone (see `memory_weights`)."""
     if settings.aggregation == "residual":
         return torch.ones_like(live_scores), valid.to(scores.dtype).expand_as(scores)
     if settings.aggregation == "sparse" and scores.shape[-1] > settings.top_k:
@@ -118,7 +136,7 @@ def read_memories(weights, C, states):
     return torch.matmul(mixed_queries, states.transpose(2, 3).reshape(batch, -1, states.shape[2]))
 
 
-def memory_step(memory, settings, y_live, state, query, B, C, positions, visible):
+def memory_step(memory, settings, y_live, state, query, gate, B, C, positions, visible):
     """One decoding step of memory caching: y_live = C . h_t (batch, d_inner) of the new state `state`; B, C,
     query (batch, d_state); positions: the step's position (one element, a tensor: a compiled step reads no
     Python value that changes); `memory` the layer's decoding state (see `empty_memory`), of which the step reads
@@ -135,7 +153,8 @@ def memory_step(memory, settings, y_live, state, query, B, C, positions, visible
     scale = query.shape[-1] ** -0.5  # 1 / sqrt(d_state)
     live_scores = (query * live_key).sum(-1) * scale
     scores = torch.matmul(keys, query[:, :, None])[..., 0] * scale
-    live_weights, weights = memory_weights(live_scores, scores, settings.valid(memory_segments, segment), settings)
+    valid = settings.valid(memory_segments, segment)
+    live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = live_weights[:, None] * y_live + read_memories(weights[:, None], C[:, None], states)[:, 0]
     # Written by index whatever the position (a fixed-shape step): the slot's old content unless a segment ends.
     segment_ends = in_segment == segment_length - 1

@@ -9,7 +9,9 @@ position's codes.
 
 The other parts each live in a file of their own, all shipped next to the weights by save_pretrained (they import
 only each other, relatively inside a checkpoint folder, and installed libraries): the configuration; the Mamba-1
-mixer (mamba_music_hybrid.py) with its selective scan and memory caching; the conditions and classifier-free
+mixer (mamba_music_hybrid.py) with its selective scan and memory caching; the Mamba-2 and Gated DeltaNet mixers
+(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what they share in recurrent_parts_music_hybrid.py
+and their memory caching in matrix_memory_caching_music_hybrid.py); the conditions and classifier-free
 guidance (conditions_music_hybrid.py); the decoding cache (cache_music_hybrid.py); generate() and sampling
 (generation_music_hybrid.py); what makes decoding fast (fast_decoding_music_hybrid.py); and the codec, for
 decode_audio / encode_audio (processing_music_hybrid.py).
@@ -23,6 +25,7 @@ keyword inputs (cache, positions, rotary, attention_mask); each takes those it u
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,18 +43,22 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .configuration_music_hybrid import ATTENTION, MIXER_LAYER_TYPES, MusicHybridConfig
     from .delay_pattern_music_hybrid import IGNORE_INDEX, apply_delay_pattern, codes_to_model_inputs, undo_delay_pattern
     from .fast_decoding_music_hybrid import refuse_saving_quantized
+    from .gated_deltanet_music_hybrid import GatedDeltaNetMixer
     from .generation_music_hybrid import MusicHybridGenerationMixin, default_generation_config
     from .mamba_music_hybrid import MambaMixer
-    from .processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
+    from .mamba2_music_hybrid import Mamba2Mixer
+    from .processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from cache_music_hybrid import MusicHybridCache
     from conditions_music_hybrid import CONDITIONS
     from configuration_music_hybrid import ATTENTION, MIXER_LAYER_TYPES, MusicHybridConfig
     from delay_pattern_music_hybrid import IGNORE_INDEX, apply_delay_pattern, codes_to_model_inputs, undo_delay_pattern
     from fast_decoding_music_hybrid import refuse_saving_quantized
+    from gated_deltanet_music_hybrid import GatedDeltaNetMixer
     from generation_music_hybrid import MusicHybridGenerationMixin, default_generation_config
     from mamba_music_hybrid import MambaMixer
-    from processing_music_hybrid import CodecUnavailableError, load_codec, waveform_clips
+    from mamba2_music_hybrid import Mamba2Mixer
+    from processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 
 __all__ = [
     "IGNORE_INDEX", "MIXERS", "MusicHybridCache", "MusicHybridForCausalLM", "MusicHybridModel", "apply_delay_pattern",
@@ -137,6 +144,9 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
         refuse_saving_quantized(self)
         auto_map = getattr(self.config, "auto_map", {})
         self.config.auto_map = {"AutoModel": "modeling_music_hybrid.MusicHybridModel", **auto_map}
+        # A fitted codec's parameters go with the weights (before them: a push uploads the folder as it is then).
+        Path(save_directory).mkdir(parents=True, exist_ok=True)
+        save_codec_files(self.config.codec, save_directory, self.config.name_or_path or None)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -380,7 +390,7 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
         key = json.dumps(identity, sort_keys=True)
         if self._codec is None or self._codec[0] != key:
             try:
-                self._codec = (key, load_codec(identity, device=self.device))
+                self._codec = (key, load_codec(identity, device=self.device, location=self.config.name_or_path or None))
             except CodecUnavailableError as error:
                 raise CodecUnavailableError(
                     f"this model's codes come from the codec {identity.get('model_id')!r} (config.codec: backend "
@@ -661,6 +671,8 @@ def weighted_codebook_mean(codebook_losses, weights):
 
 register_mixer("attention", MusicHybridAttention)
 register_mixer("mamba", MambaMixer)
+register_mixer("mamba2", Mamba2Mixer)
+register_mixer("gated_deltanet", GatedDeltaNetMixer)
 MusicHybridConfig.register_for_auto_class()
 MusicHybridModel.register_for_auto_class("AutoModel")
 MusicHybridForCausalLM.register_for_auto_class("AutoModelForCausalLM")

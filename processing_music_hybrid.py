@@ -3,12 +3,16 @@
 Three backends share the same network (encoder, residual quantizer, decoder):
   * "transformers": `DacModel.from_pretrained("descript/dac_44khz")` (the default),
   * "dac": the descript-audio-codec package, when installed,
-  * "random": the same architecture with seeded random weights (tests, offline demos).
+  * "random": the same architecture with seeded random weights (tests).
+A fourth, "fitted" (codec_fitted_music_hybrid.py), has the same token layout but no network: band spectra, a
+residual k-means quantizer fitted to the training audio, and a phase vocoder; its parameters file travels with
+the dataset and with every checkpoint (save_codec_files), and `location` tells load_codec where to find it.
 A codec is described by a JSON-able identity dict that travels with the datasets it
 produced, so training and generation can check they use the same one.
 
 save_pretrained ships this file with every checkpoint (the model imports it for decode_audio /
-encode_audio): it imports only torch, transformers, numpy and huggingface_hub at the top; optional
+encode_audio), and codec_fitted_music_hybrid.py with it (a relative import, which transformers follows): they
+import only torch, transformers, numpy, safetensors and huggingface_hub at the top; optional
 packages (dac, soxr) are imported where they are needed, inside try blocks, which transformers'
 remote-code import check skips.
 
@@ -20,6 +24,7 @@ window with overlap, keeping each window's central frames, so memory stays bound
 
 import logging
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,11 @@ import torch
 from huggingface_hub import hf_hub_download
 from transformers import DacConfig, DacModel
 from transformers.models.dac.modeling_dac import Snake1d
+
+try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
+    from .codec_fitted_music_hybrid import PARAMETERS_FILE, FittedCodec, load_parameters
+except ImportError:  # from the repository root they are plain modules
+    from codec_fitted_music_hybrid import PARAMETERS_FILE, FittedCodec, load_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +59,7 @@ DAC_44KHZ_CONFIG = {
 # Same rate, hop and codes, shrunk channels (about 0.6M parameters): fast enough for tests.
 SMALL_CONFIG_OVERRIDES = {"encoder_hidden_size": 8, "decoder_hidden_size": 64}
 
-BACKENDS = ("transformers", "dac", "random")
+BACKENDS = ("transformers", "dac", "random", "fitted")
 
 
 class CodecUnavailableError(ValueError):
@@ -100,13 +110,23 @@ def check_identity(identity):
         raise ValueError(f"unsupported codec identity {wrong}; this project uses {expected}")
     if identity["backend"] == "random" and identity.get("seed") is None:
         raise ValueError("a random codec identity needs a seed")
+    if identity["backend"] == "fitted" and not (identity.get("config_overrides") or {}).get("parameters_sha256"):
+        raise ValueError("a fitted codec identity needs the SHA-256 of its parameters file")
 
 
-def load_codec(identity, device=None, batch_size=8, window_seconds=30.0, window_overlap_seconds=1.0):
-    """Build the Codec an identity describes, on `device` (default: CUDA when present)."""
+def load_codec(identity, device=None, batch_size=8, window_seconds=30.0, window_overlap_seconds=1.0, location=None):
+    """Build the Codec an identity describes, on `device` (default: CUDA when present). A fitted codec's parameters
+    file is looked for among the files this process has read or written, then in `location` (a folder, or a Hub
+    model or dataset id); a missing file raises CodecUnavailableError, another fit's or version's a ValueError
+    (codec_fitted_music_hybrid.FittedCodecFileError)."""
     check_identity(identity)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backend = identity["backend"]
+    if backend == "fitted":
+        path = find_codec_parameters(identity, location)
+        codec = FittedCodec(*load_parameters(path, identity), dict(identity), device, batch_size)
+        remember_codec_parameters(identity, path)
+        return codec
     if backend == "random":
         model, identity = _random_dac(identity), dict(identity)
     elif backend == "transformers":
@@ -115,6 +135,52 @@ def load_codec(identity, device=None, batch_size=8, window_seconds=30.0, window_
         model, identity = _descript_dac(identity), dict(identity)
     _compute_snake_in_place(model)
     return Codec(model.to(device).eval(), identity, device, batch_size, window_seconds, window_overlap_seconds)
+
+
+# SHA-256 -> a local copy of that fitted codec's parameters file, for every file this process has read or written.
+_KNOWN_PARAMETER_FILES = {}
+
+
+def remember_codec_parameters(identity, path):
+    """Note where the parameters file of a fitted codec `identity` is (a dataset's, a fresh fit's)."""
+    if identity.get("backend") == "fitted":
+        _KNOWN_PARAMETER_FILES[identity["config_overrides"]["parameters_sha256"]] = Path(path)
+
+
+def find_codec_parameters(identity, location=None):
+    """The local path of a fitted codec's parameters file: known to this process, in the folder `location`, or
+    downloaded from the Hub repository `location` (model or dataset)."""
+    overrides = identity["config_overrides"]
+    known = _KNOWN_PARAMETER_FILES.get(overrides["parameters_sha256"])
+    if known is not None and known.is_file():
+        return known
+    name = overrides.get("parameters_file", PARAMETERS_FILE)
+    if location is not None and Path(location).is_dir():
+        path = Path(location) / name
+        if path.is_file():
+            return path
+    elif location is not None:
+        for repo_type in ("model", "dataset"):
+            try:
+                return Path(hf_hub_download(str(location), name, repo_type=repo_type))
+            except Exception:  # not on the Hub, not this kind of repository, offline: try the next, then refuse
+                continue
+    raise CodecUnavailableError(
+        f"the fitted codec's parameters file {name} is missing"
+        + (f" from {location}" if location is not None else "")
+        + ": it is saved beside codec.json in the dataset folder and in every checkpoint folder trained on it; "
+        "copy it back, or re-tokenize the audio with data.build_dataset --codec fitted"
+    )
+
+
+def save_codec_files(identity, directory, location=None):
+    """Copy the files a codec needs besides its identity (a fitted codec's parameters) into `directory`."""
+    if not identity or identity.get("backend") != "fitted":
+        return
+    source = find_codec_parameters(identity, location)
+    target = Path(directory) / identity["config_overrides"].get("parameters_file", PARAMETERS_FILE)
+    if source.resolve() != target.resolve():
+        shutil.copyfile(source, target)
 
 
 def _compute_snake_in_place(model):

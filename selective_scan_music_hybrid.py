@@ -35,7 +35,9 @@ def selective_scan(
 
     compiled: run every whole chunk, forward and backward, as one kernel that torch.compile fuses (see
     `fused_chunk_forward`); the same results to float32 rounding, faster on CPU (bench/bench_scan.py), compiled on first
-    use (seconds; needs a C++ compiler on CPU).
+    use (seconds; needs a C++ compiler on CPU). While torch.export traces the scan, every chunk runs as the plain
+    differentiable ops of `fused_chunk_forward` (no custom autograd Function, no buffers written in place), so
+    that the exported program runs with gradients as well as without.
 
     segment_length (a multiple of chunk_size; memory caching): the inputs start at position `offset` of a
     sequence cut into segments of that length; the chunks follow the same grid (a shorter first chunk when
@@ -47,7 +49,7 @@ def selective_scan(
         initial_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
     inputs = (u, delta, A, B, C, initial_state)
     grid = ScanGrid(u.shape[-1], chunk_size, offset, segment_length)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not torch.compiler.is_exporting():
         y, last_state, segment_states = SelectiveScan.apply(*inputs, grid, compiled)
     else:
         with torch.autocast(u.device.type, enabled=False):
@@ -115,7 +117,9 @@ def scan_forward(u, delta, A, B, C, initial_state, grid, compiled, keep_start_st
     for i, span in enumerate(spans):
         if keep_start_states:
             start_states[i] = state
-        if compiled and u[span].shape[0] == chunk_size:  # a shorter chunk would compile again
+        if torch.compiler.is_exporting():
+            y[span], state = fused_chunk_forward(state, u[span], delta[span], exponents, B[span], C[span])
+        elif compiled and u[span].shape[0] == chunk_size:  # a shorter chunk would compile again
             y[span], state = compiled_chunk_function(fused_chunk_forward)(
                 state, u[span], delta[span], exponents, B[span], C[span]
             )
@@ -182,7 +186,8 @@ def chunk_gradients(start_state, u, delta, A, exponents, B, C, grad_y, future, d
 
 # The fused chunk functions: the same recurrence written one step at a time, for torch.compile, which fuses a
 # whole chunk into one kernel that keeps the states in cache (run eagerly, their per-step ops would cost far more
-# than `chunk_states` and `chunk_gradients`, which batch each op over the chunk).
+# than `chunk_states` and `chunk_gradients`, which batch each op over the chunk). torch.export traces the forward one
+# as it is (see `selective_scan`).
 
 
 def fused_chunk_forward(state, u, delta, exponents, B, C):

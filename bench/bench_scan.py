@@ -1,4 +1,5 @@
-"""Benchmark the whole Mamba-1 mixer: our chunked PyTorch scan vs a plain state-carrying loop vs transformers.
+"""Benchmark the whole Mamba-1 mixer: our chunked PyTorch scan vs a plain state-carrying loop vs transformers; and
+the Mamba-2 and Gated DeltaNet mixers at the same d_model beside it.
 
 Three mixers with the same weights (d_model 768, expand 2, d_state 64, dt_rank 48, d_conv 4 by default):
 ours (the PyTorch path, eager and with its chunks fused by torch.compile, and the mamba-ssm kernels when they
@@ -8,6 +9,9 @@ d_state) decays before looping. For each length: forward under torch.no_grad(), 
 memory of each, then the speedups side by side. Two
 floors that no implementation's forward pass can beat: the mixer's four projections alone, and the projections
 plus the decays exp(delta A), one exponential per step, channel and state, which every selective scan computes.
+The Mamba-2 mixer (the settings of hybrid-mamba2-116m: d_state 256, head size 32) is also run as transformers'
+`Mamba2Mixer` torch path with the same weights, and the Gated DeltaNet mixer has those of hybrid-gdn-116m (6
+heads of 108); both are compared per position with our Mamba-1 mixer (the issue's target: within 1.5x).
 
     python -m bench.bench_scan                          # a few minutes on a 2-core CPU
     python -m bench.bench_scan --with-slow-baselines    # adds transformers' forward+backward at 2048 (10-20 min)
@@ -30,11 +34,18 @@ from bench.machine import (  # noqa: E402
     run_cli, seconds_text, setup_machine,
 )
 from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
+from modeling_music_hybrid import MIXERS  # noqa: E402
 
 OURS, OURS_COMPILED, OURS_KERNELS, PLAIN_LOOP, TRANSFORMERS = (
     "ours (PyTorch chunked scan)", "ours (chunks fused by torch.compile)", "ours (mamba-ssm kernels)",
     "plain PyTorch loop", "transformers MambaMixer (torch)",
 )
+MAMBA2, TRANSFORMERS_MAMBA2, GATED_DELTANET = (
+    "Mamba-2 (PyTorch chunked SSD)", "transformers Mamba2Mixer (torch)", "Gated DeltaNet (PyTorch chunked WY)",
+)
+# Rows whose outputs are checked against another row's (same weights); the rest against ours (Mamba-1).
+SAME_WEIGHTS_AS = {TRANSFORMERS_MAMBA2: MAMBA2}
+OTHER_MIXERS = (MAMBA2, TRANSFORMERS_MAMBA2, GATED_DELTANET)
 PROJECTIONS = "floor: the 4 projections alone"
 DECAYS = "floor: projections + decays exp(delta A)"
 
@@ -48,6 +59,10 @@ def parse_args():
     parser.add_argument("--expand", type=int, default=2)
     parser.add_argument("--dt-rank", type=int, default=48)
     parser.add_argument("--d-conv", type=int, default=4)
+    parser.add_argument("--mamba2-d-state", type=int, default=256)
+    parser.add_argument("--mamba2-headdim", type=int, default=32)
+    parser.add_argument("--gdn-heads", type=int, default=6)
+    parser.add_argument("--gdn-head-dim", type=int, default=108)
     parser.add_argument(
         "--with-slow-baselines", action="store_true",
         help="also run transformers' forward+backward at 2048 (about 11 minutes on a 2-core CPU) and the plain "
@@ -67,6 +82,9 @@ def main():
         OURS: ours, OURS_COMPILED: build_our_mixer(args, device, implementation="compiled"), PLAIN_LOOP: ours,
         TRANSFORMERS: build_transformers_mixer(args, ours, device), PROJECTIONS: ours, DECAYS: ours,
     }
+    mixers[MAMBA2] = build_other_mixer(args, device, "mamba2")
+    mixers[TRANSFORMERS_MAMBA2] = build_transformers_mamba2_mixer(args, mixers[MAMBA2], device)
+    mixers[GATED_DELTANET] = build_other_mixer(args, device, "gated_deltanet")
     if device.type == "cuda" and mamba_music_hybrid.mamba_kernels() is not None:
         mixers[OURS_KERNELS] = build_our_mixer(args, device, implementation="kernels")
     print_header(
@@ -76,6 +94,8 @@ def main():
                 str(value) for value in
                 (args.hidden_size, args.expand * args.hidden_size, args.d_state, args.dt_rank, args.d_conv)
             ),
+            "Mamba-2 d_state / head size": f"{args.mamba2_d_state} / {args.mamba2_headdim}",
+            "Gated DeltaNet heads / head size": f"{args.gdn_heads} / {args.gdn_head_dim}",
             "batch": args.batch, "lengths": args.lengths, "dtype": "float32", "repeats (best counts)": args.repeats,
             "slow baselines": "run" if args.with_slow_baselines else "skipped (--with-slow-baselines)",
         },
@@ -102,6 +122,34 @@ def build_our_mixer(args, device, implementation="torch"):
     torch.manual_seed(0)
     mixer = mamba_music_hybrid.MambaMixer(config, layer_idx=0)
     mixer.init_own_weights()
+    return mixer.to(device)
+
+
+def build_other_mixer(args, device, kind):
+    """A Mamba-2 or Gated DeltaNet layer's mixer at the same d_model (PyTorch path)."""
+    config = MusicHybridConfig(
+        hidden_size=args.hidden_size, num_hidden_layers=1, mixer_types=[kind], mamba2_d_state=args.mamba2_d_state,
+        mamba2_headdim=args.mamba2_headdim, mamba2_expand=args.expand, mamba2_implementation="torch",
+        gdn_num_heads=args.gdn_heads, gdn_head_dim=args.gdn_head_dim, gdn_implementation="torch",
+    )
+    torch.manual_seed(0)
+    mixer = MIXERS[kind](config, layer_idx=0)
+    mixer.init_own_weights()
+    return mixer.to(device)
+
+
+def build_transformers_mamba2_mixer(args, ours, device):
+    """transformers' Mamba2Mixer with our Mamba-2 weights (mamba_ssm's parameter names, which both use)."""
+    from transformers import Mamba2Config
+    from transformers.models.mamba2.modeling_mamba2 import Mamba2Mixer
+
+    config = Mamba2Config(
+        hidden_size=args.hidden_size, state_size=args.mamba2_d_state, expand=args.expand,
+        head_dim=args.mamba2_headdim, num_heads=ours.nheads, n_groups=ours.ngroups, conv_kernel=ours.d_conv,
+        use_bias=False, use_conv_bias=True, num_hidden_layers=1, layer_norm_epsilon=ours.norm.eps,
+    )
+    mixer = Mamba2Mixer(config, layer_idx=0)
+    mixer.load_state_dict(ours.state_dict())
     return mixer.to(device)
 
 
@@ -158,12 +206,15 @@ def projections_alone(mixer, hidden_states, with_decays=False, chunk_size=16):
 
 def output_differences(mixers, args, device):
     hidden_states = torch.randn(args.batch, min(args.lengths), args.hidden_size, device=device)
+    differences = {}
     with torch.no_grad():
-        reference = run_mixer(OURS, mixers[OURS], hidden_states)
-        return {
-            name: (run_mixer(name, mixer, hidden_states) - reference).abs().max().item()
-            for name, mixer in mixers.items() if name not in (OURS, PROJECTIONS, DECAYS)
-        }
+        for name, mixer in mixers.items():
+            reference = SAME_WEIGHTS_AS.get(name, OURS)
+            if name in (OURS, PROJECTIONS, DECAYS) or (reference == OURS and name in OTHER_MIXERS):
+                continue
+            output = run_mixer(name, mixer, hidden_states)
+            differences[name] = (output - run_mixer(reference, mixers[reference], hidden_states)).abs().max().item()
+    return differences
 
 
 def measure(name, mixer, length, args, device):
@@ -171,7 +222,7 @@ def measure(name, mixer, length, args, device):
     generator = torch.Generator(device=device).manual_seed(length)
     hidden_states = torch.randn(args.batch, length, args.hidden_size, device=device, generator=generator)
     grad_output = torch.randn(hidden_states.shape, device=device, generator=generator)
-    slow_baseline = name in (PLAIN_LOOP, TRANSFORMERS) and device.type == "cpu"
+    slow_baseline = name in (PLAIN_LOOP, TRANSFORMERS, TRANSFORMERS_MAMBA2) and device.type == "cpu"
     run_forward = not (name == TRANSFORMERS and length > 2048)
     run_backward = run_forward and name not in (PROJECTIONS, DECAYS) and (
         args.with_slow_baselines or not slow_baseline or length <= (512 if name == TRANSFORMERS else 2048)
@@ -209,6 +260,7 @@ def print_results(results, lengths, names):
     rows = []
     for length in lengths:
         transformers_result, loop_result = results[length, TRANSFORMERS], results[length, PLAIN_LOOP]
+        ours_result = results[length, OURS]
         for name in names:
             result = results[length, name]
             rows.append([
@@ -218,11 +270,12 @@ def print_results(results, lengths, names):
                 ratio_text(transformers_result["backward"], result["backward"]),
                 ratio_text(loop_result["backward"], result["backward"]),
                 ratio_text(result["backward_peak"], loop_result["backward_peak"]),
+                ratio_text(result["backward"], ours_result["backward"]),
             ])
     print_table(
         ["L", "mixer", "forward s", "fwd+bwd s", "forward peak MiB", "fwd+bwd peak MiB",
          "forward: transformers / this", "fwd+bwd: transformers / this", "fwd+bwd: loop / this",
-         "fwd+bwd peak: this / loop"],
+         "fwd+bwd peak: this / loop", "fwd+bwd: this / ours (Mamba-1)"],
         rows,
     )
 
@@ -252,6 +305,11 @@ def print_targets(results):
             check(f"{name}: fwd+bwd vs plain loop", ratio(loop["backward"], ours["backward"]), 2),
             check(f"{name}: fwd+bwd peak memory, loop / ours", ratio(loop["backward_peak"], ours["backward_peak"]), 2),
         ]
+    for name in (MAMBA2, GATED_DELTANET):  # within 1.5x of our Mamba-1 per position: ours / this >= 1 / 1.5
+        rows.append(check(
+            f"{name}: fwd+bwd, ours (Mamba-1) / this", ratio(results[length, OURS]["backward"], results[length, name]["backward"]),
+            round(1 / 1.5, 2),
+        ))
     rows += [
         check(
             "forward ceiling: transformers / projections alone", ratio(reference["forward"], projections["forward"]),

@@ -75,3 +75,29 @@ def _mean_loss(segments, unigram, probability):
 def _summary(codebook_loss, **extra):
     mean = float(np.mean(codebook_loss))
     return {"codebook_loss": list(map(float, codebook_loss)), "mean_loss": mean, "perplexity": math.exp(mean), **extra}
+
+
+def sample_bigram_codes(train_codes, num_samples, num_frames, codebook_size, seed=0, backoff_weight=1.0):
+    """(num_samples, K, num_frames) int64 codes drawn from the context-free bigram of `train_codes` (a list of (K, T)
+    arrays): each codebook a Markov chain over its own codes, started from its unigram, backing off to the unigram
+    with `backoff_weight`. Decoded, they are the FAD's ceiling: audio with the right code statistics and no music."""
+    train = [np.asarray(codes, dtype=np.int64) for codes in train_codes]
+    num_codebooks = train[0].shape[0]
+    generator = np.random.default_rng(seed)
+    samples = np.zeros((num_samples, num_codebooks, num_frames), dtype=np.int64)
+    for k in range(num_codebooks):
+        # the training frequencies themselves, no pseudocount: a code never seen is never drawn
+        unigram = np.bincount(np.concatenate([t[k] for t in train]), minlength=codebook_size).astype(np.float64)
+        unigram /= unigram.sum()
+        pairs = np.zeros((codebook_size, codebook_size))
+        for codes in train:
+            np.add.at(pairs, (codes[k, :-1], codes[k, 1:]), 1)
+        transitions = (pairs + backoff_weight * unigram) / (pairs.sum(axis=1, keepdims=True) + backoff_weight)
+        cumulative = np.cumsum(transitions, axis=1)
+        current = np.minimum(np.searchsorted(np.cumsum(unigram), generator.random(num_samples)), codebook_size - 1)
+        for frame in range(num_frames):
+            samples[:, k, frame] = current
+            draws = generator.random(num_samples)
+            current = np.array([min(np.searchsorted(cumulative[code], draw), codebook_size - 1)
+                                for code, draw in zip(current, draws, strict=True)])
+    return samples

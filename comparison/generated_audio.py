@@ -1,6 +1,8 @@
 """Judge the audio, not only the tokens: every model continues the same validation prompts with the same seeds, the
 codec decodes the samples, and the Frechet Audio Distance to the validation audio (the validation codes decoded with
-the same codec) is reported per model with a bootstrap interval over samples."""
+the same codec) is reported per model with a bootstrap interval over samples, between its floor (two halves of the
+validation audio) and its ceiling (the decoded codes of a context-free bigram sampler), so that a number can be
+read."""
 
 import sys
 from pathlib import Path
@@ -8,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metrics.audio_embeddings import dac_embeddings, describe_embedding, fad_with_interval
+from comparison.baselines import sample_bigram_codes
+from metrics.audio_embeddings import embedding_for, fad_floor, fad_with_interval
 
 
 def validation_prompts(validation_dataset, num_samples, prompt_frames):
@@ -38,21 +41,28 @@ def generate_continuations(model, prompts, new_frames, seed, batch_size=8):
 
 
 def fad_of_models(models, validation_dataset, codec, num_samples, new_frames, prompt_frames, seed=0,
-                  num_resamples=200, confidence=0.95):
-    """{"embedding", "note", "reference_clips", "models": {name: fad dict}, "audio": {name: [waveforms]}}.
+                  num_resamples=200, confidence=0.95, train_dataset=None):
+    """{"embedding", "note", "floor", "ceiling", "models": {name: fad dict}, "audio": {name: [waveforms]}, ...}.
 
-    models: {name: MusicHybridForCausalLM}; all continue the same prompts under the same seed."""
-    name, note = describe_embedding(codec.identity)
-    reference = dac_embeddings(codec, reference_audio(validation_dataset, codec))
+    models: {name: MusicHybridForCausalLM}; all continue the same prompts under the same seed. The ceiling's
+    sampler is fitted on `train_dataset`'s codes (the validation codes when None, as "ceiling" then says)."""
+    name, note, embed = embedding_for(codec)
+    reference = embed(reference_audio(validation_dataset, codec))
     prompts = validation_prompts(validation_dataset, num_samples, prompt_frames)
     report = {"embedding": name, "note": note, "num_samples": num_samples, "new_frames": new_frames,
               "prompt_frames": prompt_frames, "seed": seed, "models": {}, "audio": {}}
+    report["floor"] = {"fad": fad_floor(reference), "what": "two halves of the validation audio"}
+    fitted_on = "validation" if train_dataset is None else "training"
+    sampled = sample_bigram_codes((validation_dataset if train_dataset is None else train_dataset)["codes"], num_samples, new_frames,
+                                  codec.identity["codebook_size"], seed=seed)
+    report["ceiling"] = {**fad_with_interval(embed(list(codec.decode(sampled))), reference, num_resamples=0, seed=seed),
+                         "what": f"decoded codes of a context-free bigram sampler fitted on the {fitted_on} codes"}
     for model_name, model in models.items():
         print(f"{model_name}: {num_samples} samples of {new_frames} frames, then the FAD", file=sys.stderr, flush=True)
         audio = list(codec.decode(generate_continuations(model, prompts, new_frames, seed)))
         report["audio"][model_name] = audio
         report["models"][model_name] = fad_with_interval(
-            dac_embeddings(codec, audio), reference, num_resamples=num_resamples, confidence=confidence, seed=seed
+            embed(audio), reference, num_resamples=num_resamples, confidence=confidence, seed=seed
         )
     return report
 
@@ -87,11 +97,11 @@ def fad_of_checkpoints(sources, names, validation_data, split, samples_dir, num_
             raise ValueError(f"{folder} was trained on codes of codec {model.config.codec}, the validation data uses "
                              f"{identity}: its samples cannot be compared with that audio")
         models[name] = model
-    codec = load_codec(identity, device=device)
+    codec = load_codec(identity, device=device, location=validation_data)
     frame_rate = identity["sample_rate"] / identity["hop_length"]
     report = fad_of_models(models, dataset[split], codec, num_samples, new_frames=max(1, round(seconds * frame_rate)),
                            prompt_frames=max(1, round(prompt_seconds * frame_rate)), seed=seed,
-                           num_resamples=num_resamples, confidence=confidence)
+                           num_resamples=num_resamples, confidence=confidence, train_dataset=dataset.get("train"))
     samples_dir = Path(samples_dir)
     samples_dir.mkdir(parents=True, exist_ok=True)
     report["sample_files"] = {}
@@ -122,8 +132,9 @@ def fad_to_reference_files(codec, generated_audio, files, max_seconds=30.0, num_
         with_warnings += bool(messages)
     if not reference:
         raise ValueError(f"none of the {len(files)} reference files could be read")
-    name, note = describe_embedding(codec.identity)
-    result = fad_with_interval(dac_embeddings(codec, generated_audio), dac_embeddings(codec, reference),
-                               num_resamples=num_resamples, seed=seed)
+    name, note, embed = embedding_for(codec)
+    reference = embed(reference)
+    result = fad_with_interval(embed(generated_audio), reference, num_resamples=num_resamples, seed=seed)
     return {**result, "embedding": name, "note": note, "skipped_reference_files": skipped,
-            "reference_files_with_decoder_warnings": with_warnings}
+            "reference_files_with_decoder_warnings": with_warnings,
+            "floor": {"fad": fad_floor(reference), "what": "two halves of the reference audio"}}

@@ -259,7 +259,14 @@ def fad_summary_lines(fad):
         f"samples; embedding {fad['embedding']})"
         for name, result in fad["models"].items()
     ]
-    return lines + ([fad["note"]] if fad.get("note") else [])
+    return lines + [fad_scale_line(fad)] + ([fad["note"]] if fad.get("note") else [])
+
+
+def fad_scale_line(fad):
+    """The floor and ceiling that a model's FAD is read between."""
+    floor, ceiling = fad["floor"], fad["ceiling"]
+    return (f"FAD scale: floor {floor['fad']:.4g} ({floor['what']}), ceiling {ceiling['fad']:.4g} "
+            f"({ceiling['what']}); a model earns credit below the ceiling, and nothing is read below the floor")
 
 
 def _fad_lines(fad):
@@ -282,6 +289,10 @@ def _fad_lines(fad):
             f"| {name} | {result['fad']:.4g} | [{result['ci_low']:.4g}, {result['ci_high']:.4g}] | "
             f"{result['num_sample_frames']} | {result['num_reference_frames']} |"
         )
+    ceiling = fad["ceiling"]
+    lines.append(f"| ceiling: {ceiling['what']} | {ceiling['fad']:.4g} | | {ceiling['num_sample_frames']} | "
+                 f"{ceiling['num_reference_frames']} |")
+    lines.append(f"| floor: {fad['floor']['what']} | {fad['floor']['fad']:.4g} | | | |")
     if fad.get("note"):
         lines += ["", f"**{fad['note']}**"]
     return lines

@@ -50,15 +50,17 @@ class BuildArguments:
     procedural_seconds: float = field(default=8.0, metadata={"help": "Length of each generated track."})
     procedural_seed: int = field(default=0, metadata={"help": "Seed of the generated music."})
     max_tracks: Optional[int] = field(default=None, metadata={"help": "Use only the first N tracks (a trial run)."})
-    codec: Literal["transformers", "dac", "random"] = field(
+    codec: Literal["transformers", "dac", "random", "fitted"] = field(
         default="transformers",
-        metadata={"help": "transformers: pretrained DacModel; dac: descript-audio-codec; random: seeded weights."},
+        metadata={"help": "transformers: pretrained DacModel; dac: descript-audio-codec; random: seeded weights; "
+                          "fitted: a small offline codec fitted to the training split's audio (--codec_seed)."},
     )
     codec_model: Optional[str] = field(
         default=None, metadata={"help": "Hub id or local folder of the DacModel (default: descript/dac_44khz)."}
     )
     codec_revision: Optional[str] = field(default=None, metadata={"help": "Hub revision of --codec_model / dac tag."})
-    codec_seed: int = field(default=0, metadata={"help": "Seed of the random codec's weights."})
+    codec_seed: int = field(default=0, metadata={"help": "Seed of the random codec's weights or of the fit."})
+    codec_centroids: int = field(default=1024, metadata={"help": "Centroids per codebook of the fitted codec."})
     codec_small: bool = field(default=False, metadata={"help": "Random codec with shrunk channels (tests)."})
     device: Optional[str] = field(default=None, metadata={"help": "Device (default: this process's GPU, else CPU)."})
     batch_size: Optional[int] = field(

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from cli.paths import check_codec_available
 
 from processing_music_hybrid import (
+    CODEBOOK_SIZE,
     HOP_LENGTH,
     PRETRAINED_MODEL_ID,
     SAMPLE_RATE,
@@ -36,6 +37,7 @@ from processing_music_hybrid import (
 )
 
 from .audio import plan_segments, read_track
+from .codec_fit import fit_on_training_split, save_fit
 from .dataset_io import (
     CODES_FEATURES,
     dataset_card,
@@ -78,19 +80,24 @@ def run_build(args):
     tracks = _without_unsplit_tracks(args, run_config, tracks, notes)
     # The codec before any decoding: an unreachable one (offline, no package) is refused now, not after hours.
     device, batch_size = _device_and_batch_size(args, state)
-    identity = (work.codec_identity() if resuming else None) or _requested_codec_identity(args)
-    if identity["backend"] == "transformers":  # without a network: one Hub look-up, not the loader's retries
-        check_codec_available(identity["model_id"], "--codec_model", fix=CODEC_FIX)
-    codec = load_codec(
-        identity,
-        device=device,
-        batch_size=batch_size,
-        window_seconds=args.window_seconds,
-        window_overlap_seconds=args.window_overlap_seconds,
-    )
+    identity = work.codec_identity() if resuming else None
+    fit = None
+    if args.codec == "fitted" and identity is None:
+        assign = _split_rule(args, run_config)[0]
+        fit = fit_on_training_split(args, tracks, assign, lambda track: _read(args, track)[0], state.is_main_process)
+    codec_options = {"device": device, "batch_size": batch_size, "window_seconds": args.window_seconds,
+                     "window_overlap_seconds": args.window_overlap_seconds, "location": work.root}
+    codec = None
+    if fit is None:
+        requested = identity or _requested_codec_identity(args)
+        if requested["backend"] == "transformers":  # without a network: one Hub look-up, not the loader's retries
+            check_codec_available(requested["model_id"], "--codec_model", fix=CODEC_FIX)
+        codec = load_codec(requested, **codec_options)
     if args.overwrite and output_dir.exists():
         shutil.rmtree(output_dir)
     work.claim(run_config)
+    if fit is not None:
+        codec = load_codec(save_fit(work.root, fit, args.codec_seed), **codec_options)
     work.save_codec_identity(codec.identity)  # with the resolved Hub revision
     if notes:
         work.save_notes(notes)
@@ -143,6 +150,10 @@ def _check_arguments(args):
         raise ValueError("--split_mode fma needs an FMA source or --fma_metadata")
     if args.streaming and source != "hf":
         raise ValueError("--streaming applies to --hf_dataset only")
+    if args.codec == "fitted" and args.streaming:
+        raise ValueError("--codec fitted reads the training split before encoding it: drop --streaming")
+    if args.codec == "fitted" and not 1 <= args.codec_centroids <= CODEBOOK_SIZE:
+        raise ValueError(f"--codec_centroids must lie in [1, {CODEBOOK_SIZE}], got {args.codec_centroids}")
     return source
 
 
@@ -157,6 +168,8 @@ def _process_state(device):
 
 
 def _requested_codec_identity(args):
+    if args.codec == "fitted":  # what is asked for; the fit's identity adds its parameters' SHA-256
+        return {"backend": "fitted", "seed": args.codec_seed, "num_centroids": args.codec_centroids}
     if args.codec == "random":
         return random_codec_identity(args.codec_seed, small=args.codec_small)
     if args.codec == "dac":
@@ -291,27 +304,8 @@ class _ShardEncoder:
 
     def _timed_read(self, track):
         started = time.perf_counter()
-        result, messages = self._read(track)
+        result, messages = _read(self.args, track)
         return result, messages, time.perf_counter() - started
-
-    def _read(self, track):
-        """(the samples or a RejectedInput, what the decoder printed about the track)"""
-        args = self.args
-        messages = []
-        try:
-            samples = read_track(
-                track.fetch(),
-                min_seconds=args.min_seconds,
-                silence_db=args.silence_db,
-                loudness_lufs=args.loudness_lufs,
-                max_seconds=args.segment_seconds if args.segment == "first" else None,
-                decoder_messages=messages,
-            )
-            return samples, messages
-        except RejectedInput as rejected:
-            return rejected, messages
-        except Exception as error:  # one bad input must never end the run
-            return RejectedInput("unreadable", f"{type(error).__name__}: {error}"), messages
 
     def _pending_windows(self):
         window = round(self.args.window_seconds * SAMPLE_RATE / HOP_LENGTH)
@@ -353,6 +347,25 @@ class _ShardEncoder:
             self.work.write_part(self.rank, self.rows, self.finished, self.rejects, self.decoder_warnings)
         self.rows, self.finished, self.rejects, self.decoder_warnings = [], [], [], []
         self.last_commit = time.monotonic()
+
+
+def _read(args, track):
+    """(the samples or a RejectedInput, what the decoder printed about the track)"""
+    messages = []
+    try:
+        samples = read_track(
+            track.fetch(),
+            min_seconds=args.min_seconds,
+            silence_db=args.silence_db,
+            loudness_lufs=args.loudness_lufs,
+            max_seconds=args.segment_seconds if args.segment == "first" else None,
+            decoder_messages=messages,
+        )
+        return samples, messages
+    except RejectedInput as rejected:
+        return rejected, messages
+    except Exception as error:  # one bad input must never end the run
+        return RejectedInput("unreadable", f"{type(error).__name__}: {error}"), messages
 
 
 def _ordered_parallel_map(function, items, num_workers):
@@ -456,7 +469,7 @@ def _merge(args, work):
     if empty:
         notes.append(f"Empty splits, not saved: {', '.join(empty)}.")
     card = dataset_card(dataset_dict, identity, _describe_source(run_config), split_rule, reject_counts, notes)
-    save_codes_dataset(dataset_dict, output_dir, identity, card)
+    save_codes_dataset(dataset_dict, output_dir, identity, card, codec_location=work.root)
     _print_summary(dataset_dict, reject_counts, notes, output_dir)
     if args.push_to_hub:
         push_codes_dataset(output_dir, args.push_to_hub, private=args.hub_private)

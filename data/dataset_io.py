@@ -10,7 +10,8 @@ import numpy as np
 import pyarrow as pa
 from datasets import DatasetDict, Features, List, Value, load_dataset
 
-from processing_music_hybrid import NUM_CODEBOOKS, check_identity
+from codec_fitted_music_hybrid import PARAMETERS_FILE
+from processing_music_hybrid import NUM_CODEBOOKS, check_identity, load_codec, save_codec_files
 
 CODES_FEATURES = Features(
     {
@@ -45,9 +46,10 @@ def codes_table(rows):
     return pa.table(columns, schema=schema)
 
 
-def save_codes_dataset(dataset_dict, path, identity, card=None):
-    """save_to_disk plus codec.json and a dataset card. The new copy is written aside and moved
-    in; dataset_dict.json goes last, so a folder that has it holds a complete dataset."""
+def save_codes_dataset(dataset_dict, path, identity, card=None, codec_location=None):
+    """save_to_disk plus codec.json, the codec's own files (a fitted codec's parameters, found through
+    `codec_location` when this process has not seen them) and a dataset card. The new copy is written aside and
+    moved in; dataset_dict.json goes last, so a folder that has it holds a complete dataset."""
     check_identity(identity)
     for split, dataset in dataset_dict.items():
         if dataset.features != CODES_FEATURES:
@@ -59,6 +61,7 @@ def save_codes_dataset(dataset_dict, path, identity, card=None):
     shutil.rmtree(staging, ignore_errors=True)
     dataset_dict.save_to_disk(str(staging))
     (staging / CODEC_FILE).write_text(json.dumps(identity, indent=2) + "\n")
+    save_codec_files(identity, staging, codec_location)
     (staging / CARD_FILE).write_text(card or dataset_card(dataset_dict, identity))
     index = path / "dataset_dict.json"
     old_splits = json.loads(index.read_text())["splits"] if index.exists() else []
@@ -93,6 +96,8 @@ def load_codes_dataset(path_or_hub_id, revision=None):
             raise ValueError(f"cannot load codes dataset {path_or_hub_id!r} from the Hub: {error}") from error
         identity = json.loads(Path(codec_path).read_text())
     check_identity(identity)
+    if identity["backend"] == "fitted":  # its parameters must be there, and be the ones codec.json names
+        load_codec(identity, device="cpu", location=path_or_hub_id)
     return dataset_dict, identity
 
 
@@ -103,9 +108,10 @@ def push_codes_dataset(path, repo_id, private=False):
 
     dataset_dict, _ = load_codes_dataset(path)
     dataset_dict.push_to_hub(repo_id, private=private)
-    HfApi().upload_file(
-        path_or_fileobj=str(Path(path) / CODEC_FILE), path_in_repo=CODEC_FILE, repo_id=repo_id, repo_type="dataset"
-    )
+    for name in [CODEC_FILE] + [PARAMETERS_FILE] * (Path(path) / PARAMETERS_FILE).is_file():
+        HfApi().upload_file(
+            path_or_fileobj=str(Path(path) / name), path_in_repo=name, repo_id=repo_id, repo_type="dataset"
+        )
     card = DatasetCard.load(repo_id, repo_type="dataset")
     card.text = DatasetCard((Path(path) / CARD_FILE).read_text()).text
     card.push_to_hub(repo_id, repo_type="dataset")
@@ -133,6 +139,9 @@ def dataset_card(dataset_dict, identity, source="unknown", split_rule="unknown",
     lines += [json.dumps(identity, indent=2), "```"]
     if identity["backend"] == "random":
         lines += ["", "The codec has RANDOM weights: these codes carry no musical meaning (tests and demos only)."]
+    if identity["backend"] == "fitted":
+        lines += ["", "The codec was fitted to this dataset's training audio (codec_fitted_music_hybrid.py, parameters "
+                  "in codec_fitted.safetensors): an offline, small-data codec, not a replacement for DAC."]
     if reject_counts is not None:
         counts = ", ".join(f"{reason} {count}" for reason, count in reject_counts.items())
         lines += ["", f"**Rejected inputs** (see rejects.jsonl): {counts}"]

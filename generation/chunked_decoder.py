@@ -5,6 +5,9 @@ side. Each chunk is therefore decoded together with `context_frames` frames befo
 after it and only the chunk's own samples are kept; with a context at least as wide as
 the decoder's receptive field the result equals a one-shot decode of the whole sequence.
 The price is latency: a frame's audio is ready once `context_frames` later frames exist.
+
+A codec that renders whole clips (the fitted codec: its phases run from the clip's start and its level is set for
+the whole clip; `renders_whole_clips`) is decoded once, at flush, so that no chunk seam can be heard.
 """
 
 import numpy as np
@@ -33,13 +36,15 @@ class ChunkedDecoder:
         self.emitted_frames = start_frame
         self._chunks = []
         self._num_frames = 0
+        self.whole_clips = getattr(codec, "renders_whole_clips", False)
 
     def push(self, codes):
         """Add frames; returns the audio of every chunk that now has its full right context (maybe none)."""
         self._chunks.append(codes.detach().to("cpu", torch.long))
         self._num_frames += codes.shape[-1]
         audio = []
-        while self._num_frames - self.emitted_frames >= self.chunk_frames + self.context_frames:
+        while (not self.whole_clips
+               and self._num_frames - self.emitted_frames >= self.chunk_frames + self.context_frames):
             audio.append(self._decode_until(self.emitted_frames + self.chunk_frames))
         return self._concatenate(audio)
 
@@ -52,7 +57,7 @@ class ChunkedDecoder:
     def _decode_until(self, end_frame):
         codes = torch.cat(self._chunks, dim=-1)
         self._chunks = [codes]
-        window_start = max(0, self.emitted_frames - self.context_frames)
+        window_start = 0 if self.whole_clips else max(0, self.emitted_frames - self.context_frames)
         window_end = min(self._num_frames, end_frame + self.context_frames)
         with torch.no_grad():
             audio = self.codec.decode(codes[..., window_start:window_end])

@@ -121,7 +121,7 @@ def generate_audio(
     )
     device = resolve_device(device)
     check_quantize(quantize, dtype, device)
-    codec = load_checkpoint_codec(plan.codec_identity, device)
+    codec = load_checkpoint_codec(plan.codec_identity, device, location=model_name_or_path)
     model = load_model(model_name_or_path, device, dtype, quantize, compile_decoding)
     if device.type == "cpu" and progress and not (quantize and compile_decoding):
         print("note: on CPU, --quantize int8 --compile decodes fastest (a quarter of the weight bytes, compiled "
@@ -223,16 +223,18 @@ def write_samples(
     return GenerationResult(written, torch.cat(codes), num_samples * plan.new_samples / sample_rate, elapsed)
 
 
-def load_checkpoint_codec(identity, device):
-    """The checkpoint's codec; one that cannot be loaded is refused with the fixes that apply here (the data
-    pipeline's message names its own options)."""
+def load_checkpoint_codec(identity, device, location=None):
+    """The checkpoint's codec (a fitted codec's parameters are looked for in the checkpoint `location`); one that
+    cannot be loaded is refused with the fixes that apply here (the data pipeline's message names its own options)."""
     from processing_music_hybrid import CodecUnavailableError, load_codec
 
     if identity.get("backend") == "transformers" and identity.get("model_id"):
         check_codec_available(identity["model_id"], "the checkpoint's codec", fix=CODEC_FIX)
     try:
-        return load_codec(identity, device=device)
+        return load_codec(identity, device=device, location=location)
     except CodecUnavailableError as error:
+        if identity.get("backend") == "fitted":
+            raise ValueError(str(error)) from None
         cause = error.__cause__ or error
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         raise ValueError(

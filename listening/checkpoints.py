@@ -85,5 +85,6 @@ class LoadedModels:
         key = json.dumps(checkpoint.codec_identity, sort_keys=True)
         with self._lock:
             if key not in self._codecs:
-                self._codecs[key] = load_checkpoint_codec(checkpoint.codec_identity, self.device)
+                self._codecs[key] = load_checkpoint_codec(checkpoint.codec_identity, self.device,
+                                                          location=checkpoint.path)  # a fitted codec's file
             return self._codecs[key]

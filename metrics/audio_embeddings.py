@@ -1,14 +1,38 @@
-"""What the Frechet Audio Distance compares: embeddings of audio clips, and the distance with a bootstrap interval.
+"""What the Frechet Audio Distance compares: embeddings of audio clips, the distance with a bootstrap interval, and
+its floor (the FAD between two halves of the reference audio).
 
-The default embedding is the continuous output of the DAC encoder of the codec a model was trained with (one vector
-per codec frame, before quantization): available wherever the codec is, and one of the embeddings published work
-reports FAD in. Its name says which codec it came from; with the random offline codec the space is random, and
-`describe_embedding` says so, so a number from it is never mistaken for a perceptual one.
+`embedding_for` picks the embedding of a codec. With a pretrained DAC it is the continuous output of its encoder
+(one vector per codec frame, before quantization), one of the embeddings published work reports FAD in. Offline
+(the fitted codec, or the random DAC of tests) it is log-mel frames (metrics/log_mel.py): independent of the
+codec and needing no download, so that a number means the same whichever codec made the audio. Every result
+names its embedding.
 """
 
 import numpy as np
 
 from metrics.frechet_audio_distance.frechet_audio_distance import frechet_distance, gaussian_fit, pooled_rows
+from metrics.log_mel import DYNAMIC_RANGE_DB, NUM_MELS, log_mel
+
+LOG_MEL_EMBEDDING = f"log-mel frames ({NUM_MELS} mel bands, hop 512 at 44.1 kHz, dB over {DYNAMIC_RANGE_DB:g} dB)"
+RANDOM_CODEC_NOTE = (
+    "The codec has random weights: its decoded audio is noise whatever a model learned, so this FAD ranks noise. "
+    "Use the fitted codec (data.build_dataset --codec fitted) or a pretrained one for audio that can be judged."
+)
+
+
+def embedding_for(codec):
+    """(name, note, embed): embed(waveforms) -> one (frames, D) float64 array per waveform; note is None or a caveat.
+    DAC encoder latents for a pretrained DAC, log-mel frames for the offline codecs (fitted, random)."""
+    identity = codec.identity
+    if identity["backend"] in ("transformers", "dac"):
+        name, note = describe_embedding(identity)
+        return name, note, lambda waveforms: dac_embeddings(codec, waveforms)
+    return LOG_MEL_EMBEDDING, RANDOM_CODEC_NOTE if identity["backend"] == "random" else None, log_mel_embeddings
+
+
+def log_mel_embeddings(waveforms):
+    """One (frames, 128) float64 array of log-mel frames per 44.1 kHz mono waveform."""
+    return [log_mel(np.asarray(waveform, dtype=np.float64)) for waveform in waveforms]
 
 
 def dac_embeddings(codec, waveforms):
@@ -57,3 +81,11 @@ def fad_with_interval(sample_embeddings, reference_embeddings, num_resamples=200
         "num_reference_clips": len(reference_embeddings),
         "num_reference_frames": int(sum(len(rows) for rows in reference_embeddings)),
     }
+
+
+def fad_floor(reference_embeddings):
+    """The FAD between the first and the second half of every reference clip (pooled): what two samples of the
+    same music score, the floor under which no model's FAD can be read as better."""
+    halves = [(rows[: len(rows) // 2], rows[len(rows) // 2 :]) for rows in reference_embeddings if len(rows) >= 2]
+    return frechet_distance(gaussian_fit(pooled_rows([first for first, _ in halves])),
+                            gaussian_fit(pooled_rows([second for _, second in halves])))

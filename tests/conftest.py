@@ -5,6 +5,10 @@ import os
 # Tiny models and codecs run fastest on one intra-op thread, and two threads spin against each other as soon as
 # anything else loads the machine (the whole suite: 2.3 min with one thread, 12 min with two, on a 2-core machine
 # running a benchmark beside it). Set before torch is imported; child processes of the tests inherit it.
+# MUSIC_HYBRID_TEST_THREADS=2 runs tests on two threads instead: .ci/run does so for the files whose decoding paths
+# depend on the thread count (the split products, the thread-count calibration).
+if os.environ.get("MUSIC_HYBRID_TEST_THREADS"):
+    os.environ["OMP_NUM_THREADS"] = os.environ["MUSIC_HYBRID_TEST_THREADS"]
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import csv

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from comparison.baselines import context_free_baselines
+from comparison.baselines import context_free_baselines, sample_bigram_codes
 from data.dataset_io import CODES_FEATURES
 from modeling_music_hybrid import MusicHybridConfig, MusicHybridForCausalLM
 from training.evaluation import evaluate_model
@@ -45,3 +45,14 @@ def test_the_baselines_score_the_tokens_the_models_are_scored_on():
     assert baselines["num_segments"] == evaluation["num_segments"]
     # random codes: nothing to learn, so both baselines sit near log(1024) (the unigram a bit above: smoothing)
     assert abs(baselines["unigram"]["mean_loss"] - math.log(1024)) < 0.2
+
+
+def test_the_bigram_sampler_follows_the_training_transitions_and_is_seeded():
+    cycle = np.tile(np.arange(3), 40)  # 0 1 2 0 1 2 ... in every codebook
+    train = [np.stack([cycle + 10 * k for k in range(9)])]
+    samples = sample_bigram_codes(train, num_samples=4, num_frames=30, codebook_size=128, seed=1, backoff_weight=1e-6)
+    assert samples.shape == (4, 9, 30)
+    steps = (samples[:, :, 1:] - samples[:, :, :-1]) % 3
+    assert (steps == 1).all() and (samples // 10 == np.arange(9)[None, :, None]).all()
+    again = sample_bigram_codes(train, num_samples=4, num_frames=30, codebook_size=128, seed=1, backoff_weight=1e-6)
+    assert np.array_equal(samples, again)

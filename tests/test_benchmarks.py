@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end on tiny settings and print their tables (the figures themselves are
 measured by running them for real, never asserted here)."""
 
-import argparse
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +10,9 @@ import pytest
 import torch
 import transformers
 
-from bench import bench_generation, bench_recall
+from bench import bench_generation, bench_mqar
+from configuration_music_hybrid import MIXER_LAYER_TYPES
+from modeling_music_hybrid import MIXERS, register_mixer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,9 @@ def run_benchmark_without_repeats(module, *arguments):
 def test_scan_benchmark_compares_our_mixers_with_the_baselines():
     output = run_benchmark("bench.bench_scan", "--lengths", "32", "--hidden-size", "32", "--d-state", "8")
     rows = ("ours (PyTorch chunked scan)", "ours (chunks fused by torch.compile)", "plain PyTorch loop",
-            "transformers MambaMixer (torch)", "projections alone", "projections + decays")
+            "transformers MambaMixer (torch)", "projections alone", "projections + decays",
+            "Mamba-2 (PyTorch chunked SSD)", "transformers Mamba2Mixer (torch)", "Gated DeltaNet (PyTorch chunked WY)",
+            "fwd+bwd: this / ours (Mamba-1)")
     for row in rows:
         assert row in output
 
@@ -72,29 +76,51 @@ def test_training_benchmark_times_a_step_of_each_preset():
     assert len(memory_rows) == 2 and all(line.rstrip(" |").endswith("x") for line in memory_rows)
 
 
-def test_recall_benchmark_trains_the_three_models_and_reports_the_target():
-    output = run_benchmark("bench.bench_recall", "--steps", "3", "--batch", "4", "--eval-sequences", "8",
-                           "--num-resamples", "50")
-    for row in ("| pure Mamba ", "| Mamba + memory caching (gated) ", "| attention hybrid ",
-                "loss on recurring frames", "share of the pure Mamba -> attention hybrid gap",
-                "training step time, memory caching / pure Mamba"):
+def test_mqar_quick_run_trains_every_arm_and_reports_accuracy_share_and_gate_weights(tmp_path):
+    output = run_benchmark_without_repeats("bench.bench_mqar", "--quick", "--output", str(tmp_path / "mqar.json"))
+    arms = ["attention hybrid", "mamba", "mamba + gated caching", "mamba + residual caching",
+            "mamba, within one segment (control)"]
+    for row in [f"| {arm} " for arm in arms] + ["4 pairs [95% CI]", "8 pairs [95% CI]",
+                                                 "weight on the cached segment holding the pair", "verdict: "]:
         assert row in output
+    results = json.loads((tmp_path / "mqar.json").read_text())
+    assert list(results["arms"]) == arms
+    assert len(results["runs"]) == len(arms) * 3 * 2  # three learning rates, two seeds
+    accuracy = {(entry["arm"], entry["pairs"]): entry for entry in results["summary"]["accuracy"]}
+    assert set(accuracy) == {(arm, n) for arm in arms[:-1] for n in (4, 8)} | {(arms[-1], 4)}
+    assert all(0 <= entry["low"] <= entry["mean"] <= entry["high"] <= 1 for entry in accuracy.values())
+    assert results["summary"]["holding_weights"]["mamba + gated caching"]["queries"] > 0
 
 
-def test_recall_sequences_hide_a_motif_of_its_own_codes_that_recurs_beyond_a_segment():
-    settings = argparse.Namespace(frames=64, segment_length=16, motif_frames=16, codebooks=2, codebook_size=32,
-                                  filler_codes=4)
-    codes, recurring = bench_recall.recall_sequences(settings, 50, torch.Generator().manual_seed(0))
-    assert codes.shape == (50, 2, 64) and recurring.shape == (50, 64)
-    for sequence, marked in zip(codes, recurring, strict=True):
-        motif_frames = (sequence >= settings.filler_codes).all(0).nonzero().flatten()
-        assert ((sequence >= settings.filler_codes).any(0).nonzero().flatten() == motif_frames).all()
-        first, second = motif_frames[:16], motif_frames[16:]
-        assert len(second) == 16 and (first.diff() == 1).all() and (second.diff() == 1).all()
-        assert torch.equal(sequence[:, first], sequence[:, second])
-        assert all(len(set(codebook.tolist())) == 16 for codebook in sequence[:, first])  # distinct within the motif
-        assert second[0] - first[-1] - 1 > settings.segment_length  # the gap is longer than a memory segment
-        assert marked.nonzero().flatten().tolist() == second[1:].tolist()  # after the frame that reveals the motif
+def test_mqar_sequences_score_each_key_once_at_its_query_after_the_pairs():
+    tokens, answers, value_positions = bench_mqar.mqar_batch(20, 8, 64, 256, torch.Generator().manual_seed(0))
+    for row, scored, holding in zip(tokens, answers, value_positions, strict=True):
+        keys, values = row[0:16:2], row[1:16:2]
+        assert (keys < 128).all() and (values >= 128).all() and len(set(keys.tolist())) == 8
+        queries = (scored >= 0).nonzero().flatten()
+        assert len(queries) == 8 and (queries >= 16).all() and (queries % 2 == 0).all()
+        for query in queries:
+            pair = keys.tolist().index(row[query])
+            assert scored[query] == values[pair] and holding[query] == 2 * pair + 1
+        assert (holding[scored < 0] == -1).all()
+
+
+def test_mqar_arms_follow_the_mixer_registry():
+    """A recurrent kind registered beside "mamba" gets its own arm (without memory caching: its mixer takes no
+    memory settings)."""
+    class Recurrent(torch.nn.Module):
+        def __init__(self, config, layer_idx):
+            super().__init__()
+
+    register_mixer("outside_recurrent", Recurrent)
+    try:
+        arms = bench_mqar.arm_configs(bench_mqar.parse_args(["--quick"]))
+    finally:
+        MIXERS.pop("outside_recurrent")
+        MIXER_LAYER_TYPES.pop("outside_recurrent")
+    assert "outside_recurrent" in arms and "outside_recurrent + gated caching" not in arms
+    assert {"mamba + gated caching", "mamba + residual caching"} <= set(arms)
+    assert arms["outside_recurrent"]["config"].mixer_types == ["outside_recurrent"] * 2
 
 
 def test_int8_products_benchmark_times_every_candidate_on_the_same_layers():
@@ -106,6 +132,17 @@ def test_int8_products_benchmark_times_every_candidate_on_the_same_layers():
         assert len(rows) == 2, candidate  # one per batch size
     ours = [line for line in output.splitlines() if "Int8Linear (ours)" in line]
     assert all(line.rstrip(" |").endswith("1.0x") for line in ours)  # each row's own ratio to ours
+
+
+def test_codec_benchmark_prints_the_fitted_codec_per_codebook_count_beside_its_baselines(tmp_path):
+    output = run_benchmark_without_repeats(
+        "bench.bench_codec", "--train_tracks", "3", "--test_tracks", "1", "--seconds", "2", "--centroids", "16",
+        "--real_dir", str(tmp_path / "no_music"),
+    )
+    collapsed = " ".join(output.split())  # the table's columns are padded
+    for codebooks in (1, 3, 6, 9):
+        assert f"| procedural | fitted (16 centroids, 3 clips) | {codebooks} |" in collapsed
+    assert "random DAC" in output and "16 kHz low-pass round trip" in output and "real music: no .ogg files" in output
 
 
 def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
@@ -121,9 +158,9 @@ def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     ("bench.bench_scan", ["--lengths", "0"], "must be positive"),
     ("bench.bench_generation", ["--frames", "-1"], "must be positive"),
     ("bench.bench_generation", ["--frames", "2"], "at least 9"),
-    ("bench.bench_recall", ["--segment-length", "20"], "multiple of 16"),
-    ("bench.bench_recall", ["--frames", "40"], "no room"),
-    ("bench.bench_recall", ["--filler-codes", "30"], "distinct motif codes"),
+    ("bench.bench_mqar", ["--segment-length", "20"], "multiple of 16"),
+    ("bench.bench_mqar", ["--pairs", "4", "100"], "the pairs and their queries must fit"),
+    ("bench.bench_mqar", ["--lrs", "0.001", "0.001"], "distinct"),
     ("bench.bench_generation", ["--quantize", "int8", "--dtype", "bfloat16"], "float32 models"),
     ("bench.int8_products", ["--batches", "0"], "must be positive"),
     *([("bench.gpu_readiness", [], "no CUDA device here")] if not torch.cuda.is_available() else []),

@@ -1,6 +1,6 @@
-"""demo.py's pipeline through the same code path at reduced size (shrunk random codec, tiny models, a few steps,
-tenth-of-a-second samples): every stage runs, the comparison, baselines and FAD are printed and written, and a rerun
-reuses the encoded codes."""
+"""demo.py's pipeline through the same code path at reduced size (the fitted codec with 32 centroids, tiny models, a
+few steps, tenth-of-a-second samples): every stage runs, the comparison, baselines and FAD (with its floor and
+ceiling) are printed and written, and a rerun reuses the encoded codes."""
 
 import json
 from pathlib import Path
@@ -13,7 +13,7 @@ import demo
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 TINY = dict(
-    num_tracks=4, track_seconds=1.5, segment_length=48, batch_size=2, max_steps=2, samples_per_model=2,
+    num_tracks=4, track_seconds=1.5, codec_centroids=32, segment_length=48, batch_size=2, max_steps=2, samples_per_model=2,
     prompt_seconds=0.05, sample_seconds=0.1, num_resamples=100,
     model_overrides="hidden_size=32,intermediate_size=64,num_attention_heads=2,max_position_embeddings=128",
 )
@@ -23,7 +23,7 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     settings = demo.DemoSettings(output_dir=str(tmp_path / "demo"), **TINY)
     result = demo.run_demo(settings)
     printed = capsys.readouterr().out
-    assert printed.startswith(demo.RANDOM_CODEC_WARNING)
+    assert demo.RANDOM_CODEC_WARNING not in printed and "fitted codec" in printed
     for number in range(1, demo.NUM_STAGES + 1):
         assert f"=== {number}/{demo.NUM_STAGES}" in printed
     assert "| unigram |" in printed and "| bigram |" in printed
@@ -47,7 +47,9 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
             in summary
     mean = report["comparisons"][0]["mean_loss_difference"]
     assert f"hybrid-small - transformer-small: {mean['difference']:+.3f} nats [{mean['ci_low']:+.3f}" in summary
-    assert report["fad"]["note"] in summary  # the random embedding space is said
+    assert report["fad"]["embedding"].startswith("log-mel") and report["fad"]["note"] is None
+    fad = report["fad"]
+    assert f"FAD scale: floor {fad['floor']['fad']:.4g}" in summary and f"ceiling {fad['ceiling']['fad']:.4g}" in summary
     assert len(paths["wavs"]) == 2 * len(demo.MODELS)
     styles = json.loads((Path(paths["models"]["hybrid-small-genres"]) / "config.json").read_text())["genres"]
     assert styles and len(paths["style_wavs"]) == len(styles)  # one guided sample per procedural style
@@ -55,6 +57,9 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     assert "hybrid-small-genres: genre information" in summary
     memory_config = json.loads((Path(paths["models"]["hybrid-small-memory"]) / "config.json").read_text())
     assert memory_config["mamba_memory_segment_length"] == 64
+    for name, kind in (("hybrid-small-mamba2", "mamba2"), ("hybrid-small-gdn", "gated_deltanet")):
+        config = json.loads((Path(paths["models"][name]) / "config.json").read_text())
+        assert kind in config["mixer_types"] and "mamba" not in config["mixer_types"]
     for path in paths["wavs"]:
         assert abs(soundfile.info(path).duration - 9 * 512 / 44100) < 1e-3  # 0.1 s = 9 frames of new audio
 
@@ -68,4 +73,5 @@ def test_demo_help_describes_the_pipeline(capsys):
         demo.main(["--help"])
     assert exit.value.code == 0
     help_text = capsys.readouterr().out
-    assert "--pretrained_codec" in help_text and "baselines" in help_text and "Frechet" in help_text
+    assert "--pretrained_codec" in help_text and "--codec {fitted,random,pretrained}" in help_text
+    assert "baselines" in help_text and "Frechet" in help_text

@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from metrics.audio_embeddings import dac_embeddings, describe_embedding, fad_with_interval
+from metrics.audio_embeddings import (
+    LOG_MEL_EMBEDDING, dac_embeddings, describe_embedding, embedding_for, fad_floor, fad_with_interval,
+    log_mel_embeddings,
+)
 from metrics.frechet_audio_distance.frechet_audio_distance import frechet_distance, gaussian_fit
 
 MODULE = Path(__file__).resolve().parent.parent / "metrics" / "frechet_audio_distance"
@@ -86,3 +89,16 @@ def test_dac_latents_of_the_random_codec_are_named_as_random_and_the_interval_co
     assert result["ci_low"] <= result["fad"] * (1 + 1e-6) and result["fad"] <= result["ci_high"] * (1 + 1e-6)
     assert result["fad"] > 0
     assert fad_with_interval(embeddings, embeddings, num_resamples=0)["fad"] == pytest.approx(0, abs=1e-9)
+
+
+def test_offline_codecs_get_the_log_mel_embedding_and_its_floor_sits_far_below_other_music(small_codec):
+    name, note, embed = embedding_for(small_codec)
+    assert name == LOG_MEL_EMBEDDING and "random" in note and embed is log_mel_embeddings
+    time = np.arange(2 * 44100) / 44100
+    generator = np.random.default_rng(0)
+    low = [np.sin(2 * np.pi * 220 * time) * 0.3 + generator.normal(size=time.size) * 0.01 for _ in range(3)]
+    high = [np.sin(2 * np.pi * 1760 * time) * 0.3 + generator.normal(size=time.size) * 0.01 for _ in range(3)]
+    low_embeddings = log_mel_embeddings(low)
+    assert [rows.shape for rows in low_embeddings] == [(173, 128)] * 3  # 88200 samples: 173 frames, centred
+    floor = fad_floor(low_embeddings)
+    assert 0 <= floor < 0.05 * fad_with_interval(log_mel_embeddings(high), low_embeddings, num_resamples=0)["fad"]

@@ -146,6 +146,7 @@ def test_nan_loss_stops_the_run_with_the_step_and_saves_the_last_good_state(data
 @pytest.mark.parametrize("recipe, tiny_preset", [
     ("hybrid-116m.yaml", "hybrid-tiny"), ("transformer-162m.yaml", "hybrid-tiny"),
     ("hybrid-mc-116m.yaml", "hybrid-mc-tiny"),  # memory caching, trained and evaluated through the recipe
+    ("hybrid-mamba2-116m.yaml", "hybrid-mamba2-tiny"), ("hybrid-gdn-116m.yaml", "hybrid-gdn-tiny"),
 ])
 def test_reproduction_recipe_runs_with_small_overrides(recipe, tiny_preset, dataset, tmp_path):
     recipe_path = os.path.join(REPO_ROOT, "recipes", recipe)

@@ -5,16 +5,21 @@ import os
 import re
 import subprocess
 import textwrap
+from unittest import mock
 
 import pytest
 import torch
-from transformers import AutoModel, GenerationConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModel, AutoModelForCausalLM, GenerationConfig, Trainer, TrainerCallback, TrainingArguments,
+)
 from transformers.modeling_outputs import ModelOutput
 
+import fast_decoding_music_hybrid
 import modeling_music_hybrid
 
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM, MusicHybridModel, codes_to_model_inputs
+from training.loop import enable_activation_checkpointing
 
 LINEAR_LAYERS = ["in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out",
                  "lm_head"]
@@ -171,7 +176,7 @@ def test_forward_returns_the_embeddings_and_every_layer_output_as_hidden_states(
     assert all(h.shape == (2, 14, model.config.hidden_size) for h in output.hidden_states)
     torch.testing.assert_close(model.codebook_logits(output.hidden_states[-1]), output.logits)
     assert model(**inputs).hidden_states is None
-    layers_output = model.model.layers[0](output.hidden_states[0], torch.arange(14), None, None, None)
+    layers_output = model.model.layers[0](output.hidden_states[0], positions=torch.arange(14))
     torch.testing.assert_close(layers_output, output.hidden_states[1])
 
 
@@ -215,6 +220,134 @@ def test_ssm_decay_rates_and_skip_weights_stay_float32_when_loaded_in_half_preci
     assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
     assert mixer.in_proj.weight.dtype == model.lm_head.weight.dtype == dtype
     assert model.generate(max_new_tokens=2, num_return_sequences=4).shape == (4, 9, 2)
+
+
+def build_under_default_dtype(config, dtype):
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        return MusicHybridForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("build", ["from_config", "default_dtype"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_ssm_decay_rates_and_skip_weights_are_built_float32_in_half_precision_and_saved_exactly(tmp_path, dtype, build):
+    config = MusicHybridConfig.from_preset("hybrid-tiny")
+    torch.manual_seed(0)
+    if build == "from_config":
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    else:
+        model = build_under_default_dtype(config, dtype)
+    mixer = model.model.layers[0].mixer
+    assert mixer.in_proj.weight.dtype == model.lm_head.weight.dtype == dtype
+    assert mixer.A_log.dtype == mixer.D.dtype == torch.float32
+    # mamba_ssm's initialisation, to the last bit: A = 1..d_state in every channel, D = 1
+    initial_A_log = torch.log(torch.arange(1, mixer.d_state + 1, dtype=torch.float32)).expand_as(mixer.A_log)
+    assert torch.equal(mixer.A_log, initial_A_log) and torch.equal(mixer.D, torch.ones_like(mixer.D))
+    model.save_pretrained(tmp_path)
+    reloaded = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=dtype).model.layers[0].mixer
+    assert reloaded.A_log.dtype == reloaded.D.dtype == torch.float32
+    assert torch.equal(reloaded.A_log, mixer.A_log) and torch.equal(reloaded.D, mixer.D)
+
+
+@pytest.mark.parametrize("model_class", [MusicHybridModel, MusicHybridForCausalLM])
+def test_output_flags_set_on_the_config_apply_unless_the_argument_says_otherwise(tmp_path, model_class):
+    causal_lm = tiny_model()
+    (causal_lm.model if model_class is MusicHybridModel else causal_lm).save_pretrained(tmp_path)
+    input_ids = codes_to_model_inputs(torch.randint(0, 1024, (1, 9, 3)), causal_lm.config)["input_ids"]
+
+    hidden = model_class.from_pretrained(tmp_path, output_hidden_states=True).eval()
+    assert len(hidden(input_ids).hidden_states) == causal_lm.config.num_hidden_layers + 1
+    assert hidden(input_ids, output_hidden_states=False).hidden_states is None
+    tuples = model_class.from_pretrained(tmp_path, return_dict=False).eval()
+    assert type(tuples(input_ids)) is tuple
+    assert isinstance(tuples(input_ids, return_dict=True), ModelOutput)
+    attentions = model_class.from_pretrained(tmp_path, output_attentions=True).eval()
+    with pytest.raises(ValueError, match="config.output_attentions: this model does not return attention weights"):
+        attentions(input_ids)
+    torch.testing.assert_close(attentions(input_ids, output_attentions=False)[0], hidden(input_ids)[0])
+    if model_class is MusicHybridForCausalLM:  # generate reads the outputs it needs whatever the config's flags
+        for model in (hidden, tuples):
+            assert model.generate(max_new_tokens=2).shape == (1, 9, 2)
+
+
+def mixer_calls_in_a_training_step(model, inputs):
+    """How often each layer's mixer ran in one forward and backward pass: twice where the backward pass recomputed
+    the layer. Returns (calls per layer, the gradients)."""
+    calls = [0] * len(model.model.layers)
+
+    def count(index):
+        return lambda *_: calls.__setitem__(index, calls[index] + 1)
+
+    hooks = [layer.mixer.register_forward_pre_hook(count(i)) for i, layer in enumerate(model.model.layers)]
+    model(**inputs).loss.backward()
+    for hook in hooks:
+        hook.remove()
+    return calls, torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.filterwarnings("error:`gradient_checkpointing_enable` is deprecated:FutureWarning")  # (transformers 5.23+)
+def test_activation_checkpointing_recomputes_the_layers_it_selects_and_only_those():
+    inputs = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 6)), MusicHybridConfig.from_preset("hybrid-tiny"))
+    calls, expected = mixer_calls_in_a_training_step(tiny_model().train(), inputs)
+    assert calls == [1, 1, 1, 1]
+
+    every_layer = tiny_model().train()
+    enable_activation_checkpointing(every_layer)  # what training/loop.py does
+    calls, gradients = mixer_calls_in_a_training_step(every_layer, inputs)
+    assert calls == [2, 2, 2, 2]
+    torch.testing.assert_close(gradients, expected, rtol=1e-5, atol=1e-7)
+
+    every_other_layer = tiny_model().train()
+    if hasattr(every_other_layer, "activation_checkpointing_enable"):  # transformers 5.23+
+        every_other_layer.activation_checkpointing_enable(every_n_layers=2)
+    else:  # earlier releases select layers by their own flags only
+        every_other_layer.gradient_checkpointing_enable()
+        for layer in every_other_layer.model.layers[1::2]:
+            layer.gradient_checkpointing = False
+    calls, gradients = mixer_calls_in_a_training_step(every_other_layer, inputs)
+    assert calls == [2, 1, 2, 1]
+    torch.testing.assert_close(gradients, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["hybrid-tiny", "transformer-tiny"])
+def test_half_precision_checkpoints_generate_on_one_and_two_threads_for_one_to_four_samples(
+    tmp_path, request, name, dtype, threads
+):
+    if threads == 2:
+        request.getfixturevalue("two_threads")
+    tiny_model(name).save_pretrained(tmp_path)
+    model = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=dtype).eval()
+    prompt = torch.randint(0, 1024, (1, 9, 2))
+    for batch in (1, 2, 4):  # split products below 4 rows, packed weights from 4 on where the CPU packs `dtype`
+        # The thread count calibrated at the start (on two threads), then every step on `threads` for certain
+        with mock.patch.object(fast_decoding_music_hybrid, "fastest_thread_count", return_value=threads):
+            pinned = model.generate(prompt.repeat(batch, 1, 1), max_new_tokens=4)
+        for codes in (model.generate(prompt.repeat(batch, 1, 1), max_new_tokens=4), pinned):
+            assert codes.shape == (batch, 9, 6) and 0 <= codes.min() and codes.max() < 1024
+            assert torch.equal(codes[:, :, :2], prompt.repeat(batch, 1, 1))
+
+
+@pytest.mark.parametrize("name", ["hybrid-tiny", "transformer-tiny"])
+def test_forward_exports_with_torch_export_and_the_program_gives_the_eager_logits(name):
+    model = tiny_model(name).eval()
+    input_ids = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)["input_ids"]
+    program = torch.export.export(model, (), {"input_ids": input_ids}).module()
+    other_ids = codes_to_model_inputs(torch.randint(0, 1024, (2, 9, 5)), model.config)["input_ids"]
+    for ids in (input_ids, other_ids):
+        expected = model(input_ids=ids).logits
+        exported = program(input_ids=ids).logits  # with gradients, as a fine-tuning run would call it
+        torch.testing.assert_close(exported, expected)
+        exported.sum().backward()
+        with torch.no_grad():
+            torch.testing.assert_close(program(input_ids=ids).logits, expected)
+    # The checks that read the inputs' values were skipped while exporting, and only then.
+    with pytest.raises(ValueError, match=r"input_ids must lie in \[0, 1027\)"):
+        model(input_ids=input_ids + 1027)
 
 
 def test_generation_with_torchao_int8_weights_steps_off_the_fast_products():

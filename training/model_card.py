@@ -85,7 +85,10 @@ def model_card_text(
         + "```json\n" + json.dumps(codec, indent=2) + "\n```"
         + ("\n\nThis is a **randomly initialised** codec: its codes carry no musical meaning and the model's "
            "audio is noise-like. Use it to test the pipeline, not to judge the model."
-           if codec.get("backend") == "random" else ""),
+           if codec.get("backend") == "random" else "")
+        + ("\n\nThe codec was **fitted** to the training audio (an offline, small-data codec with DAC's token layout, "
+           "not DAC): its parameters, `codec_fitted.safetensors`, are in this repository beside the weights."
+           if codec.get("backend") == "fitted" else ""),
         "## Usage\n\n" + usage_snippet(),
         *([genres_section(config)] if config.genres is not None else []),
         documentation_section(config),
