@@ -30,7 +30,9 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .matrix_memory_caching_music_hybrid import (
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
-    from .memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
+    from .memory_caching_music_hybrid import (
+        INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory,
+    )
     from .recurrent_parts_music_hybrid import (
         causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
     )
@@ -38,7 +40,7 @@ except ImportError:  # from the repository root they are plain modules
     from matrix_memory_caching_music_hybrid import (
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
-    from memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
+    from memory_caching_music_hybrid import INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory
     from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
 
 logger = logging.get_logger(__name__)
@@ -113,6 +115,7 @@ class GatedDeltaNetMixer(nn.Module):
         self.memory = MemorySettings.from_config(config)
         if self.memory is not None:  # the query W_u x_t of each query/key head, scoring the cached memories
             self.memory_query = nn.Linear(self.hidden_size, self.key_dim, bias=False)
+            self.memory_gate = nn.Parameter(torch.empty((), dtype=torch.float32))  # see INITIAL_GATE
         log_gdn_path_once(config)
 
     def init_own_weights(self):
@@ -122,6 +125,8 @@ class GatedDeltaNetMixer(nn.Module):
         init_dt_bias(self.dt_bias, 0.001, 0.1, 1e-4)
         for conv in (self.q_conv1d, self.k_conv1d, self.v_conv1d):
             init_depthwise_conv(conv)
+        if self.memory is not None:
+            init.constant_(self.memory_gate, INITIAL_GATE[self.config.mamba_memory_init])
 
     def init_state(self, batch_size, max_positions, device, dtype, **settings):
         """The decoding state, constant in size: the last conv_size inputs of each short convolution and the
@@ -228,7 +233,7 @@ class GatedDeltaNetMixer(nn.Module):
         query, written = self.memory_query_and_keys(hidden_states, k)
         cached = None if state is None else cached_memory(state, self.memory, start)
         o, new_memory = cached_scan_readout(
-            o, q, written, query, segment_states.transpose(-1, -2), start, self.memory, cached
+            o, q, written, query, self.memory_gate, segment_states.transpose(-1, -2), start, self.memory, cached
         )
         if state is not None:
             store_memory(state, self.memory, *new_memory)
@@ -241,7 +246,9 @@ class GatedDeltaNetMixer(nn.Module):
         visible = slots if cache.fixed_shape else filled_slots(state, self.memory, cache.length)
         query, written = self.memory_query_and_keys(hidden_states[:, 0], k)
         memory = state["recurrent"].transpose(-1, -2)
-        return matrix_memory_step(state, self.memory, o, memory, q, written, query, positions, visible)
+        return matrix_memory_step(
+            state, self.memory, o, memory, q, written, query, self.memory_gate, positions, visible
+        )
 
     def kernel_recurrence(self, q, k, v, g, beta, recurrent):
         """fla's kernels on the prepared inputs (normalised and scaled here, so the kernels do neither):

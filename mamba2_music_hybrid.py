@@ -26,7 +26,9 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .matrix_memory_caching_music_hybrid import (
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
-    from .memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
+    from .memory_caching_music_hybrid import (
+        INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory,
+    )
     from .recurrent_parts_music_hybrid import (
         causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
     )
@@ -35,7 +37,7 @@ except ImportError:  # from the repository root they are plain modules
     from matrix_memory_caching_music_hybrid import (
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
-    from memory_caching_music_hybrid import MemorySettings, cached_memory, filled_slots, store_memory
+    from memory_caching_music_hybrid import INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory
     from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
 
 logger = logging.get_logger(__name__)
@@ -119,6 +121,7 @@ class Mamba2Mixer(nn.Module):
         self.memory = MemorySettings.from_config(config)
         if self.memory is not None:  # the query W_u x_t of each group, scoring the cached memories (see MemorySettings)
             self.memory_query = nn.Linear(self.d_ssm, self.ngroups * self.d_state, bias=False)
+            self.memory_gate = nn.Parameter(torch.empty((), dtype=torch.float32))  # see INITIAL_GATE
         log_mamba2_path_once(config)
 
     def init_own_weights(self):
@@ -130,6 +133,8 @@ class Mamba2Mixer(nn.Module):
         init.ones_(self.D)
         init_dt_bias(self.dt_bias, config.mamba2_dt_min, config.mamba2_dt_max, config.mamba2_dt_init_floor)
         init_depthwise_conv(self.conv1d)
+        if self.memory is not None:
+            init.constant_(self.memory_gate, INITIAL_GATE[config.mamba_memory_init])
 
     def init_state(self, batch_size, max_positions, device, dtype, **settings):
         """The decoding state, constant in size: the last d_conv inputs of the conv ("conv", (B, conv_dim,
@@ -228,7 +233,7 @@ class Mamba2Mixer(nn.Module):
             query = self.memory_query(x.flatten(-2)).to(dtype).unflatten(-1, (self.ngroups, self.d_state))
             readouts = scan_inputs[4].repeat_interleave(self.nheads // self.ngroups, dim=2)
             y, new_memory = cached_scan_readout(
-                y, readouts, scan_inputs[3], query, segment_states, start, self.memory, cached
+                y, readouts, scan_inputs[3], query, self.memory_gate, segment_states, start, self.memory, cached
             )
             if state is not None:
                 store_memory(state, self.memory, *new_memory)
@@ -252,7 +257,9 @@ class Mamba2Mixer(nn.Module):
             visible = slots if cache.fixed_shape else filled_slots(state, self.memory, cache.length)
             query = self.memory_query(x.flatten(-2)).to(dtype).unflatten(-1, (self.ngroups, self.d_state))
             readout = C.repeat_interleave(self.nheads // self.ngroups, dim=1)
-            y = matrix_memory_step(state, self.memory, y, state["ssm"], readout, B, query, positions, visible)
+            y = matrix_memory_step(
+                state, self.memory, y, state["ssm"], readout, B, query, self.memory_gate, positions, visible
+            )
         y = y + x.to(dtype) * self.D.to(dtype)[:, None]
         return self.output(y.reshape(-1, self.d_ssm).to(x.dtype), z, z0, x0)[:, None]
 

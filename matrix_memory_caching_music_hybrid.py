@@ -32,11 +32,12 @@ def alignment_padding(start, chunk_size):
     return start % chunk_size
 
 
-def cached_scan_readout(y_live, readouts, written, query, segment_states, start, settings, cached=None):
+def cached_scan_readout(y_live, readouts, written, query, gate, segment_states, start, settings, cached=None):
     """The outputs of a whole input with memory caching, and the memories it adds.
 
     y_live (batch, T, heads, out): the live readouts M_t r_t; readouts r_t (batch, T, heads, n); written (batch, T,
-    key_heads, n): the vectors each key head wrote with; query W_u x_t (batch, T, key_heads, n); segment_states
+    key_heads, n): the vectors each key head wrote with; query W_u x_t (batch, T, key_heads, n); gate: the layer's
+    memory gate (see `memory_weights`); segment_states
     (batch, s, heads, out, n): the memories at the segment ends inside the inputs; cached: the memories of earlier
     positions (states, keys (batch, m, key_heads, n), segment indices (m,), the sum of `written` over the current
     segment before `start`) or None. Returns y and the new memories (the same four fields)."""
@@ -60,7 +61,7 @@ def cached_scan_readout(y_live, readouts, written, query, segment_states, start,
     live_scores = (query * live_keys).sum(-1) * scale  # (batch, T, key_heads)
     scores = torch.einsum("btkn,bmkn->btkm", query, keys) * scale
     valid = settings.valid(memory_segments, segments[:, None])[:, None, :]  # (T, 1, m)
-    live_weights, weights = memory_weights(live_scores, scores, valid, settings)
+    live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = mixed_readout(y_live, live_weights, weights, readouts, states)
     return y, new_memory
 
@@ -81,7 +82,7 @@ def mixed_readout(y_live, live_weights, weights, readouts, states):
     return live_weights[..., None] * y_live + cached.view(batch, heads, length, out).transpose(1, 2)
 
 
-def matrix_memory_step(memory, settings, y_live, state, readout, written, query, positions, visible):
+def matrix_memory_step(memory, settings, y_live, state, readout, written, query, gate, positions, visible):
     """One decoding step: y_live (batch, heads, out) = M_t r_t of the new memory `state` (batch, heads, out, n);
     readout r_t (batch, heads, n); written and query (batch, key_heads, n); positions: the step's position (one
     element, a tensor); `memory`: the layer's decoding state (see `empty_matrix_memory`), of which the step reads
@@ -97,7 +98,8 @@ def matrix_memory_step(memory, settings, y_live, state, readout, written, query,
     scale = query.shape[-1] ** -0.5
     live_scores = (query * live_key).sum(-1) * scale  # (batch, key_heads)
     scores = torch.einsum("bkn,bmkn->bkm", query, keys) * scale
-    live_weights, weights = memory_weights(live_scores, scores, settings.valid(memory_segments, segment), settings)
+    valid = settings.valid(memory_segments, segment)
+    live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = mixed_readout(y_live[:, None], live_weights[:, None], weights[:, None], readout[:, None], states)[:, 0]
     # Written by index whatever the position (a fixed-shape step): the slot's old content unless a segment ends.
     segment_ends = in_segment == segment_length - 1

@@ -42,12 +42,21 @@ def test_scans_return_the_recurrence_states_at_segment_ends(start):
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("aggregation", ["gated", "sparse", "residual"])
 def test_decoding_equals_the_full_forward_and_the_first_segment_is_plain(name, aggregation):
-    model = model_of(name, mamba_memory_segment_length=16, mamba_memory_aggregation=aggregation, mamba_memory_top_k=1)
+    """At the "full" initialisation the memories take part from the first segment end on; at the default "base"
+    one the layer computes its plain layer's outputs everywhere (the gate starts at 0)."""
+    memory = dict(mamba_memory_segment_length=16, mamba_memory_aggregation=aggregation, mamba_memory_top_k=1)
+    model = model_of(name, mamba_memory_init="full", **memory)
     plain = model_of(name)
     missing, unexpected = plain.load_state_dict(model.state_dict(), strict=False)
-    assert not missing and {key.split(".")[-2] for key in unexpected} == {"memory_query"}
+    assert not missing and {key.split(".mixer.")[1] for key in unexpected} == {"memory_query.weight", "memory_gate"}
     input_ids = torch.randint(0, 1024, (2, 9, 60), generator=torch.Generator().manual_seed(1))
+    base = model_of(name, **memory)
+    base.load_state_dict(model.state_dict())
     with torch.no_grad():
+        for layer in base.model.layers:
+            if hasattr(layer.mixer, "memory_gate"):
+                layer.mixer.memory_gate.zero_()
+        torch.testing.assert_close(base(input_ids).logits, plain(input_ids).logits, rtol=1e-12, atol=1e-12)
         full = model(input_ids).logits
         cache = model.model.new_cache(2, 64)
         pieces = [model(input_ids[:, :, :21], cache=cache).logits, model(input_ids[:, :, 21:40], cache=cache).logits]
@@ -61,7 +70,9 @@ def test_decoding_equals_the_full_forward_and_the_first_segment_is_plain(name, a
 @pytest.mark.parametrize("name", PRESETS)
 def test_memory_query_trains_and_compiled_decoding_equals_eager(name):
     torch.manual_seed(0)
-    config = MusicHybridConfig.from_preset(name, codec=None, mamba_memory_segment_length=16, mamba_memory_max_segments=2)
+    config = MusicHybridConfig.from_preset(
+        name, codec=None, mamba_memory_segment_length=16, mamba_memory_max_segments=2, mamba_memory_init="full"
+    )
     model = MusicHybridForCausalLM(config)
     codes = torch.randint(0, 1024, (2, 9, 40), generator=torch.Generator().manual_seed(2))
     model(**codes_to_model_inputs(codes, config)).loss.backward()
