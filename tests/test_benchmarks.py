@@ -78,8 +78,10 @@ def test_training_benchmark_times_a_step_of_each_preset():
 
 def test_mqar_quick_run_trains_every_arm_and_reports_accuracy_share_and_gate_weights(tmp_path):
     output = run_benchmark_without_repeats("bench.bench_mqar", "--quick", "--output", str(tmp_path / "mqar.json"))
-    arms = ["attention hybrid", "mamba", "mamba + gated caching", "mamba + residual caching",
-            "mamba, within one segment (control)"]
+    # Every registered recurrent kind brings its arms (Mamba-2 and Gated DeltaNet with their caching arms too).
+    arms = list(bench_mqar.arm_configs(bench_mqar.parse_args(["--quick"])))
+    assert arms[0] == "attention hybrid" and arms[-1] == "mamba, within one segment (control)"
+    assert {"mamba", "mamba + gated caching", "mamba + residual caching", "mamba2", "gated_deltanet"} <= set(arms)
     for row in [f"| {arm} " for arm in arms] + ["4 pairs [95% CI]", "8 pairs [95% CI]",
                                                  "weight on the cached segment holding the pair", "verdict: "]:
         assert row in output
