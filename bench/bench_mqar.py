@@ -64,6 +64,8 @@ def parse_args(argv=None):
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--segment-length", type=int, default=64, help="memory segment in positions (multiple of 16)")
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16, 32, 64], help="key-value pair counts")
+    parser.add_argument("--kinds", nargs="+", default=None,
+                        help="recurrent mixer kinds to run (default: every registered one)")
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden-size", type=int, default=64)
     parser.add_argument("--d-state", type=int, default=16, help="state size per channel of the Mamba layers")
@@ -150,7 +152,10 @@ def recurrent_kinds():
 
 def arm_configs(args):
     """name -> dict(config, sequence_length, pairs, kind, aggregation)."""
-    kinds = recurrent_kinds()
+    kinds = recurrent_kinds() if args.kinds is None else args.kinds
+    unknown = sorted(set(kinds) - set(recurrent_kinds()))
+    if unknown:
+        raise ValueError(f"--kinds: {unknown} are not registered recurrent kinds; choose from {recurrent_kinds()}")
     common = dict(
         num_codebooks=1, codebook_size=args.vocab, vocab_size=args.vocab + 2, pad_token_id=args.vocab,
         bos_token_id=args.vocab + 1, eos_token_id=None, hidden_size=args.hidden_size,
