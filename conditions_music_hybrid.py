@@ -17,6 +17,10 @@ from torch import nn
 from transformers import initialization as init
 
 
+# torch.export sets it; torch releases before it existed never export this model (see the export test)
+is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
+
 class GenreCondition(nn.Embedding):
     """The genre of a genre-conditioned model (`config.genres`): one embedding row per genre and a last row for
     the null genre ("no genre given"), added to every position next to the code embeddings. Every layer kind sees
@@ -55,7 +59,7 @@ class GenreCondition(nn.Embedding):
         if not torch.is_tensor(genre_ids) or genre_ids.shape != (batch,) or genre_ids.is_floating_point():
             shape = tuple(genre_ids.shape) if torch.is_tensor(genre_ids) else type(genre_ids).__name__
             raise ValueError(f"genre_ids must be integers of shape ({batch},), one per row, got {shape}")
-        if not torch.compiler.is_exporting() and genre_ids.numel():
+        if not is_exporting() and genre_ids.numel():
             if not bool(((genre_ids >= 0) & (genre_ids <= self.null_value)).all()):
                 raise ValueError(f"genre_ids must lie in [0, {self.null_value}] ({self.null_value}: the null genre)")
         return genre_ids.to(device=device, dtype=torch.long)

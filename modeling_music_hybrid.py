@@ -60,6 +60,9 @@ except ImportError:  # from the repository root they are plain modules
     from mamba2_music_hybrid import Mamba2Mixer
     from processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 
+# torch.export sets it; torch releases before it existed never export this model (see the export test)
+is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
 __all__ = [
     "IGNORE_INDEX", "MIXERS", "MusicHybridCache", "MusicHybridForCausalLM", "MusicHybridModel", "apply_delay_pattern",
     "codes_to_model_inputs", "register_mixer", "undo_delay_pattern",
@@ -618,7 +621,7 @@ def refuse_unused_arguments(attention_mask, unused, config):
         raise ValueError(f"forward() does not take {', '.join(given)}")
     if config.output_attentions and "output_attentions" not in unused:
         raise ValueError("config.output_attentions: this model does not return attention weights; set it to False")
-    if attention_mask is not None and not torch.compiler.is_exporting() and not bool(torch.all(attention_mask == 1)):
+    if attention_mask is not None and not is_exporting() and not bool(torch.all(attention_mask == 1)):
         raise ValueError(
             "attention_mask: this model takes no padding mask, only all ones; pad short clips with pad frames "
             "(labels -100), as codes_to_model_inputs does"
@@ -633,7 +636,7 @@ def check_token_ids(ids, config, name, upper, allow_ignore=False):
         raise ValueError(f"{name} must have shape (batch, {config.num_codebooks}, positions), got {shape}")
     if ids.is_floating_point():
         raise ValueError(f"{name} must be integers")
-    if torch.compiler.is_exporting() or ids.numel() == 0:
+    if is_exporting() or ids.numel() == 0:
         return
     if not bool(((ids >= 0) & (ids < upper) | (allow_ignore & (ids == IGNORE_INDEX))).all()):
         ignore = " or -100" if allow_ignore else ""

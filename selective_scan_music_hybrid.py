@@ -10,6 +10,9 @@ import functools
 
 import torch
 
+# torch.export sets it; torch releases before it existed never export this model (see the export test)
+is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+
 # exp(x) = exp2(x log2(e)): on CPU exp2 is cheaper than exp, and the decays exp(delta A) are most of the
 # scan's arithmetic (one per time step, channel and state).
 LOG2_E = 1.4426950408889634
@@ -49,7 +52,7 @@ def selective_scan(
         initial_state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1], dtype=torch.float32)
     inputs = (u, delta, A, B, C, initial_state)
     grid = ScanGrid(u.shape[-1], chunk_size, offset, segment_length)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not torch.compiler.is_exporting():
+    if torch.is_grad_enabled() and any(t.requires_grad for t in inputs) and not is_exporting():
         y, last_state, segment_states = SelectiveScan.apply(*inputs, grid, compiled)
     else:
         with torch.autocast(u.device.type, enabled=False):
@@ -117,7 +120,7 @@ def scan_forward(u, delta, A, B, C, initial_state, grid, compiled, keep_start_st
     for i, span in enumerate(spans):
         if keep_start_states:
             start_states[i] = state
-        if torch.compiler.is_exporting():
+        if is_exporting():
             y[span], state = fused_chunk_forward(state, u[span], delta[span], exponents, B[span], C[span])
         elif compiled and u[span].shape[0] == chunk_size:  # a shorter chunk would compile again
             y[span], state = compiled_chunk_function(fused_chunk_forward)(
