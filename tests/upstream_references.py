@@ -48,7 +48,12 @@ def package_folder(request, package):
     if spec is not None and spec.submodule_search_locations:
         return Path(list(spec.submodule_search_locations)[0])
     distribution, version, pip_arguments = RELEASES[package]
-    cache = Path(request.config.cache.mkdir("upstream-references")) / f"{distribution}-{version}"
+    pytest_cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: a folder of this session
+    if pytest_cache is not None:
+        root = pytest_cache.mkdir("upstream-references")
+    else:
+        root = request.getfixturevalue("tmp_path_factory").mktemp("upstream")
+    cache = Path(root) / f"{distribution}-{version}"
     folder = next(cache.glob(f"**/{package}/__init__.py"), None) if cache.exists() else None
     if folder is None:
         download(distribution, version, pip_arguments, cache)
