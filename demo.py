@@ -48,7 +48,7 @@ CODECS = ("fitted", "random", "pretrained")
 MODELS = {
     "transformer-small": ("transformer-small", "", False),
     "hybrid-small": ("hybrid-small", "", False),
-    "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=64", False),
+    "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=32", False),
     "hybrid-small-genres": ("hybrid-small", "", True),
     # The field's other recurrent layers in place of Mamba-1 (Zonos / Granite 4 / Nemotron-H; Qwen3-Next, Kimi).
     "hybrid-small-mamba2": ("hybrid-small", "recurrent_mixer=mamba2,mamba2_d_state=64,mamba2_headdim=32", False),
@@ -63,18 +63,18 @@ NUM_STAGES = 4
 class DemoSettings:
     output_dir: str = "demo_output"
     codec: str = "fitted"
-    codec_centroids: int = 1024
+    codec_centroids: int = 128
     num_tracks: int = 36
     track_seconds: float = 5.0
     model_overrides: str = "hidden_size=128,intermediate_size=512,num_hidden_layers=4,max_position_embeddings=1024"
-    segment_length: int = 256
+    segment_length: int = 128
     batch_size: int = 8
-    max_steps: int = 80
-    learning_rate: float = 1.5e-3
+    max_steps: int = 60
+    learning_rate: float = 3e-3
     samples_per_model: int = 4
     prompt_seconds: float = 1.0
     sample_seconds: float = 2.0
-    num_resamples: int = 2000
+    num_resamples: int = 1000
     seed: int = 0
 
 
@@ -98,7 +98,8 @@ def parse_args(argv: list[str] | None) -> DemoSettings:
     parser.add_argument("--pretrained_codec", dest="codec", action="store_const", const="pretrained",
                         help="the same as --codec pretrained")
     parser.add_argument("--codec_centroids", type=int, default=defaults.codec_centroids,
-                        help="centroids per codebook of the fitted codec")
+                        help="centroids per codebook of the fitted codec (up to DAC's 1024; the demo's few minutes "
+                             "of audio fill fewer)")
     parser.add_argument("--num_tracks", type=int, default=defaults.num_tracks, help="procedural tracks to make")
     parser.add_argument("--track_seconds", type=float, default=defaults.track_seconds, help="length of each track")
     parser.add_argument("--model_overrides", default=defaults.model_overrides,
@@ -131,22 +132,22 @@ def run_demo(settings: DemoSettings) -> dict:
     if settings.codec == "random":
         print(RANDOM_CODEC_WARNING, flush=True)
 
-    stage(1, f"{settings.num_tracks} procedural tracks x {settings.track_seconds:g} s -> codes ({settings.codec} "
-             "codec)")
+    stage(1, started, f"{settings.num_tracks} procedural tracks x {settings.track_seconds:g} s -> codes "
+                      f"({settings.codec} codec)")
     dataset = build_codes(settings, paths["codes"])
 
-    stage(2, "context-free baselines fitted on the training codes, scored on the validation segments")
+    stage(2, started, "context-free baselines fitted on the training codes, scored on the validation segments")
     baselines = compute_baselines(settings, dataset)
     print(format_baselines(baselines), flush=True)
 
     evaluations = {}
     for name, model_dir in paths["models"].items():
-        stage(3, f"training {name} for {settings.max_steps} steps ({settings.batch_size} x {settings.segment_length} "
-                 "positions), then evaluating it")
+        stage(3, started, f"training {name} for {settings.max_steps} steps ({settings.batch_size} x "
+                          f"{settings.segment_length} positions), then evaluating it")
         evaluations[name] = train_model(settings, *MODELS[name], paths["codes"], model_dir)["eval"]
 
-    stage(4, "compare_models: per-codebook differences, paired bootstrap, Holm; then "
-             f"{settings.samples_per_model} samples per model (same prompts and seeds) and their FAD")
+    stage(4, started, "compare_models: per-codebook differences, paired bootstrap, Holm; then "
+                      f"{settings.samples_per_model} samples per model (same prompts and seeds) and their FAD")
     report = compare(settings, paths)
     fad = report["fad"]
     paths["wavs"] = [path for files in fad["sample_files"].values() for path in files]
@@ -157,8 +158,9 @@ def run_demo(settings: DemoSettings) -> dict:
     return {"paths": paths, **results}
 
 
-def stage(number: int, description: str) -> None:
-    print(f"\n=== {number}/{NUM_STAGES} {description}", flush=True)
+def stage(number: int, started: float, description: str) -> None:
+    """The stage's banner with the minutes since the demo started, so the log shows where the time goes."""
+    print(f"\n=== {number}/{NUM_STAGES} [{(time.time() - started) / 60:.1f} min] {description}", flush=True)
 
 
 def build_codes(settings: DemoSettings, codes_dir: str):

@@ -56,7 +56,7 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     assert all(style in Path(path).name for style, path in zip(styles, paths["style_wavs"], strict=True))
     assert "hybrid-small-genres: genre information" in summary
     memory_config = json.loads((Path(paths["models"]["hybrid-small-memory"]) / "config.json").read_text())
-    assert memory_config["mamba_memory_segment_length"] == 64
+    assert memory_config["mamba_memory_segment_length"] == 32
     for name, kind in (("hybrid-small-mamba2", "mamba2"), ("hybrid-small-gdn", "gated_deltanet")):
         config = json.loads((Path(paths["models"][name]) / "config.json").read_text())
         assert kind in config["mixer_types"] and "mamba" not in config["mixer_types"]
