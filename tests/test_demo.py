@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import soundfile
+import torch
 
 import demo
 
@@ -75,3 +76,21 @@ def test_demo_help_describes_the_pipeline(capsys):
     help_text = capsys.readouterr().out
     assert "--pretrained_codec" in help_text and "--codec {fitted,random,pretrained}" in help_text
     assert "baselines" in help_text and "Frechet" in help_text
+
+
+def test_demo_refuses_a_negative_thread_count_in_one_line_before_any_work(tmp_path, capsys):
+    assert demo.main(["--threads", "-1", "--output_dir", str(tmp_path / "demo")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--threads" in error
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_threads_are_the_given_count_or_torchs_or_one():
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert demo.demo_threads(demo.DemoSettings(threads=3)) == 3
+        assert demo.demo_threads(demo.DemoSettings(**TINY)) in (1, 2)  # the calibration's pick: load decides which
+        assert torch.get_num_threads() == 2  # choosing does not set it: run_demo does, and restores it after
+    finally:
+        torch.set_num_threads(threads)
