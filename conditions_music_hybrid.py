@@ -206,7 +206,7 @@ class TextCondition(nn.Module):
     def cross_attention_input(self, text_hidden_states, text_attention_mask):
         """(B, S, hidden) states that every layer's cross-attention reads, and the additive (B, 1, 1, S) mask of
         their padding."""
-        states = self.projection(text_hidden_states.to(self.projection.weight.dtype))
+        states = self.projection(text_hidden_states)
         padding = (text_attention_mask == 0)[:, None, None, :]
         mask = torch.zeros(padding.shape, dtype=states.dtype, device=states.device)
         return states, mask.masked_fill(padding, torch.finfo(states.dtype).min)

@@ -429,6 +429,25 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
         at any `sampling_rate`, resampled to the codec's with soxr."""
         return torch.stack(self.codec.encode(waveform_clips(waveform, sampling_rate))).to(self.device)
 
+    @property
+    def text_tokenizer(self):
+        """The tokenizer of a text-conditioned model's encoder (shipped in its checkpoint's text_tokenizer folder)."""
+        return self.text_condition().tokenizer
+
+    def tokenize_text(self, descriptions):
+        """Descriptions (a list of str; None or "": no description) -> forward()'s text arguments,
+        {"text_input_ids", "text_attention_mask"} (B, S) int64 on the model's device, padded and cut to
+        `config.max_text_length` tokens."""
+        return self.text_condition().tokenize(descriptions, self.device)
+
+    def text_condition(self):
+        if self.config.text_encoder is None:
+            raise ValueError(
+                "this model has no text condition (config.text_encoder is None): make one with "
+                "MusicHybridConfig(text_encoder=...)"
+            )
+        return self.model.text_condition
+
     def codebook_logits(self, hidden_states):
         """(B, T, hidden) -> (B, K, T, codebook_size)."""
         batch, seq_length, _ = hidden_states.shape
