@@ -10,7 +10,7 @@ position's codes.
 The other parts each live in a file of their own, all shipped next to the weights by save_pretrained (they import
 only each other, relatively inside a checkpoint folder, and installed libraries): the configuration; the Mamba-1
 mixer (mamba_music_hybrid.py) with its selective scan and memory caching; the Mamba-2 and Gated DeltaNet mixers
-(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what they share in recurrent_parts_music_hybrid.py
+(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what the recurrent mixers share in recurrent_parts_music_hybrid.py
 and their memory caching in matrix_memory_caching_music_hybrid.py); the conditions and classifier-free
 guidance (conditions_music_hybrid.py); the decoding cache (cache_music_hybrid.py); generate() and sampling
 (generation_music_hybrid.py); what makes decoding fast (fast_decoding_music_hybrid.py); and the codec, for
