@@ -22,13 +22,17 @@ def assert_trains(model, inputs, steps):
     assert losses[-1] < losses[0]
 
 
-def assert_decoding_equals_the_forward_pass(model, input_ids, prefill=7):
-    """A prefill then one position at a time through a cache gives the full forward pass's logits."""
+def assert_decoding_equals_the_forward_pass(model, input_ids, prefill=7, fixed_shape=False, **conditions):
+    """A prefill then one position at a time through a cache (of fixed shapes: a compiled step's) gives the full
+    forward pass's logits; `conditions` (forward()'s condition arguments) go with every call."""
     with torch.no_grad():
-        full = model(input_ids).logits
-        cache = model.model.new_cache(input_ids.shape[0], input_ids.shape[2])
-        pieces = [model(input_ids[:, :, :prefill], cache=cache).logits]
-        pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(prefill, input_ids.shape[2])]
+        full = model(input_ids, **conditions).logits
+        cache = model.model.new_cache(input_ids.shape[0], input_ids.shape[2], fixed_shape=fixed_shape)
+        pieces = [model(input_ids[:, :, :prefill], cache=cache, **conditions).logits]
+        pieces += [
+            model(input_ids[:, :, t : t + 1], cache=cache, **conditions).logits
+            for t in range(prefill, input_ids.shape[2])
+        ]
     assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
 
 
@@ -51,3 +55,22 @@ def assert_reloads_the_same(model, folder, input_ids):
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids).logits, model(input_ids).logits)
     return reloaded
+
+
+def guided_scores(model, codes, guidance_scale, **conditions):
+    """null + g * (cond - null) of full forward passes over natural `codes` with `conditions` (forward()'s condition
+    arguments) and without: (B, K, positions, V), and the forward passes' input ids."""
+    input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
+    with torch.no_grad():
+        conditional = model(input_ids, **conditions).logits
+        null = model(input_ids).logits
+    return null + guidance_scale * (conditional - null), input_ids
+
+
+def assert_greedy_codes_follow(scores, input_ids, prompt_frames, new_frames):
+    """Every new code of greedy decoding is the argmax of `scores` at the position before it (codebook k of frame
+    f sits at position 1 + f + k)."""
+    for frame in range(prompt_frames, prompt_frames + new_frames):
+        for k in range(input_ids.shape[1]):
+            assert torch.equal(input_ids[:, k, frame + k + 1], scores[:, k, frame + k].argmax(-1)), (frame, k)
+
