@@ -117,7 +117,8 @@ class TextCondition(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.encoder = AutoModelForTextEncoding.from_config(text_encoder_config(config))
+        # in the dtype the model is built in (from_pretrained(dtype=...)), not the one its saved config names
+        self.encoder = AutoModelForTextEncoding.from_config(text_encoder_config(config), dtype=torch.get_default_dtype())
         # transformers gathers the tied weights (T5's input embeddings) of a model's direct children only: passed on
         # from the encoder, so that loading ties them again
         self.all_tied_weights_keys = {
@@ -211,7 +212,7 @@ class TextCondition(nn.Module):
     def cross_attention_input(self, text_hidden_states, text_attention_mask):
         """(B, S, hidden) states that every layer's cross-attention reads, and the additive (B, 1, 1, S) mask of
         their padding."""
-        states = self.projection(text_hidden_states)
+        states = self.projection(text_hidden_states.to(self.projection.weight.dtype))
         padding = (text_attention_mask == 0)[:, None, None, :]
         mask = torch.zeros(padding.shape, dtype=states.dtype, device=states.device)
         return states, mask.masked_fill(padding, torch.finfo(states.dtype).min)

@@ -258,6 +258,19 @@ def test_lora_wrapped_text_model_trains_and_generates(text_encoder):
     assert wrapped.generate(max_new_tokens=3, text="calm", guidance_scale=3.0).shape == (1, 9, 3)
 
 
+def test_cross_attention_runs_through_sdpa_and_eager_and_the_encoder_loads_in_the_model_dtype(text_encoder, tmp_path):
+    model = text_model(text_encoder)
+    input_ids, tokens = model_inputs(model), model.tokenize_text([DESCRIPTIONS[0], None])  # padded: a masked key
+    sdpa = model(input_ids, **tokens).logits
+    model.set_attn_implementation("eager")
+    assert torch.allclose(model(input_ids, **tokens).logits, sdpa, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    half = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    # the encoder in the model's dtype, not the float32 its saved config names
+    assert {p.dtype for p in half.model.text_condition.parameters()} == {torch.bfloat16}
+    assert (half(input_ids, **tokens).logits.float() - sdpa).abs().max() < 0.1
+
+
 LOAD_AND_GENERATE = textwrap.dedent("""
     import json, sys
     import torch
