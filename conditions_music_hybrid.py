@@ -21,6 +21,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForTextEncoding, AutoTokenizer
 from transformers import initialization as init
 
+try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
+    from .configuration_music_hybrid import read_text_encoder_config
+except ImportError:  # from the repository root they are plain modules
+    from configuration_music_hybrid import read_text_encoder_config
+
 
 # torch.export sets it; torch releases before it existed never export this model (see the export test)
 is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
@@ -219,7 +224,11 @@ class TextCondition(nn.Module):
 
 
 def text_encoder_config(config):
-    """The text encoder's transformers config, rebuilt from `config.text_encoder_config` (a dict)."""
+    """The text encoder's transformers config, rebuilt from `config.text_encoder_config` (a dict), which is read
+    from `config.text_encoder` where a text condition was set on a config after it was made (from_pretrained(path,
+    text_encoder=...) on a checkpoint without text)."""
+    if config.text_encoder_config is None:
+        config.text_encoder_config = read_text_encoder_config(config.text_encoder)
     fields = dict(config.text_encoder_config)
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 

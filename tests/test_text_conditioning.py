@@ -74,6 +74,21 @@ def test_text_adds_only_its_own_weights_and_the_encoder_is_the_pretrained_one(te
         assert torch.equal(weight, pretrained[key]), key
 
 
+def test_text_added_to_a_checkpoint_without_text_keeps_its_weights_and_reads_the_pretrained_encoder(text_encoder, tmp_path):
+    from transformers import T5EncoderModel
+
+    torch.manual_seed(0)
+    plain = MusicHybridForCausalLM(MusicHybridConfig.from_preset("hybrid-tiny"))
+    plain.save_pretrained(tmp_path)
+    model = MusicHybridForCausalLM.from_pretrained(tmp_path, text_encoder=text_encoder).eval()
+    for key, weight in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[key], weight), key
+    pretrained = T5EncoderModel.from_pretrained(text_encoder).state_dict()
+    for key, weight in model.model.text_condition.encoder.state_dict().items():
+        assert torch.equal(weight, pretrained[key]), key
+    assert model.text_tokenizer("calm")["input_ids"] == [102, 100, 111, 112, 1]  # ByT5: bytes + 3, then the end
+
+
 def test_descriptions_change_the_logits_and_none_is_the_empty_description(text_encoder):
     model = text_model(text_encoder)
     input_ids = model_inputs(model)
