@@ -123,7 +123,9 @@ class TextCondition(nn.Module):
         super().__init__()
         self.config = config
         # in the dtype the model is built in (from_pretrained(dtype=...)), not the one its saved config names
-        self.encoder = AutoModelForTextEncoding.from_config(text_encoder_config(config), dtype=torch.get_default_dtype())
+        self.encoder = AutoModelForTextEncoding.from_config(
+            text_encoder_config(config), dtype=torch.get_default_dtype()
+        )
         # transformers gathers the tied weights (T5's input embeddings) of a model's direct children only: passed on
         # from the encoder, so that loading ties them again
         self.all_tied_weights_keys = {
@@ -208,9 +210,9 @@ class TextCondition(nn.Module):
         None or "" entries: no description) -> the encoded descriptions of the rows (encoded once), and whether any
         row has one."""
         descriptions = values_per_row(text, rows, num_prompts, self.generate_argument, "description")
-        wrong = [description for description in descriptions if description is not None and not isinstance(description, str)]
+        wrong = [type(entry).__name__ for entry in descriptions if entry is not None and not isinstance(entry, str)]
         if wrong:
-            raise ValueError(f"text takes descriptions (str, or None for none), got {type(wrong[0]).__name__}")
+            raise ValueError(f"text takes descriptions (str, or None for none), got {wrong[0]}")
         encoded = self.checked(rows, device, **self.tokenize(descriptions, device))
         return encoded, any(description not in (None, NULL_DESCRIPTION) for description in descriptions)
 

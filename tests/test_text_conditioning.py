@@ -3,6 +3,7 @@ by every layer kind, cached decoding, generate(text=, guidance_scale=) through e
 encoder in training, and checkpoints that carry the encoder and its tokenizer (loaded offline in a fresh process).
 The encoder is a tiny random T5 with ByT5's tokenizer (training/text_encoders.py): nothing is downloaded."""
 
+import inspect
 import json
 import os
 import shutil
@@ -244,6 +245,8 @@ def test_genre_and_text_combine_in_one_model(text_encoder):
 
 def test_the_frozen_encoder_stays_frozen_and_in_eval_mode_while_the_model_trains(text_encoder):
     model = text_model(text_encoder, hidden_dropout=0.1)
+    # HF Trainer (remove_unused_columns) keeps only the dataset columns that forward names
+    assert set(model.tokenize_text(["x"])) <= set(inspect.signature(model.forward).parameters)
     encoder = model.model.text_condition.encoder
     assert not any(p.requires_grad for p in encoder.parameters())
     model.train()
