@@ -236,7 +236,14 @@ def text_encoder_config(config):
 
 
 def load_pretrained_text_encoder(name_or_path):
-    return AutoModelForTextEncoding.from_pretrained(name_or_path)
+    try:
+        return AutoModelForTextEncoding.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"a new text-conditioned model takes its encoder's weights from config.text_encoder={name_or_path!r}, "
+            f"which cannot be loaded ({error}): name a Hub encoder or a folder holding one, or load a checkpoint "
+            "(from_pretrained), which carries its own"
+        ) from error
 
 
 def load_text_tokenizer(config):

@@ -55,6 +55,11 @@ def test_config_reads_the_encoder_and_refuses_what_it_cannot_load(text_encoder, 
     assert not config.train_text_encoder and config.max_text_length == 256
     with pytest.raises(ValueError, match="text_encoder: cannot load .*save_random_text_encoder"):
         MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=str(tmp_path / "missing"))
+    gone = save_random_text_encoder(tmp_path / "gone")
+    config = MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=gone)
+    shutil.rmtree(gone)
+    with pytest.raises(ValueError, match="takes its encoder's weights from config.text_encoder=.*load a checkpoint"):
+        MusicHybridForCausalLM(config)
     with pytest.raises(ValueError, match="max_text_length"):
         MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=text_encoder, max_text_length=0)
     MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=text_encoder, condition_dropout=0.2)  # text alone may drop
