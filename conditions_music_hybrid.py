@@ -131,6 +131,8 @@ class TextCondition(nn.Module):
         self.all_tied_weights_keys = {
             f"encoder.{tied}": f"encoder.{source}" for tied, source in self.encoder.all_tied_weights_keys.items()
         }
+        # likewise the modules it keeps in float32 when loaded in float16 (T5's feed-forward output, which overflows)
+        self._keep_in_fp32_modules = set(self.encoder._keep_in_fp32_modules or ())
         self.projection = nn.Linear(self.encoder.config.hidden_size, config.hidden_size)
         self._tokenizer = None
 
