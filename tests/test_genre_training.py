@@ -36,6 +36,7 @@ def genre_split(num_tracks, frames, seed, prefix, genres=None):
             "duration": [frames * 512 / 44100] * num_tracks,
             "genre": genres,
             "source": ["synthetic"] * num_tracks,
+            "text": [None] * num_tracks,
         },
         features=CODES_FEATURES,
     )
