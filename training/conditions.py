@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from conditions_music_hybrid import NULL_DESCRIPTION, tokenize_descriptions
 from training.genres import configure_genres
 from training.text_conditioning import configure_text
 
@@ -31,9 +32,9 @@ class TrainingCondition:
         return [value != self.null_value for value in self.row_values]
 
 
-def training_conditions(codes_dataset, config, text_tokenizer=None) -> list[TrainingCondition]:
-    """The conditions of `config`'s model over the rows of `codes_dataset` ([] for an unconditional model).
-    text_tokenizer: the model's (model.text_tokenizer), needed when the model reads descriptions."""
+def training_conditions(codes_dataset, model) -> list[TrainingCondition]:
+    """The conditions of `model` (unwrapped) over the rows of `codes_dataset` ([] for an unconditional model)."""
+    config = model.config
     conditions = []
     if config.genres is not None:
         genre_ids = [
@@ -41,11 +42,8 @@ def training_conditions(codes_dataset, config, text_tokenizer=None) -> list[Trai
             for genre in codes_dataset["genre"]
         ]
         conditions.append(TrainingCondition("genre", "genre", genre_ids, config.null_genre_id, collate_genre_ids))
-    if getattr(config, "text_encoder", None) is not None:
-        from text_conditions_music_hybrid import NULL_DESCRIPTION, tokenize_descriptions
-
-        if text_tokenizer is None:
-            raise ValueError("a text-conditioned model's conditions need its tokenizer (model.text_tokenizer)")
+    if config.text_encoder is not None:
+        text_tokenizer = model.text_tokenizer  # the model's own: what generate() tokenizes descriptions with
         texts = [text or NULL_DESCRIPTION for text in codes_dataset["text"]]
 
         def collate(values):
@@ -65,7 +63,7 @@ def configure_conditions(config, model_args, splits: dict, train_split_name: str
     cannot be met."""
     lines = configure_genres(config, model_args, splits, train_split_name, checkpoint_config)
     lines += configure_text(config, model_args, splits, train_split_name, checkpoint_config)
-    if config.genres is None and getattr(config, "text_encoder", None) is None:
+    if config.genres is None and config.text_encoder is None:
         if model_args.condition_dropout is not None:
             raise ValueError("--condition_dropout needs a conditioned model: pass --genre_conditioning or "
                              "--text_conditioning")

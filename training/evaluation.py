@@ -96,7 +96,7 @@ def evaluate_model(
     local_segments = [segments[i] if i < len(segments) else padding for i in local_indices]
     keys = [(segment.row, segment.row_offset) for segment in local_segments]
     windows = CodesWindows(validation_dataset, frames_per_segment(segment_length, num_codebooks), config.pad_token_id)
-    conditions = training_conditions(validation_dataset, config, getattr(unwrapped, "text_tokenizer", None))
+    conditions = training_conditions(validation_dataset, unwrapped)
     if conditions:
         windows = ConditionWindows(windows, conditions)
     # Its own generator: a DataLoader iterator draws a seed, which from the global one would shift the dropout

@@ -380,7 +380,7 @@ def train(run: Run, model) -> dict:
     accelerator.init_trackers("music-hybrid", config={k: v for k, v in run_config.items() if is_scalar(v)})
 
     frames = frames_per_segment(run.data_args.segment_length, config.num_codebooks)
-    conditions = training_conditions(run.train_dataset, config, text_tokenizer_of(accelerator.unwrap_model(model)))
+    conditions = training_conditions(run.train_dataset, accelerator.unwrap_model(model))
     conditional = bool(conditions)
     sampler = RandomCropBatchSampler(
         list(run.train_dataset["num_frames"]), frames, args.per_device_train_batch_size, args.seed,
@@ -479,11 +479,6 @@ def train(run: Run, model) -> dict:
             push_to_hub(args)
     accelerator.wait_for_everyone()
     return {"train": train_results, "eval": last_evaluation}
-
-
-def text_tokenizer_of(model):
-    """The tokenizer of a text-conditioned model's descriptions (None for a model that reads no text)."""
-    return getattr(model, "text_tokenizer", None)
 
 
 def parameter_groups(model, weight_decay: float) -> list[dict]:

@@ -188,7 +188,7 @@ def genres_section(config) -> str:
 
 
 def reads_text(config) -> bool:
-    return getattr(config, "text_encoder", None) is not None
+    return config.text_encoder is not None
 
 
 def text_section(config, evaluation: dict | None) -> str:

@@ -9,6 +9,7 @@ description, and the run says how many.
 
 from __future__ import annotations
 
+from configuration_music_hybrid import read_text_encoder_config
 from training.genres import DEFAULT_CONDITION_DROPOUT
 
 DEFAULT_TEXT_ENCODER = "google-t5/t5-base"  # MusicGen's text encoder
@@ -32,8 +33,6 @@ def configure_text(config, model_args, splits: dict, train_split_name: str, chec
             setattr(config, name, getattr(kept, name))
         config.condition_dropout = kept.condition_dropout
     elif model_args.text_conditioning:
-        from configuration_music_hybrid import read_text_encoder_config
-
         if train_split_name not in splits:
             raise ValueError("--text_conditioning trains a text-conditioned model: pass --do_train")
         if not any(splits[train_split_name]["text"]):
