@@ -127,34 +127,43 @@ def kl_to_description(codes, index):
 def test_tiny_text_conditioned_hybrid_learns_the_description_and_guidance_moves_samples_towards_it(
     tmp_path, capsys, text_encoder
 ):
-    """Codes described by d are uniform over d's own 8 codes: with the true description the first codes of a
-    segment cost log 8 instead of the log 32 of no description. The model reads the descriptions only through a
-    random frozen encoder and its cross-attention, so what it learns is which encoded string goes with which codes."""
+    """Codes described by d are uniform over d's own 8 codes: with the true description the first code of a segment
+    costs log 8 instead of the log 32 of no description. The model reads the descriptions only through a random
+    frozen encoder and its cross-attention, so what it learns is which encoded string goes with which codes.
+
+    Only codebook 0 gains for sure: under the delay pattern, codebook k's first code of a segment is predicted after
+    codebook 0's first k + 1 codes, which name the description already, so a model that reads its context well
+    gains nothing from the text on codebooks 1-8 (measured: 0.16 nats on codebook 0, 0.013 down to -0.001 on the
+    others). Every codebook could gain only if the description held an independent choice per codebook, which a
+    random encoder's cross-attention did not learn in a test's budget."""
     dataset = tmp_path / "described"
     splits = DatasetDict(train=described_split(64, 40, 0, "t"), validation=described_split(16, 40, 1, "v"))
     save_codes_dataset(splits, str(dataset), random_codec())
     output_dir = tmp_path / "run"
     argv = training_argv(str(dataset), output_dir, do_eval=True, text_conditioning=True, text_encoder=text_encoder,
-                         condition_dropout=0.1, max_steps=100, segment_length=16, per_device_train_batch_size=8,
+                         condition_dropout=0.2, max_steps=100, segment_length=16, per_device_train_batch_size=8,
                          logging_steps=50)
     assert run_clm_audio.main(argv) == 0
     printed = capsys.readouterr().out
-    assert f"Text conditioning: encoder {text_encoder} (new), condition dropout 0.1" in printed
+    assert f"Text conditioning: encoder {text_encoder} (new), condition dropout 0.2" in printed
     assert "| codebook | loss, true description | loss, null description | text information (nats) |" in printed
 
     information = json.loads((output_dir / "eval_results.json").read_text())["text_information"]
     assert information["num_segments"] == 16 * 6  # 40 frames in windows of 7, the last one shorter
-    assert min(low for low, _ in information["codebook_information_ci"]) > 0  # every codebook's interval
+    # Margins: codebook 0 saves at least half of its optimum, log(4) / 7 = 0.198 nats per token (measured: 0.157),
+    # and the mean over codebooks lies above zero.
+    assert information["codebook_information_ci"][0][0] > 0.1
     assert information["mean_information"] > 0.01 and information["mean_information_ci"][0] > 0
     card = (output_dir / "README.md").read_text()  # the model card: how to describe, and the information table
     assert "## Text" in card and "text information (nats)" in card and "text-conditioning" in card
 
     model = MusicHybridForCausalLM.from_pretrained(output_dir).eval()
-    assert model.config.text_encoder == text_encoder and model.config.condition_dropout == 0.1
+    assert model.config.text_encoder == text_encoder and model.config.condition_dropout == 0.2
     divergences = {}
     for scale in (1.0, 3.0):
         torch.manual_seed(0)
         samples = [model.generate(max_new_tokens=7, num_return_sequences=64, text=text, guidance_scale=scale,
                                   top_k=0) for text in DESCRIPTIONS]
         divergences[scale] = np.mean([kl_to_description(codes, index) for index, codes in enumerate(samples)])
+    # Margin: guidance removes at least a tenth of the divergence (measured: 0.49 -> 0.37 nats).
     assert divergences[3.0] < 0.9 * divergences[1.0], divergences
