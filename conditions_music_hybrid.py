@@ -119,7 +119,11 @@ class TextCondition(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = AutoModelForTextEncoding.from_config(text_encoder_config(config))
-        self.encoder.requires_grad_(config.train_text_encoder)
+        # transformers gathers the tied weights (T5's input embeddings) of a model's direct children only: passed on
+        # from the encoder, so that loading ties them again
+        self.all_tied_weights_keys = {
+            f"encoder.{tied}": f"encoder.{source}" for tied, source in self.encoder.all_tied_weights_keys.items()
+        }
         self.projection = nn.Linear(self.encoder.config.hidden_size, config.hidden_size)
         self._tokenizer = None
 
@@ -127,9 +131,12 @@ class TextCondition(nn.Module):
     def wanted_by(config):
         return config.text_encoder is not None
 
-    def init_own_weights(self):
-        """The pretrained encoder weights of a new model. Loading a checkpoint brings its own: transformers marks
-        the tensors it loaded, which `init.copy_` leaves alone, so the encoder is read only when one is missing."""
+    def init_encoder(self):
+        """The encoder of a new or loaded model (the backbone's initialisation calls this): frozen unless
+        `config.train_text_encoder` (loading makes new parameters, which take gradients), with the pretrained
+        weights in a new model. Loading a checkpoint brings its own: transformers marks the tensors it loaded,
+        which `init.copy_` leaves alone, so the pretrained encoder is read only where one is missing."""
+        self.encoder.requires_grad_(self.config.train_text_encoder)
         tensors = self.encoder.state_dict(keep_vars=True)
         if all(getattr(tensor, "_is_hf_initialized", False) for tensor in tensors.values()):
             return
@@ -162,8 +169,7 @@ class TextCondition(nn.Module):
             return self.encoder(input_ids=text_input_ids, attention_mask=text_attention_mask).last_hidden_state
 
     def null_values(self, batch, device):
-        null = self.checked(1, device, **self.tokenize([NULL_DESCRIPTION], device))
-        return {name: values.expand(batch, *values.shape[1:]) for name, values in null.items()}
+        return self.checked(batch, device, **self.tokenize([NULL_DESCRIPTION] * batch, device))
 
     def checked(self, batch, device, text_input_ids=None, text_attention_mask=None, text_hidden_states=None):
         """{"text_hidden_states": (B, S, encoder hidden), "text_attention_mask": (B, S) int64}: the encoded

@@ -198,6 +198,9 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         super()._init_weights(module)
         if module is self:  # a non-persistent buffer: rebuilt after meta-device loading
             init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
+            # here, since transformers passes over modules without parameters of their own (in custom code)
+            if self.config.text_encoder is not None:
+                self.text_condition.init_encoder()
 
     def condition_providers(self):
         """forward() argument -> the provider of that condition, for the conditions this model has."""
