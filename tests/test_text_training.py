@@ -131,11 +131,13 @@ def test_tiny_text_conditioned_hybrid_learns_the_description_and_guidance_moves_
     costs log 8 instead of the log 32 of no description. The model reads the descriptions only through a random
     frozen encoder and its cross-attention, so what it learns is which encoded string goes with which codes.
 
-    Only codebook 0 gains for sure: under the delay pattern, codebook k's first code of a segment is predicted after
-    codebook 0's first k + 1 codes, which name the description already, so a model that reads its context well
-    gains nothing from the text on codebooks 1-8 (measured: 0.16 nats on codebook 0, 0.013 down to -0.001 on the
-    others). Every codebook could gain only if the description held an independent choice per codebook, which a
-    random encoder's cross-attention did not learn in a test's budget."""
+    Codebook 0 gains the most: under the delay pattern, codebook k's first code of a segment is predicted after
+    codebook 0's first k + 1 codes, which name the description already, so codebooks 1-8 gain only as far as the
+    model does not yet read that from its context (measured after 100 steps: 0.118 nats per token on codebook 0,
+    0.003 to 0.008 on the others, every interval above zero). A model trained to the optimum would gain nothing
+    there; every codebook would keep a gain only if the description held an independent choice per codebook,
+    which a random encoder's cross-attention did not learn in a test's budget.
+    """
     dataset = tmp_path / "described"
     splits = DatasetDict(train=described_split(64, 40, 0, "t"), validation=described_split(16, 40, 1, "v"))
     save_codes_dataset(splits, str(dataset), random_codec())
@@ -150,10 +152,11 @@ def test_tiny_text_conditioned_hybrid_learns_the_description_and_guidance_moves_
 
     information = json.loads((output_dir / "eval_results.json").read_text())["text_information"]
     assert information["num_segments"] == 16 * 6  # 40 frames in windows of 7, the last one shorter
-    # Margins: codebook 0 saves at least half of its optimum, log(4) / 7 = 0.198 nats per token (measured: 0.157),
-    # and the mean over codebooks lies above zero.
-    assert information["codebook_information_ci"][0][0] > 0.1
-    assert information["mean_information"] > 0.01 and information["mean_information_ci"][0] > 0
+    # Margins: codebook 0 saves at least a quarter of its optimum, log(4) / 7 = 0.198 nats per token (measured:
+    # 0.118); every codebook's interval and the mean's lie above zero (measured: lowest bound 0.0016, mean 0.017).
+    assert information["codebook_information_ci"][0][0] > 0.05
+    assert min(low for low, _ in information["codebook_information_ci"]) > 0
+    assert information["mean_information"] > 0.005 and information["mean_information_ci"][0] > 0
     card = (output_dir / "README.md").read_text()  # the model card: how to describe, and the information table
     assert "## Text" in card and "text information (nats)" in card and "text-conditioning" in card
 
@@ -165,5 +168,5 @@ def test_tiny_text_conditioned_hybrid_learns_the_description_and_guidance_moves_
         samples = [model.generate(max_new_tokens=7, num_return_sequences=64, text=text, guidance_scale=scale,
                                   top_k=0) for text in DESCRIPTIONS]
         divergences[scale] = np.mean([kl_to_description(codes, index) for index, codes in enumerate(samples)])
-    # Margin: guidance removes at least a tenth of the divergence (measured: 0.49 -> 0.37 nats).
+    # Margin: guidance removes at least a tenth of the divergence (measured: 0.72 -> 0.44 nats).
     assert divergences[3.0] < 0.9 * divergences[1.0], divergences
