@@ -14,7 +14,6 @@ modeling_music_hybrid.py and generation_music_hybrid.py import this file; shippe
 """
 
 import math
-
 from pathlib import Path
 
 import torch
@@ -284,9 +283,10 @@ def values_per_row(values, rows, num_prompts, argument, item):
     return values
 
 
-def missing_condition(generate_argument):
-    """The end of the error for a condition argument given to a model without that condition."""
-    kind = next(kind for kind in CONDITIONS.values() if generate_argument in (kind.generate_argument, *kind.arguments))
+def missing_condition(argument):
+    """The end of the error for a condition's argument (of generate() or forward()) given to a model without that
+    condition."""
+    kind = next(kind for kind in CONDITIONS.values() if argument in (kind.generate_argument, *kind.arguments))
     name = kind.generate_argument
     return (
         f"needs a {name}-conditioned model; this model has no {name} condition (a model made with "

@@ -154,9 +154,9 @@ class MusicHybridGenerationMixin:
 
         A decoding step reads every weight once, so a quarter of the bytes can decode up to four times as fast as float32.
         In place, for inference, on a float32 model on CPU (on GPUs, decode in bfloat16). The embedding tables
-        stay float32 (a step reads one row of each), and so does a text condition's encoder and projection, which
-        run once per generation, before the decoding steps (the layers' cross-attention is quantized). Each Mamba dt_proj, whose outputs set the decays exp(delta A)
-        of the state, is quantized too: bench/int8_quality.py measures the effect on the validation loss (see
+        stay float32 (a step reads one row of each), and so do a text condition's encoder and projection, which
+        run once per generation, before the decoding steps (the layers' cross-attention is quantized). Each Mamba
+        dt_proj, whose outputs set the decays exp(delta A) of the state, is quantized too: bench/int8_quality.py measures the effect on the validation loss (see
         docs/performance.md). See `Int8Linear` for the product.
         """
         return quantize_linear_layers(self, mode)

@@ -10,7 +10,7 @@ position's codes.
 The other parts each live in a file of their own, all shipped next to the weights by save_pretrained (they import
 only each other, relatively inside a checkpoint folder, and installed libraries): the configuration; the Mamba-1
 mixer (mamba_music_hybrid.py) with its selective scan and memory caching; the Mamba-2 and Gated DeltaNet mixers
-(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what they share in recurrent_parts_music_hybrid.py
+(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what the recurrent mixers share in recurrent_parts_music_hybrid.py
 and their memory caching in matrix_memory_caching_music_hybrid.py); the conditions and classifier-free
 guidance (conditions_music_hybrid.py); the decoding cache (cache_music_hybrid.py); generate() and sampling
 (generation_music_hybrid.py); what makes decoding fast (fast_decoding_music_hybrid.py); and the codec, for
@@ -358,7 +358,8 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
     ):
         """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
         where nothing is predicted (see `codes_to_model_inputs`). genre_ids: (B,) int64 genre ids of a conditional
-        model (`config.genre_id(name)`; None: the null genre). With `use_cache`, a new `MusicHybridCache` is made
+        model (`config.genre_id(name)`; None: the null genre). text_input_ids and text_attention_mask (B, S) of a
+        text-conditioned model (`tokenize_text`), or text_hidden_states with the mask (None: no description). With `use_cache`, a new `MusicHybridCache` is made
         when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all).
 
         The loss is the (weighted) mean over codebooks of each codebook's mean cross entropy over its valid
@@ -435,15 +436,15 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
     @property
     def text_tokenizer(self):
         """The tokenizer of a text-conditioned model's encoder (shipped in its checkpoint's text_tokenizer folder)."""
-        return self.text_condition().tokenizer
+        return self._text_condition().tokenizer
 
     def tokenize_text(self, descriptions):
         """Descriptions (a list of str; None or "": no description) -> forward()'s text arguments,
         {"text_input_ids", "text_attention_mask"} (B, S) int64 on the model's device, padded and cut to
         `config.max_text_length` tokens."""
-        return self.text_condition().tokenize(descriptions, self.device)
+        return self._text_condition().tokenize(descriptions, self.device)
 
-    def text_condition(self):
+    def _text_condition(self):
         if self.config.text_encoder is None:
             raise ValueError(
                 "this model has no text condition (config.text_encoder is None): make one with "

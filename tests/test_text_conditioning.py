@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from compile_helpers import CountingBackend
+from model_checks import assert_decoding_equals_the_forward_pass, assert_greedy_codes_follow, guided_scores
 from conditions_music_hybrid import NULL_DESCRIPTION
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MIXERS, MusicHybridForCausalLM, codes_to_model_inputs
@@ -130,24 +131,9 @@ def test_bad_text_inputs_are_refused_before_any_work(text_encoder):
 @pytest.mark.parametrize("name", PRESETS_UNDER_TEST)
 def test_prefill_then_decoding_with_text_equals_one_full_forward(text_encoder, name):
     model = text_model(text_encoder, name)
-    input_ids = model_inputs(model, frames=8)
     tokens = model.tokenize_text(DESCRIPTIONS)
-    full = model(input_ids, **tokens).logits
     for fixed_shape in (False, True):
-        cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
-        pieces = [model(input_ids[:, :, :5], cache=cache, **tokens).logits]
-        pieces += [model(input_ids[:, :, t : t + 1], cache=cache, **tokens).logits for t in range(5, 7)]
-        # the cache keeps the keys and values of the description it began with: later steps need no text
-        pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(7, input_ids.shape[2])]
-        assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4, fixed_shape
-
-
-def guided_scores(model, codes, descriptions, scale):
-    """null + g * (cond - null) of full forward passes over natural `codes`: (B, K, positions, V)."""
-    input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
-    conditional = model(input_ids, **model.tokenize_text(descriptions)).logits
-    null = model(input_ids).logits
-    return null + scale * (conditional - null), input_ids
+        assert_decoding_equals_the_forward_pass(model, model_inputs(model, frames=8), 5, fixed_shape, **tokens)
 
 
 @pytest.mark.parametrize("name", PRESETS_UNDER_TEST)
@@ -155,11 +141,7 @@ def test_greedy_guided_generation_follows_the_argmax_of_guided_full_forwards(tex
     model = text_model(text_encoder, name)
     prompt = random_codes(batch=2, frames=3)
     codes = model.generate(prompt, max_new_tokens=3, do_sample=False, text=DESCRIPTIONS, guidance_scale=3.0)
-    scores, input_ids = guided_scores(model, codes, DESCRIPTIONS, 3.0)
-    # Codebook k of new frame f sits at position 1 + f + k and is predicted from the position before it.
-    for frame in range(3, 6):
-        for k in range(9):
-            assert torch.equal(input_ids[:, k, frame + k + 1], scores[:, k, frame + k].argmax(-1)), (frame, k)
+    assert_greedy_codes_follow(*guided_scores(model, codes, 3.0, **model.tokenize_text(DESCRIPTIONS)), 3, 3)
     plain = model.generate(prompt, max_new_tokens=3, do_sample=False, text=DESCRIPTIONS)
     assert not torch.equal(plain, codes)  # guidance changed the codes
 
@@ -237,6 +219,8 @@ def test_genre_and_text_combine_in_one_model(text_encoder):
     assert (full - model(input_ids, genre_ids=genre_ids).logits).abs().max() > 1e-3
     cache = model.model.new_cache(2, input_ids.shape[2])
     pieces = [model(input_ids[:, :, :4], genre_ids=genre_ids, cache=cache, **tokens).logits]
+    assert cache.holds_condition_keys_values
+    # the cache keeps the keys and values of the description it began with: later steps need no text
     pieces += [model(input_ids[:, :, t : t + 1], genre_ids=genre_ids, cache=cache).logits for t in range(4, input_ids.shape[2])]
     assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
     codes = model.generate(max_new_tokens=3, num_return_sequences=2, genre="Rock", text=DESCRIPTIONS, guidance_scale=3.0)
@@ -278,15 +262,17 @@ LOAD_AND_GENERATE = textwrap.dedent("""
     import json, sys
     import torch
     from transformers import AutoModelForCausalLM
-    folder, remote = sys.argv[1], sys.argv[2] == "remote"
-    if not remote:
-        import modeling_music_hybrid  # registers the model with the Auto classes
-    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=remote).eval()
-    assert type(model).__module__.startswith("transformers_modules") == remote
-    assert not any(p.requires_grad for p in model.model.text_condition.encoder.parameters())
-    torch.manual_seed(3)
-    codes = model.generate(max_new_tokens=4, num_return_sequences=2, text=%r, guidance_scale=3.0)
-    print(json.dumps(codes.tolist()))
+
+    def load_and_generate(remote):
+        model = AutoModelForCausalLM.from_pretrained(sys.argv[1], trust_remote_code=remote).eval()
+        assert type(model).__module__.startswith("transformers_modules") == remote
+        assert not any(p.requires_grad for p in model.model.text_condition.encoder.parameters())
+        torch.manual_seed(3)
+        return model.generate(max_new_tokens=4, num_return_sequences=2, text=%r, guidance_scale=3.0).tolist()
+
+    from_remote_code = load_and_generate(remote=True)
+    import modeling_music_hybrid  # registers the model with the Auto classes: loading needs no remote code
+    print(json.dumps([from_remote_code, load_and_generate(remote=False)]))
 """ % DESCRIPTIONS)
 
 
@@ -300,11 +286,11 @@ def test_a_checkpoint_carries_its_encoder_and_tokenizer_and_loads_offline_in_a_f
     torch.manual_seed(3)
     expected = model.generate(max_new_tokens=4, num_return_sequences=2, text=DESCRIPTIONS, guidance_scale=3.0)
     environment = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
-    for mode in ("remote", "registered"):
-        cwd = tmp_path if mode == "remote" else None  # remote code must not find the repository's files
-        done = subprocess.run(
-            [sys.executable, "-c", LOAD_AND_GENERATE, str(checkpoint), mode], env=environment, cwd=cwd,
-            capture_output=True, text=True, timeout=300,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert torch.equal(torch.tensor(json.loads(done.stdout.strip().splitlines()[-1])), expected), mode
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_GENERATE, str(checkpoint)], env=environment, cwd=tmp_path,
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    from_remote_code, from_registered_classes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert torch.equal(torch.tensor(from_remote_code), expected)
+    assert torch.equal(torch.tensor(from_registered_classes), expected)
