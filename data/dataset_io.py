@@ -139,9 +139,10 @@ def description_lines(dataset_dict):
 
 def dataset_card(dataset_dict, identity, source="unknown", split_rule="unknown", reject_counts=None, notes=()):
     """Markdown card: source, counts and hours per split, codec, split rule, rejects."""
+    described = any(text for split in dataset_dict.values() for text in split["text"])
     lines = [
         "---",
-        "tags: [audio, music, dac, audio-tokens]",
+        f"tags: [audio, music, dac, audio-tokens{', music-descriptions' if described else ''}]",
         "---",
         f"# DAC codes of {source}",
         "",

@@ -5,7 +5,7 @@ with the true description than with none, on every codebook, and guidance g = 3 
 codes than g = 1."""
 
 import json
-import types
+import pickle
 
 import numpy as np
 import pytest
@@ -68,6 +68,10 @@ def test_text_windows_give_each_row_its_description_or_the_null_one(text_encoder
     expected = model.tokenize_text(["a dry drum loop", NULL_DESCRIPTION, "a lofi piano"])
     for name, values in batch["conditions"]["text"].items():
         assert torch.equal(values, expected[name].cpu())
+    # data-loading worker processes receive the collator pickled (spawned ones, as on macOS, too)
+    collator = pickle.loads(pickle.dumps(CodesCollator(config, [genre, text])))
+    assert torch.equal(collator([windows[(2, 3)]])["conditions"]["text"]["text_input_ids"],
+                       expected["text_input_ids"][2:, : int(expected["text_attention_mask"][2].sum())].cpu())
 
 
 def error_of(argv, capsys):

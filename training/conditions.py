@@ -9,6 +9,7 @@ null (training/evaluation.py). Genres and descriptions differ only in the Traini
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,18 +44,19 @@ def training_conditions(codes_dataset, model) -> list[TrainingCondition]:
         ]
         conditions.append(TrainingCondition("genre", "genre", genre_ids, config.null_genre_id, collate_genre_ids))
     if config.text_encoder is not None:
-        text_tokenizer = model.text_tokenizer  # the model's own: what generate() tokenizes descriptions with
         texts = [text or NULL_DESCRIPTION for text in codes_dataset["text"]]
-
-        def collate(values):
-            return dict(tokenize_descriptions(text_tokenizer, list(values), config.max_text_length))
-
+        # the model's own tokenizer, the one generate() uses; a partial, so that worker processes can unpickle it
+        collate = functools.partial(collate_descriptions, model.text_tokenizer, config.max_text_length)
         conditions.append(TrainingCondition("text", "description", texts, NULL_DESCRIPTION, collate))
     return conditions
 
 
 def collate_genre_ids(values) -> dict:
     return {"genre_ids": torch.tensor(values, dtype=torch.long)}
+
+
+def collate_descriptions(tokenizer, max_length: int, values) -> dict:
+    return dict(tokenize_descriptions(tokenizer, list(values), max_length))
 
 
 def configure_conditions(config, model_args, splits: dict, train_split_name: str, checkpoint_config=None) -> list:
