@@ -21,6 +21,11 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForTextEncoding, AutoTokenizer
 from transformers import initialization as init
 
+try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
+    from .configuration_music_hybrid import read_text_encoder_config
+except ImportError:  # from the repository root they are plain modules
+    from configuration_music_hybrid import read_text_encoder_config
+
 
 # torch.export sets it; torch releases before it existed never export this model (see the export test)
 is_exporting = getattr(torch.compiler, "is_exporting", lambda: False)
@@ -117,7 +122,10 @@ class TextCondition(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.encoder = AutoModelForTextEncoding.from_config(text_encoder_config(config))
+        # in the dtype the model is built in (from_pretrained(dtype=...)), not the one its saved config names
+        self.encoder = AutoModelForTextEncoding.from_config(
+            text_encoder_config(config), dtype=torch.get_default_dtype()
+        )
         # transformers gathers the tied weights (T5's input embeddings) of a model's direct children only: passed on
         # from the encoder, so that loading ties them again
         self.all_tied_weights_keys = {
@@ -202,29 +210,40 @@ class TextCondition(nn.Module):
         None or "" entries: no description) -> the encoded descriptions of the rows (encoded once), and whether any
         row has one."""
         descriptions = values_per_row(text, rows, num_prompts, self.generate_argument, "description")
-        wrong = [description for description in descriptions if description is not None and not isinstance(description, str)]
+        wrong = [type(entry).__name__ for entry in descriptions if entry is not None and not isinstance(entry, str)]
         if wrong:
-            raise ValueError(f"text takes descriptions (str, or None for none), got {type(wrong[0]).__name__}")
+            raise ValueError(f"text takes descriptions (str, or None for none), got {wrong[0]}")
         encoded = self.checked(rows, device, **self.tokenize(descriptions, device))
         return encoded, any(description not in (None, NULL_DESCRIPTION) for description in descriptions)
 
     def cross_attention_input(self, text_hidden_states, text_attention_mask):
         """(B, S, hidden) states that every layer's cross-attention reads, and the additive (B, 1, 1, S) mask of
         their padding."""
-        states = self.projection(text_hidden_states)
+        states = self.projection(text_hidden_states.to(self.projection.weight.dtype))
         padding = (text_attention_mask == 0)[:, None, None, :]
         mask = torch.zeros(padding.shape, dtype=states.dtype, device=states.device)
         return states, mask.masked_fill(padding, torch.finfo(states.dtype).min)
 
 
 def text_encoder_config(config):
-    """The text encoder's transformers config, rebuilt from `config.text_encoder_config` (a dict)."""
+    """The text encoder's transformers config, rebuilt from `config.text_encoder_config` (a dict), which is read
+    from `config.text_encoder` where a text condition was set on a config after it was made (from_pretrained(path,
+    text_encoder=...) on a checkpoint without text)."""
+    if config.text_encoder_config is None:
+        config.text_encoder_config = read_text_encoder_config(config.text_encoder)
     fields = dict(config.text_encoder_config)
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
 def load_pretrained_text_encoder(name_or_path):
-    return AutoModelForTextEncoding.from_pretrained(name_or_path)
+    try:
+        return AutoModelForTextEncoding.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"a new text-conditioned model takes its encoder's weights from config.text_encoder={name_or_path!r}, "
+            f"which cannot be loaded ({error}): name a Hub encoder or a folder holding one, or load a checkpoint "
+            "(from_pretrained), which carries its own"
+        ) from error
 
 
 def load_text_tokenizer(config):

@@ -50,8 +50,8 @@ class MusicHybridGenerationMixin:
             prompt or one per returned row.
         text (text-conditioned models): likewise None (no description), a description for every row, or a list
             with one per prompt or one per returned row (None or "" entries: no description). The encoder runs
-            once per call; each layer's cross-attention keys and values of the descriptions are computed at the
-            prefill and kept in the cache.
+            at the start of the call (on the descriptions, and under guidance on the empty one), never per step;
+            each layer's cross-attention keys and values are computed at the prefill and kept in the cache.
         guidance_scale (conditional models, a generation-config field): g > 1 samples with classifier-free
             guidance, each codebook's logits null + g * (cond - null), from one batch holding every row twice
             (with its conditions and with the null ones); None or 1: plain conditional sampling.

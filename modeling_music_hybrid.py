@@ -226,7 +226,8 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         description of its first input (see `ConditionCrossAttention`). attention_mask: all ones or None (see
         `refuse_unused_arguments`). output_hidden_states and return_dict default to the config's, as in
         transformers models."""
-        given = {"genre_ids": genre_ids, **{name: kwargs.pop(name) for name in ALL_CONDITION_ARGUMENTS if name in kwargs}}
+        given = {"genre_ids": genre_ids}
+        given.update((name, kwargs.pop(name)) for name in ALL_CONDITION_ARGUMENTS if name in kwargs)
         refuse_unused_arguments(attention_mask, kwargs, self.config)
         check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
         conditions = self.checked_conditions(given, input_ids.shape[0], input_ids.device)
@@ -354,7 +355,8 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
 
     def forward(
         self, input_ids, labels=None, genre_ids=None, cache=None, use_cache=None, logits_to_keep=0,
-        output_hidden_states=None, return_dict=None, attention_mask=None, num_items_in_batch=None, **unused,
+        output_hidden_states=None, return_dict=None, attention_mask=None, num_items_in_batch=None,
+        text_input_ids=None, text_attention_mask=None, text_hidden_states=None, **unused,
     ):
         """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
         where nothing is predicted (see `codes_to_model_inputs`). genre_ids: (B,) int64 genre ids of a conditional
@@ -375,8 +377,11 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
                 "unshifted, against the wrong positions. Leave label_smoothing_factor at 0 and set "
                 "model.config.label_smoothing instead: it smooths the shifted per-codebook loss over valid positions."
             )
+        # the text arguments are named in the signature: HF Trainer keeps only dataset columns that forward names
         backbone = self.model(
-            input_ids, cache, genre_ids, use_cache, output_hidden_states, attention_mask, return_dict=True, **unused
+            input_ids, cache, genre_ids, use_cache, output_hidden_states, attention_mask, return_dict=True,
+            text_input_ids=text_input_ids, text_attention_mask=text_attention_mask,
+            text_hidden_states=text_hidden_states, **unused,
         )
         logits = self.codebook_logits(backbone.last_hidden_state[:, -logits_to_keep:])
         loss = codebook_losses = None
@@ -489,8 +494,10 @@ class MusicHybridDecoderLayer(GradientCheckpointingLayer):
         condition_memory: what cross-attention reads (see `ConditionCrossAttention`)."""
         hidden_states = hidden_states + self.dropout(self.mixer(self.input_norm(hidden_states), state, **mixer_inputs))
         if self.has_cross_attention:
-            cross = self.cross_attention(self.cross_attention_norm(hidden_states), condition_memory, mixer_inputs["cache"])
-            hidden_states = hidden_states + self.dropout(cross)
+            normalized = self.cross_attention_norm(hidden_states)
+            hidden_states = hidden_states + self.dropout(
+                self.cross_attention(normalized, condition_memory, mixer_inputs["cache"])
+            )
         if self.has_mlp:
             hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states)))
         return hidden_states

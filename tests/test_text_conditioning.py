@@ -3,6 +3,7 @@ by every layer kind, cached decoding, generate(text=, guidance_scale=) through e
 encoder in training, and checkpoints that carry the encoder and its tokenizer (loaded offline in a fresh process).
 The encoder is a tiny random T5 with ByT5's tokenizer (training/text_encoders.py): nothing is downloaded."""
 
+import inspect
 import json
 import os
 import shutil
@@ -54,6 +55,11 @@ def test_config_reads_the_encoder_and_refuses_what_it_cannot_load(text_encoder, 
     assert not config.train_text_encoder and config.max_text_length == 256
     with pytest.raises(ValueError, match="text_encoder: cannot load .*save_random_text_encoder"):
         MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=str(tmp_path / "missing"))
+    gone = save_random_text_encoder(tmp_path / "gone")
+    config = MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=gone)
+    shutil.rmtree(gone)
+    with pytest.raises(ValueError, match="takes its encoder's weights from config.text_encoder=.*load a checkpoint"):
+        MusicHybridForCausalLM(config)
     with pytest.raises(ValueError, match="max_text_length"):
         MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=text_encoder, max_text_length=0)
     MusicHybridConfig.from_preset("hybrid-tiny", text_encoder=text_encoder, condition_dropout=0.2)  # text alone may drop
@@ -72,6 +78,21 @@ def test_text_adds_only_its_own_weights_and_the_encoder_is_the_pretrained_one(te
     pretrained = T5EncoderModel.from_pretrained(text_encoder).state_dict()
     for key, weight in model.model.text_condition.encoder.state_dict().items():
         assert torch.equal(weight, pretrained[key]), key
+
+
+def test_text_added_to_a_checkpoint_without_text_keeps_its_weights_and_reads_the_pretrained_encoder(text_encoder, tmp_path):
+    from transformers import T5EncoderModel
+
+    torch.manual_seed(0)
+    plain = MusicHybridForCausalLM(MusicHybridConfig.from_preset("hybrid-tiny"))
+    plain.save_pretrained(tmp_path)
+    model = MusicHybridForCausalLM.from_pretrained(tmp_path, text_encoder=text_encoder).eval()
+    for key, weight in plain.state_dict().items():
+        assert torch.equal(model.state_dict()[key], weight), key
+    pretrained = T5EncoderModel.from_pretrained(text_encoder).state_dict()
+    for key, weight in model.model.text_condition.encoder.state_dict().items():
+        assert torch.equal(weight, pretrained[key]), key
+    assert model.text_tokenizer("calm")["input_ids"] == [102, 100, 111, 112, 1]  # ByT5: bytes + 3, then the end
 
 
 def test_descriptions_change_the_logits_and_none_is_the_empty_description(text_encoder):
@@ -229,6 +250,8 @@ def test_genre_and_text_combine_in_one_model(text_encoder):
 
 def test_the_frozen_encoder_stays_frozen_and_in_eval_mode_while_the_model_trains(text_encoder):
     model = text_model(text_encoder, hidden_dropout=0.1)
+    # HF Trainer (remove_unused_columns) keeps only the dataset columns that forward names
+    assert set(model.tokenize_text(["x"])) <= set(inspect.signature(model.forward).parameters)
     encoder = model.model.text_condition.encoder
     assert not any(p.requires_grad for p in encoder.parameters())
     model.train()
@@ -256,6 +279,19 @@ def test_lora_wrapped_text_model_trains_and_generates(text_encoder):
     loss.backward()
     assert torch.isfinite(loss)
     assert wrapped.generate(max_new_tokens=3, text="calm", guidance_scale=3.0).shape == (1, 9, 3)
+
+
+def test_cross_attention_runs_through_sdpa_and_eager_and_the_encoder_loads_in_the_model_dtype(text_encoder, tmp_path):
+    model = text_model(text_encoder)
+    input_ids, tokens = model_inputs(model), model.tokenize_text([DESCRIPTIONS[0], None])  # padded: a masked key
+    sdpa = model(input_ids, **tokens).logits
+    model.set_attn_implementation("eager")
+    assert torch.allclose(model(input_ids, **tokens).logits, sdpa, atol=1e-5)
+    model.save_pretrained(tmp_path)
+    half = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    # the encoder in the model's dtype, not the float32 its saved config names
+    assert {p.dtype for p in half.model.text_condition.parameters()} == {torch.bfloat16}
+    assert (half(input_ids, **tokens).logits.float() - sdpa).abs().max() < 0.1
 
 
 LOAD_AND_GENERATE = textwrap.dedent("""
