@@ -3,8 +3,8 @@
 import os
 
 # Tiny models and codecs run fastest on one intra-op thread, and two threads spin against each other as soon as
-# anything else loads the machine (the whole suite: 2.3 min with one thread, 12 min with two, on a 2-core machine
-# running a benchmark beside it). Set before torch is imported; child processes of the tests inherit it.
+# anything else loads the machine; the cores go to test workers instead (pytest -n, see
+# pytest_xdist_auto_num_workers). Set before torch is imported; child processes of the tests inherit it.
 # MUSIC_HYBRID_TEST_THREADS=2 runs tests on two threads instead: .ci/run does so for the files whose decoding paths
 # depend on the thread count (the split products, the thread-count calibration).
 if os.environ.get("MUSIC_HYBRID_TEST_THREADS"):
@@ -54,6 +54,12 @@ def write_damaged_mp3(path, seconds=1.5, seed=0, junk_places=1):
     cuts = [len(encoded) * place // (junk_places + 1) for place in range(junk_places + 2)]
     pieces = [encoded[start:end] for start, end in zip(cuts, cuts[1:], strict=False)]
     Path(path).write_bytes((b"\x55" * 200).join(pieces))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for `-n auto` (pyproject.toml's default): one per core, at most four, since each holds its own torch,
+    models and codecs in memory."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
