@@ -126,11 +126,15 @@ class TextCondition(nn.Module):
         self.encoder = AutoModelForTextEncoding.from_config(
             text_encoder_config(config), dtype=torch.get_default_dtype()
         )
-        # transformers gathers the tied weights (T5's input embeddings) of a model's direct children only: passed on
-        # from the encoder, so that loading ties them again
+        # transformers gathers what loading must know of a model's parts from its direct children only: passed on
+        # from the encoder are its tied weights (T5's input embeddings, tied again after loading), the modules it
+        # keeps in float32 (T5's feed-forward output, which overflows float16) and its blocks that device maps
+        # must not split
         self.all_tied_weights_keys = {
             f"encoder.{tied}": f"encoder.{source}" for tied, source in self.encoder.all_tied_weights_keys.items()
         }
+        for name in ("_keep_in_fp32_modules", "_keep_in_fp32_modules_strict", "_no_split_modules"):
+            setattr(self, name, set(getattr(self.encoder, name) or ()))
         self.projection = nn.Linear(self.encoder.config.hidden_size, config.hidden_size)
         self._tokenizer = None
 

@@ -292,6 +292,10 @@ def test_cross_attention_runs_through_sdpa_and_eager_and_the_encoder_loads_in_th
     # the encoder in the model's dtype, not the float32 its saved config names
     assert {p.dtype for p in half.model.text_condition.parameters()} == {torch.bfloat16}
     assert (half(input_ids, **tokens).logits.float() - sdpa).abs().max() < 0.1
+    float16 = MusicHybridForCausalLM.from_pretrained(tmp_path, dtype=torch.float16)
+    encoder_dtypes = {name: p.dtype for name, p in float16.model.text_condition.encoder.named_parameters()}
+    assert {dtype for name, dtype in encoder_dtypes.items() if ".wo." in name} == {torch.float32}  # as T5 alone
+    assert {dtype for name, dtype in encoder_dtypes.items() if ".wo." not in name} == {torch.float16}
 
 
 LOAD_AND_GENERATE = textwrap.dedent("""
