@@ -140,14 +140,22 @@ def audio_tree(tmp_path_factory):
     metadata.parent.mkdir()
     listed = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
     listed |= {track_id: ("Experimental", "training") for track_id in rejects}
+    genre_ids = {"Hip-Hop": 21, "Rock": 12, "Pop": 10, "Folk": 17, "Experimental": 38}
+    sub_genres = {"000002": [811], "000011": [25, 85]}  # Hip-Hop Beats; Punk, Garage
     with open(metadata, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["", "set", "set", "track", "track"])
-        writer.writerow(["", "split", "subset", "genre_top", "title"])
-        writer.writerow(["track_id", "", "", "", ""])
+        writer.writerow(["", "set", "set", "track", "track", "track"])
+        writer.writerow(["", "split", "subset", "genre_top", "title", "genres"])
+        writer.writerow(["track_id", "", "", "", "", ""])
         for track_id, (genre, split) in listed.items():
-            writer.writerow([int(track_id), split, "small", genre, f"Title of {track_id},\nwith a second line"])
-        writer.writerow([99999, "training", "large", "Rock", "in fma_large only: not expected in fma_small"])
+            genres = str([genre_ids[genre], *sub_genres.get(track_id, [])])
+            writer.writerow([int(track_id), split, "small", genre, f"Title of {track_id},\nwith a second line", genres])
+        writer.writerow([99999, "training", "large", "Rock", "in fma_large only: not expected in fma_small", "[12]"])
+    with open(metadata.with_name("genres.csv"), "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["genre_id", "#tracks", "parent", "title", "top_level"])
+        names = {**{number: name for name, number in genre_ids.items()}, 811: "Hip-Hop Beats", 25: "Punk", 85: "Garage"}
+        writer.writerows([number, 1, 0, name, number] for number, name in names.items())
     expected_good = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
     expected_good["001000"] = (None, None)
     return AudioTree(fma_dir, metadata, expected_good, rejects)
