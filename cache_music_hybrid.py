@@ -25,6 +25,10 @@ class MusicHybridCache:
     shapes for VISIBLE_BLOCK positions at a time, which a compiled step or a CUDA graph needs, and never read much
     more of a long cache than the filled part. `visible_slots` (a tensor, its length the visible slot count: a
     compiled step reads the count from its shape) tells the mixers how many.
+
+    `condition_keys_values[i]`: layer i's cross-attention keys and values of a condition (the description of a
+    text-conditioned model) and their padding mask, computed at the first input and read by every later step: a
+    cache holds the description it began with.
     """
 
     def __init__(self, mixers, batch_size, max_length, device, dtype, attention_window=None, fixed_shape=False):
@@ -40,6 +44,7 @@ class MusicHybridCache:
             )
             for mixer in mixers
         ]
+        self.condition_keys_values = [None] * len(self.states)
         self.advance(0)
 
     def advance(self, num_positions):
@@ -51,6 +56,10 @@ class MusicHybridCache:
             if self.visible_slots is None or len(self.visible_slots) != visible:
                 device = next((t.device for state in self.states if state for t in state.values()), "cpu")
                 self.visible_slots = torch.arange(visible, device=device)
+
+    @property
+    def holds_condition_keys_values(self):
+        return any(kept is not None for kept in self.condition_keys_values)
 
     @property
     def visible_length(self):

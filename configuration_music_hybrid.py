@@ -9,7 +9,7 @@ fields (head size, dt_rank "auto", layer_types from an attention period) follow.
 
 import math
 
-from transformers import PretrainedConfig
+from transformers import AutoConfig, PretrainedConfig
 
 ATTENTION = "full_attention"
 MAMBA = "linear_attention"
@@ -113,8 +113,19 @@ class MusicHybridConfig(PretrainedConfig):
         genres: names of the genres the model is conditioned on, or None for an unconditional model. A conditional
             model has one embedding row per genre plus the null genre (id `len(genres)`, "no genre given"), added to
             every position; `generate(genre=..., guidance_scale=...)` samples with classifier-free guidance.
-        condition_dropout: probability that a training example sees the null genre instead of its own (what
-            classifier-free guidance needs: the same model must also predict without a genre).
+        text_encoder: a Hub name or folder of a transformers text encoder (T5 as MusicGen, or any encoder
+            `AutoModelForTextEncoding` builds) for a text-conditioned model, or None (the default: no text
+            condition, the model's weights and keys those it had before text existed). A new model takes the
+            encoder's pretrained weights and tokenizer from there; a checkpoint carries both. Every decoder layer
+            reads the encoded description by cross-attention; `generate(text=..., guidance_scale=...)` (see
+            conditions_music_hybrid.TextCondition). Genres and text may be combined.
+        text_encoder_config: the text encoder's config as a dict, read from `text_encoder` when not given (an
+            encoder that cannot be read is refused here, before any work).
+        train_text_encoder: whether the text encoder trains with the model (False: frozen, as MusicGen's T5).
+        max_text_length: descriptions are cut to this many tokens.
+        condition_dropout: probability that a training example sees the null values of its conditions (the null
+            genre, the empty description) instead of its own (what classifier-free guidance needs: the same model
+            must also predict without them).
     """
 
     model_type = "music_hybrid"
@@ -190,6 +201,10 @@ class MusicHybridConfig(PretrainedConfig):
         codebook_loss_weights=None,
         codec=None,
         genres=None,
+        text_encoder=None,
+        text_encoder_config=None,
+        train_text_encoder=False,
+        max_text_length=256,
         condition_dropout=0.0,
         use_cache=True,
         tie_word_embeddings=False,
@@ -265,6 +280,12 @@ class MusicHybridConfig(PretrainedConfig):
         self.codebook_loss_weights = None if codebook_loss_weights is None else list(codebook_loss_weights)
         self.codec = codec
         self.genres = None if genres is None else list(genres)
+        self.text_encoder = text_encoder
+        if text_encoder is not None and text_encoder_config is None:
+            text_encoder_config = read_text_encoder_config(text_encoder)
+        self.text_encoder_config = text_encoder_config
+        self.train_text_encoder = train_text_encoder
+        self.max_text_length = max_text_length
         self.condition_dropout = condition_dropout
         self.use_cache = use_cache
         self.pad_token_id, self.bos_token_id, self.eos_token_id = pad_token_id, bos_token_id, eos_token_id
@@ -368,7 +389,7 @@ class MusicHybridConfig(PretrainedConfig):
                 f"unknown kinds {unknown}; registered: {sorted(MIXER_LAYER_TYPES)} (register a new kind with "
                 "modeling_music_hybrid.register_mixer before building or loading the model)",
             )
-        if self.num_attention_layers:
+        if self.num_attention_layers or self.text_encoder is not None:  # text: cross-attention in every layer
             if self.num_attention_heads <= 0 or self.hidden_size % self.num_attention_heads:
                 fail("num_attention_heads", f"{self.num_attention_heads} does not divide hidden_size={self.hidden_size}")
             if self.num_key_value_heads <= 0 or self.num_attention_heads % self.num_key_value_heads:
@@ -427,8 +448,12 @@ class MusicHybridConfig(PretrainedConfig):
                 fail("genres", f"names must be unique, got {self.genres!r}")
         if not isinstance(self.condition_dropout, (int, float)) or not 0.0 <= self.condition_dropout < 1.0:
             fail("condition_dropout", f"must be in [0, 1), got {self.condition_dropout!r}")
-        if self.condition_dropout and self.genres is None:
-            fail("condition_dropout", "needs genres: an unconditional model has no condition to drop")
+        if self.text_encoder is not None and not isinstance(self.text_encoder, str):
+            fail("text_encoder", f"must be None or a Hub name or folder, got {self.text_encoder!r}")
+        if not isinstance(self.max_text_length, int) or isinstance(self.max_text_length, bool) or self.max_text_length < 1:
+            fail("max_text_length", f"must be a positive integer, got {self.max_text_length!r}")
+        if self.condition_dropout and self.genres is None and self.text_encoder is None:
+            fail("condition_dropout", "needs genres or a text_encoder: an unconditional model has no condition to drop")
 
     def validate_mamba2_fields(self, fail):
         for field in ("mamba2_d_state", "mamba2_d_conv", "mamba2_expand", "mamba2_headdim", "mamba2_ngroups",
@@ -478,6 +503,19 @@ class MusicHybridConfig(PretrainedConfig):
         fields["codec"] = dict(PRETRAINED_DAC_IDENTITY)
         fields.update(overrides)
         return cls(**fields)
+
+
+def read_text_encoder_config(text_encoder):
+    """The config of the text encoder a Hub name or folder holds, as a dict; a ValueError naming the fix when it
+    cannot be read."""
+    try:
+        return AutoConfig.from_pretrained(text_encoder).to_dict()
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"MusicHybridConfig.text_encoder: cannot load {text_encoder!r} ({error}); pass a Hub name (online once, "
+            "then cached) or a folder holding a transformers text encoder (config.json and its weights), e.g. one "
+            "written by training/text_encoders.py's save_random_text_encoder"
+        ) from error
 
 
 _PUBLISHED = dict(hidden_size=768, num_attention_heads=12, intermediate_size=3072, max_position_embeddings=8192)

@@ -9,15 +9,15 @@
 2. context-free baselines fitted on the training codes (per-codebook unigram, bigram within each codebook), scored on
    the validation segments,
 3. transformer-small and hybrid-small (shrunk to fit the budget, see --model_overrides), the hybrid with memory
-   caching and with genre conditioning (the procedural styles as genres), and with Mamba-2 or Gated DeltaNet layers
-   in place of Mamba-1, trained on the same codes with the same steps, batch, learning rate and seed, each evaluated
-   on the same validation segments,
+   caching and with text conditioning (the procedural tracks' descriptions, read by a tiny random T5 encoder), and
+   with Mamba-2 or Gated DeltaNet layers in place of Mamba-1, trained on the same codes with the same steps, batch,
+   learning rate and seed, each evaluated on the same validation segments,
 4. compare_models: per-codebook table, paired bootstrap intervals, Holm correction -> comparison.md/.json + plots;
    with --generate every model continues the same validation prompts with the same seeds -> WAV files, and the
    Frechet Audio Distance of each model's samples to the validation audio (log-mel frames offline), with a bootstrap
    interval over samples, between its floor (two halves of the validation audio) and its ceiling (a context-free
-   bigram sampler's decoded codes); then the genre-conditioned model writes one sample per style with
-   classifier-free guidance.
+   bigram sampler's decoded codes); then the text-conditioned model writes one sample per validation description
+   with classifier-free guidance.
 
 The last lines say what the comparison found. Offline the codec is fitted to the demo's own training audio in
 seconds (an offline, small-data codec, not a replacement for DAC): its samples decode to pitched music. --codec
@@ -41,20 +41,22 @@ RANDOM_CODEC_WARNING = (
     "plots are real; the default --codec fitted decodes to music offline."
 )
 CODECS = ("fitted", "random", "pretrained")
-# The models compared, all trained alike: name -> (preset, config fields added to --model_overrides, genres).
+# The models compared, all trained alike: name -> (preset, config fields added to --model_overrides, text).
 # The two published architectures, then the reference post's next steps on the hybrid: memory caching in its Mamba
-# layers (a segment is a quarter of a training crop) and genre conditioning (the procedural styles as genres); then
-# the hybrid with Mamba-2 or Gated DeltaNet layers in place of Mamba-1.
+# layers (a segment is a quarter of a training crop) and text conditioning on the procedural descriptions (which
+# name the style, so they give all a genre would, and the key, mode and tempo besides); then the hybrid with Mamba-2
+# or Gated DeltaNet layers in place of Mamba-1.
 MODELS = {
     "transformer-small": ("transformer-small", "", False),
     "hybrid-small": ("hybrid-small", "", False),
     "hybrid-small-memory": ("hybrid-small", "mamba_memory_segment_length=32", False),
-    "hybrid-small-genres": ("hybrid-small", "", True),
+    "hybrid-small-text": ("hybrid-small", "", True),
     # The field's other recurrent layers in place of Mamba-1 (Zonos / Granite 4 / Nemotron-H; Qwen3-Next, Kimi).
     "hybrid-small-mamba2": ("hybrid-small", "recurrent_mixer=mamba2,mamba2_d_state=64,mamba2_headdim=32", False),
     "hybrid-small-gdn": ("hybrid-small", "recurrent_mixer=gated_deltanet,gdn_num_heads=2,gdn_head_dim=48", False),
 }
-GUIDANCE_SCALE = 3.0  # MusicGen's, for the one sample per style of the genre-conditioned model
+TEXT_ENCODER_DIR = "text-encoder"  # in --output_dir: the tiny random T5 encoder (offline; see training/text_encoders.py)
+GUIDANCE_SCALE = 3.0  # MusicGen's, for the one sample per description of the text-conditioned model
 REQUIRED_MARGIN = 0.1  # nats every model must stay below the best context-free baseline
 NUM_STAGES = 4
 
@@ -170,6 +172,7 @@ def run_stages(settings: DemoSettings) -> dict:
     out = settings.output_dir
     paths = {
         "codes": os.path.join(out, "codes"),
+        "text_encoder": os.path.join(out, TEXT_ENCODER_DIR),
         "models": {name: os.path.join(out, name) for name in MODELS},
         "comparison": os.path.join(out, "comparison"),
     }
@@ -185,17 +188,20 @@ def run_stages(settings: DemoSettings) -> dict:
     print(format_baselines(baselines), flush=True)
 
     evaluations = {}
+    save_random_text_encoder(paths["text_encoder"], seed=settings.seed)
     for name, model_dir in paths["models"].items():
         stage(3, started, f"training {name} for {settings.max_steps} steps ({settings.batch_size} x "
                           f"{settings.segment_length} positions), then evaluating it")
-        evaluations[name] = train_model(settings, *MODELS[name], paths["codes"], model_dir)["eval"]
+        preset, overrides, text = MODELS[name]
+        encoder = paths["text_encoder"] if text else None
+        evaluations[name] = train_model(settings, preset, overrides, encoder, paths["codes"], model_dir)["eval"]
 
     stage(4, started, "compare_models: per-codebook differences, paired bootstrap, Holm; then "
                       f"{settings.samples_per_model} samples per model (same prompts and seeds) and their FAD")
     report = compare(settings, paths)
     fad = report["fad"]
     paths["wavs"] = [path for files in fad["sample_files"].values() for path in files]
-    paths["style_wavs"] = one_sample_per_style(settings, paths)
+    paths["description_wavs"] = one_sample_per_description(settings, paths, dataset["validation"])
 
     results = {"baselines": baselines, "evaluations": evaluations, "comparison": report, "fad": fad}
     print_summary(settings, paths, results, time.time() - started)
@@ -248,13 +254,21 @@ def format_baselines(baselines: dict) -> str:
     return "\n".join(lines)
 
 
-def train_model(settings: DemoSettings, preset: str, extra_overrides: str, genres: bool, codes_dir: str,
+def save_random_text_encoder(folder: str, seed: int) -> str:
+    from training.text_encoders import save_random_text_encoder as save
+
+    return save(folder, seed=seed)
+
+
+def train_model(settings: DemoSettings, preset: str, extra_overrides: str, text_encoder: str | None, codes_dir: str,
                 model_dir: str) -> dict:
+    """Train and evaluate one model; with `text_encoder` (a folder) conditioned on the dataset's descriptions."""
     from run_clm_audio import AudioTrainingArguments, DataTrainingArguments, ModelArguments, run_training
 
     overrides = ",".join(part for part in (settings.model_overrides, extra_overrides) if part)
     return run_training(
-        ModelArguments(model_preset=preset, config_overrides=overrides or None, genre_conditioning=genres),
+        ModelArguments(model_preset=preset, config_overrides=overrides or None,
+                       text_conditioning=text_encoder is not None, text_encoder=text_encoder),
         DataTrainingArguments(dataset_name=codes_dir, segment_length=settings.segment_length),
         AudioTrainingArguments(
             output_dir=model_dir,
@@ -290,24 +304,27 @@ def compare(settings: DemoSettings, paths: dict) -> dict:
     return report
 
 
-def one_sample_per_style(settings: DemoSettings, paths: dict) -> list[str]:
-    """One sample of every style the genre-conditioned models learned, with classifier-free guidance."""
-    from configuration_music_hybrid import MusicHybridConfig
+def one_sample_per_description(settings: DemoSettings, paths: dict, validation) -> list[str]:
+    """One sample of every validation track's description from the text-conditioned models, with classifier-free
+    guidance: descriptions the models never trained on (a random encoder knows no language, so what carries over is
+    what they share with the training descriptions byte for byte: style, key, tempo)."""
     from generation.pipeline import generate_audio
 
+    descriptions = sorted({text for text in validation["text"] if text})
     files = []
-    for name, (_, _, genres) in MODELS.items():
-        if not genres:
+    for name, (_, _, text) in MODELS.items():
+        if not text:
             continue
-        styles = MusicHybridConfig.from_pretrained(paths["models"][name]).genres
+        folder = os.path.join(paths["comparison"], "descriptions")
         result = generate_audio(
-            paths["models"][name], os.path.join(paths["comparison"], "styles"), num_samples=len(styles),
-            duration=settings.sample_seconds, seed=settings.seed, genre=styles, guidance_scale=GUIDANCE_SCALE,
-            prefix=name, progress=False,
+            paths["models"][name], folder, num_samples=len(descriptions), duration=settings.sample_seconds,
+            seed=settings.seed, text=descriptions, guidance_scale=GUIDANCE_SCALE, prefix=name, progress=False,
         )
         files += result.paths
-        print(f"{name}: one {settings.sample_seconds:g} s sample per style ({', '.join(styles)}), guidance scale "
-              f"{GUIDANCE_SCALE:g}, in {os.path.join(paths['comparison'], 'styles')}", flush=True)
+        print(f"{name}: one {settings.sample_seconds:g} s sample per validation description ({len(descriptions)}), "
+              f"guidance scale {GUIDANCE_SCALE:g}, in {folder}:", flush=True)
+        for path, description in zip(result.paths, descriptions, strict=True):
+            print(f"  {os.path.basename(path)}: {description}", flush=True)
     return files
 
 
@@ -323,7 +340,8 @@ def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: f
                for model_dir in paths["models"].values()],
              f"  {paths['comparison']}/  comparison.md, comparison.json, loss_per_codebook.png, loss_difference.png",
              f"  {paths['comparison']}/samples/  {len(paths['wavs'])} WAV files (continuations of validation prompts)",
-             f"  {paths['comparison']}/styles/  {len(paths['style_wavs'])} WAV files (one per style, guided)",
+             f"  {paths['comparison']}/descriptions/  {len(paths['description_wavs'])} WAV files (one per validation "
+             "description, guided)",
              "",
              f"Result on {report['num_segments']} validation segments of {report['segment_length']} positions "
              f"({settings.max_steps} steps each; {percent}% bootstrap intervals over segments):"]
@@ -336,11 +354,13 @@ def print_summary(settings: DemoSettings, paths: dict, results: dict, seconds: f
             f"({baselines['best']}, {best:.3f}): {verdict} the required {REQUIRED_MARGIN} nats"
         )
     for name, evaluation in results["evaluations"].items():
-        information = evaluation.get("genre_information", {})
-        if information.get("num_segments"):
-            low, high = information["mean_information_ci"]
-            lines.append(f"  {name}: genre information (null-genre minus true-genre loss) "
-                         f"{information['mean_information']:+.4f} nats [{low:+.4f}, {high:+.4f}]")
+        for key, information in evaluation.items():
+            if key.endswith("_information") and information.get("num_segments"):
+                low, high = information["mean_information_ci"]
+                value = information.get("described_as", key)
+                lines.append(f"  {name}: {key.removesuffix('_information')} information (null-{value} minus "
+                             f"true-{value} loss) {information['mean_information']:+.4f} nats [{low:+.4f}, "
+                             f"{high:+.4f}] over {information['num_segments']} segments")
     for comparison in report["comparisons"]:
         mean = comparison["mean_loss_difference"]
         lines.append(

@@ -37,7 +37,7 @@ def decoding_substitutes(model, rows):
     """
     swaps = []
     on_cpu = next(model.parameters()).device.type == "cpu"
-    for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
+    for parent in [module for module in decoding_modules(model) if not isinstance(module, nn.ModuleDict)]:
         for name, child in parent.named_children():
             substitute = None
             if on_cpu and type(child) is nn.Linear and is_plain_layer(child):
@@ -57,6 +57,18 @@ def decoding_substitutes(model, rows):
         for parent, name, child, substitute in swaps:
             setattr(parent, name, child)
             substitute.release()
+
+
+def decoding_modules(model):
+    """The modules of `model` that decoding steps run: all but those that run once before (`outside_decoding_steps`,
+    such as a text encoder and its projection), which the fast paths leave as they are."""
+    modules, unvisited = [], [model]
+    while unvisited:
+        module = unvisited.pop()
+        if not getattr(module, "outside_decoding_steps", False):
+            modules.append(module)
+            unvisited.extend(reversed(list(module.children())))
+    return modules
 
 
 def substitute_of(module, substitute_class):
@@ -252,9 +264,10 @@ def quantize_linear_layers(model, mode):
 
 
 def replace_linear_layers(model, layer_class):
-    """Replace every plain nn.Linear of `model` by `layer_class(linear)` in place, except the adapters of wrapped
-    layers (PEFT keeps them in ModuleDicts); returns the model."""
-    for parent in [module for module in model.modules() if not isinstance(module, nn.ModuleDict)]:
+    """Replace every plain nn.Linear of `model` that decoding steps run (`decoding_modules`) by
+    `layer_class(linear)` in place, except the adapters of wrapped layers (PEFT keeps them in ModuleDicts); returns
+    the model."""
+    for parent in [module for module in decoding_modules(model) if not isinstance(module, nn.ModuleDict)]:
         for name, child in list(parent.named_children()):
             if type(child) is nn.Linear and is_plain_layer(child):
                 setattr(parent, name, layer_class(child))

@@ -34,14 +34,16 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
         INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory,
     )
     from .recurrent_parts_music_hybrid import (
-        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
+        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias, runs_on_kernels,
     )
 except ImportError:  # from the repository root they are plain modules
     from matrix_memory_caching_music_hybrid import (
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
     from memory_caching_music_hybrid import INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory
-    from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
+    from recurrent_parts_music_hybrid import (
+        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias, runs_on_kernels,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -159,14 +161,10 @@ class GatedDeltaNetMixer(nn.Module):
         return -torch.exp(self.A_log.to(compute_dtype(self.A_log.dtype)))
 
     def use_kernels(self, hidden_states):
-        choice = self.config.gdn_implementation
-        if choice == "torch" or self.memory is not None:  # the kernels return no segment-end states
-            return False
-        if choice == "kernels":
-            if gated_delta_rule_kernels() is None:
-                raise ImportError("gdn_implementation='kernels' needs flash-linear-attention installed")
-            return True
-        return hidden_states.is_cuda and gated_delta_rule_kernels() is not None
+        return runs_on_kernels(
+            "gdn_implementation", self.config.gdn_implementation, gated_delta_rule_kernels, hidden_states, self.memory,
+            "flash-linear-attention",
+        )
 
     def forward(self, hidden_states, state=None, cache=None, positions=None, decay_rates=None, **kwargs):
         """hidden_states (B, T, hidden) -> (B, T, hidden); with a state (see `init_state`), continue from and

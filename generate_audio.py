@@ -8,6 +8,8 @@
     python generate_audio.py runs/genres --list-genres
     python generate_audio.py runs/genres --output-dir samples --genre Rock --guidance-scale 3.0 --num-samples 2
     python generate_audio.py runs/genres --output-dir samples --genre Rock Jazz Folk --num-samples 3
+    python generate_audio.py runs/text --output-dir samples --text "a calm piano ballad in D minor" --num-samples 2
+    python generate_audio.py runs/text --output-dir samples --text "fast electronic drums" "a slow ballad" --num-samples 2
 
 Codes are decoded with the codec recorded in the checkpoint's config, in overlapping chunks
 while they are generated; each WAV file is appended to as the audio becomes final. With
@@ -62,6 +64,7 @@ def main(argv=None):
         overwrite=args.overwrite,
         genre=args.genre,
         guidance_scale=args.guidance_scale,
+        text=args.text,
     )
     try:
         # the checks that need no model answer before torch is imported
@@ -214,9 +217,14 @@ def parse_args(argv=None):
         "file names carry it",
     )
     parser.add_argument(
+        "--text", nargs="+",
+        help="text-conditioned checkpoints: one description for every sample, or one per sample (quote each); "
+        "file names carry its first words",
+    )
+    parser.add_argument(
         "--guidance-scale", "--guidance_scale", type=float,
-        help="classifier-free guidance with --genre: logits null + g * (genre - null); default 3.0 (MusicGen's), "
-        "1 for none; above 1 each step runs the samples twice, with and without the genre",
+        help="classifier-free guidance with --genre or --text: logits null + g * (condition - null); default 3.0 "
+        "(MusicGen's), 1 for none; above 1 each step runs the samples twice, with and without the condition",
     )
     parser.add_argument("--list-genres", "--list_genres", action="store_true", help="print the checkpoint's genres")
     parser.add_argument(

@@ -48,6 +48,10 @@ class MusicHybridGenerationMixin:
         genre (genre-conditioned models, and likewise every condition the model has; see conditions_music_hybrid.py):
             None (the null genre), a name for every row, or a list of names (None entries allowed) with one per
             prompt or one per returned row.
+        text (text-conditioned models): likewise None (no description), a description for every row, or a list
+            with one per prompt or one per returned row (None or "" entries: no description). The encoder runs
+            at the start of the call (on the descriptions, and under guidance on the empty one), never per step;
+            each layer's cross-attention keys and values are computed at the prefill and kept in the cache.
         guidance_scale (conditional models, a generation-config field): g > 1 samples with classifier-free
             guidance, each codebook's logits null + g * (cond - null), from one batch holding every row twice
             (with its conditions and with the null ones); None or 1: plain conditional sampling.
@@ -73,12 +77,13 @@ class MusicHybridGenerationMixin:
         prompt = prompt.repeat_interleave(config.num_return_sequences or 1, dim=0)
         if prompt.shape[0] == 0:
             raise ValueError("input_ids has an empty batch")
+        max_new_tokens = frames_to_generate(config, explicit, prompt.shape[2])
+        sampler = CodebookSampler(config, self.config.num_codebooks)
+        # last of the checks: a text condition encodes its descriptions here
         condition = ClassifierFreeGuidance.for_generation(
             self.model.condition_providers(), requested, config.guidance_scale, num_prompts, prompt.shape[0],
             prompt.device,
         )
-        max_new_tokens = frames_to_generate(config, explicit, prompt.shape[2])
-        sampler = CodebookSampler(config, self.config.num_codebooks)
         num_codebooks = self.config.num_codebooks
         position_limit = self.config.max_position_embeddings
         if long_form == "sliding":
@@ -149,8 +154,9 @@ class MusicHybridGenerationMixin:
 
         A decoding step reads every weight once, so a quarter of the bytes can decode up to four times as fast as float32.
         In place, for inference, on a float32 model on CPU (on GPUs, decode in bfloat16). The embedding tables
-        stay float32 (a step reads one row of each). Each Mamba dt_proj, whose outputs set the decays exp(delta A)
-        of the state, is quantized too: bench/int8_quality.py measures the effect on the validation loss (see
+        stay float32 (a step reads one row of each), and so do a text condition's encoder and projection, which
+        run once per generation, before the decoding steps (the layers' cross-attention is quantized). Each Mamba
+        dt_proj, whose outputs set the decays exp(delta A) of the state, is quantized too: bench/int8_quality.py measures the effect on the validation loss (see
         docs/performance.md). See `Int8Linear` for the product.
         """
         return quantize_linear_layers(self, mode)

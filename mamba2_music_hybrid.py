@@ -30,7 +30,7 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
         INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory,
     )
     from .recurrent_parts_music_hybrid import (
-        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias,
+        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias, runs_on_kernels,
     )
 except ImportError:  # from the repository root they are plain modules
     from fast_decoding_music_hybrid import is_plain_layer
@@ -38,7 +38,9 @@ except ImportError:  # from the repository root they are plain modules
         alignment_padding, cached_scan_readout, empty_matrix_memory, matrix_memory_step, segment_end_chunks,
     )
     from memory_caching_music_hybrid import INITIAL_GATE, MemorySettings, cached_memory, filled_slots, store_memory
-    from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias
+    from recurrent_parts_music_hybrid import (
+        causal_conv, causal_conv_step, compute_dtype, init_depthwise_conv, init_dt_bias, runs_on_kernels,
+    )
 
 logger = logging.get_logger(__name__)
 
@@ -162,14 +164,10 @@ class Mamba2Mixer(nn.Module):
         return -torch.exp(self.A_log.to(compute_dtype(self.A_log.dtype)))
 
     def use_kernels(self, hidden_states):
-        choice = self.config.mamba2_implementation
-        if choice == "torch" or self.memory is not None:  # the kernels return no segment-end states
-            return False
-        if choice == "kernels":
-            if mamba2_kernels() is None:
-                raise ImportError("mamba2_implementation='kernels' needs mamba-ssm and causal-conv1d installed")
-            return True
-        return hidden_states.is_cuda and mamba2_kernels() is not None
+        return runs_on_kernels(
+            "mamba2_implementation", self.config.mamba2_implementation, mamba2_kernels, hidden_states, self.memory,
+            "mamba-ssm and causal-conv1d",
+        )
 
     def forward(self, hidden_states, state=None, cache=None, positions=None, decay_rates=None, **kwargs):
         """hidden_states (B, T, d_model) -> (B, T, d_model); with a state (see `init_state`), continue from and

@@ -22,6 +22,7 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
         INITIAL_GATE, MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step,
         store_memory,
     )
+    from .recurrent_parts_music_hybrid import causal_conv, causal_conv_step, runs_on_kernels
     from .selective_scan_music_hybrid import decay_exponents, selective_scan, selective_state_step
 except ImportError:  # from the repository root they are plain modules
     from configuration_music_hybrid import MAMBA
@@ -30,6 +31,7 @@ except ImportError:  # from the repository root they are plain modules
         INITIAL_GATE, MemorySettings, cached_memory, empty_memory, filled_slots, memory_cached_scan, memory_step,
         store_memory,
     )
+    from recurrent_parts_music_hybrid import causal_conv, causal_conv_step, runs_on_kernels
     from selective_scan_music_hybrid import decay_exponents, selective_scan, selective_state_step
 
 logger = logging.get_logger(__name__)
@@ -143,14 +145,10 @@ class MambaMixer(nn.Module):
         return {"decay_exponents": decay_exponents(self.A_log)}
 
     def use_kernels(self, hidden_states):
-        choice = self.config.mamba_implementation
-        if choice in ("torch", "compiled") or self.memory is not None:  # the kernels keep no segment-end states
-            return False
-        if choice == "kernels":
-            if mamba_kernels() is None:
-                raise ImportError("mamba_implementation='kernels' needs mamba-ssm and causal-conv1d installed")
-            return True
-        return hidden_states.is_cuda and mamba_kernels() is not None
+        return runs_on_kernels(
+            "mamba_implementation", self.config.mamba_implementation, mamba_kernels, hidden_states, self.memory,
+            "mamba-ssm and causal-conv1d",
+        )
 
     def forward(self, hidden_states, state=None, cache=None, positions=None, decay_exponents=None, **kwargs):
         """hidden_states (B, T, hidden) -> (B, T, hidden); with a state (see `init_state`), continue from and update
@@ -182,7 +180,7 @@ class MambaMixer(nn.Module):
         # Time-major (B, T, d_inner) throughout: the layout in_proj produces and the scan works in, so no
         # transposing copies are made (they cost as much as the conv itself).
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
-        x = F.silu(self.causal_conv(x, state))
+        x = F.silu(causal_conv(x, self.conv1d, None if state is None else state["conv"]))
         initial_state = state["ssm"] if state is not None and start else None
         dt, B, C = self.ssm_inputs(x.transpose(1, 2))
         delta = F.softplus(dt)
@@ -204,24 +202,6 @@ class MambaMixer(nn.Module):
         y = y.to(x.dtype) + x * self.D.to(x.dtype)
         return self.out_proj(y * F.silu(z))
 
-    def causal_conv(self, x, state):
-        """The depthwise causal conv of time-major x (B, T, d_inner) as d_conv shifted multiply-adds. With a
-        state it continues from the stored inputs (zeros at the start, the same as zero padding) and stores the
-        last d_conv inputs."""
-        seq_length = x.shape[1]
-        if state is None:
-            history = x.new_zeros(x.shape[0], self.d_conv - 1, x.shape[2])
-        else:
-            history = state["conv"][..., 1:].transpose(1, 2).to(x.dtype)
-        x_padded = torch.cat([history, x], dim=1)
-        if state is not None:
-            state["conv"].copy_(x_padded[:, -self.d_conv :].transpose(1, 2))
-        weight = self.conv1d.weight[:, 0]
-        out = x_padded[:, :seq_length] * weight[:, 0]
-        for shift in range(1, self.d_conv):
-            out = torch.addcmul(out, x_padded[:, shift : shift + seq_length], weight[:, shift])
-        return out if self.conv1d.bias is None else out + self.conv1d.bias
-
     def torch_step(self, hidden_states, state, cache, positions=None, exponents=None):
         """One decoding step (B, 1, hidden) in PyTorch: the conv and the SSM state advance by one input in place,
         with no per-step work beyond the step itself (no conv call over a padded window, no scan setup). With
@@ -229,11 +209,7 @@ class MambaMixer(nn.Module):
         slot in a fixed-shape cache (a compiled step reads no length), the filled ones otherwise."""
         conv_state, ssm_state = state["conv"], state["ssm"]
         x, z = self.in_proj(hidden_states[:, 0]).chunk(2, dim=-1)
-        conv_state.copy_(torch.cat([conv_state[..., 1:], x[..., None].to(conv_state.dtype)], dim=-1))
-        x = torch.sum(conv_state * self.conv1d.weight[:, 0], dim=-1)
-        if self.conv1d.bias is not None:
-            x = x + self.conv1d.bias
-        x = F.silu(x)
+        x = F.silu(causal_conv_step(x, self.conv1d, conv_state))
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt))
         if exponents is None:

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
-    from .memory_caching_music_hybrid import memory_weights, read_memories
+    from .memory_caching_music_hybrid import cache_at_segment_end, memory_weights, read_memories, step_segment_key
 except ImportError:  # from the repository root they are plain modules
-    from memory_caching_music_hybrid import memory_weights, read_memories
+    from memory_caching_music_hybrid import cache_at_segment_end, memory_weights, read_memories, step_segment_key
 
 
 def segment_end_chunks(start, padding, chunk_size, chunks, length, segment_length):
@@ -88,11 +88,7 @@ def matrix_memory_step(memory, settings, y_live, state, readout, written, query,
     element, a tensor); `memory`: the layer's decoding state (see `empty_matrix_memory`), of which the step reads
     the first `visible` slots. Reads the cached memories, then updates the key sum and, at a segment's last
     position, caches the memory and its key in their slot. Returns y (batch, heads, out)."""
-    segment_length = settings.segment_length
-    segment, in_segment = positions // segment_length, positions % segment_length
-    key_sum = torch.where(in_segment == 0, written, memory["memory_key_sum"] + written)
-    memory["memory_key_sum"].copy_(key_sum)
-    live_key = key_sum / (in_segment + 1)
+    segment, in_segment, live_key = step_segment_key(memory, settings, written, positions)
     states, keys = memory["memory_states"][:, :visible], memory["memory_keys"][:, :visible]
     memory_segments = memory["memory_segments"][0, :visible]
     scale = query.shape[-1] ** -0.5
@@ -101,14 +97,7 @@ def matrix_memory_step(memory, settings, y_live, state, readout, written, query,
     valid = settings.valid(memory_segments, segment)
     live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = mixed_readout(y_live[:, None], live_weights[:, None], weights[:, None], readout[:, None], states)[:, 0]
-    # Written by index whatever the position (a fixed-shape step): the slot's old content unless a segment ends.
-    segment_ends = in_segment == segment_length - 1
-    slot = segment % memory["memory_segments"].shape[1]
-    batch_segment = segment.expand(state.shape[0], 1)
-    for name, new in (("memory_states", state[:, None]), ("memory_keys", live_key[:, None]),
-                      ("memory_segments", batch_segment)):
-        buffer = memory[name]
-        buffer.index_copy_(1, slot, torch.where(segment_ends, new.to(buffer.dtype), buffer.index_select(1, slot)))
+    cache_at_segment_end(memory, settings, state, live_key, segment, in_segment)
     return y
 
 

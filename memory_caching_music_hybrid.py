@@ -142,12 +142,8 @@ def memory_step(memory, settings, y_live, state, query, gate, B, C, positions, v
     Python value that changes); `memory` the layer's decoding state (see `empty_memory`), of which the step reads
     the first `visible` slots. Reads the cached memories, then updates the key sum and, at a segment's last
     position, caches the state and key in their slot. Returns y (batch, d_inner) before the D x term."""
-    segment_length = settings.segment_length
-    segment, in_segment = positions // segment_length, positions % segment_length
     B, C, query = B.float(), C.float(), query.float()
-    key_sum = torch.where(in_segment == 0, B, memory["memory_key_sum"] + B)
-    memory["memory_key_sum"].copy_(key_sum)
-    live_key = key_sum / (in_segment + 1)
+    segment, in_segment, live_key = step_segment_key(memory, settings, B, positions)
     states, keys = memory["memory_states"][:, :visible], memory["memory_keys"][:, :visible]
     memory_segments = memory["memory_segments"][0, :visible]
     scale = query.shape[-1] ** -0.5  # 1 / sqrt(d_state)
@@ -156,15 +152,29 @@ def memory_step(memory, settings, y_live, state, query, gate, B, C, positions, v
     valid = settings.valid(memory_segments, segment)
     live_weights, weights = memory_weights(live_scores, scores, valid, settings, gate)
     y = live_weights[:, None] * y_live + read_memories(weights[:, None], C[:, None], states)[:, 0]
+    cache_at_segment_end(memory, settings, state, live_key, segment, in_segment)
+    return y
+
+
+def step_segment_key(memory, settings, written, positions):
+    """A decoding step's segment, its place in it, and the live memory's key: the mean of the written vectors
+    (batch, ..., n) over the segment so far, whose running sum the step updates in `memory`."""
+    segment, in_segment = positions // settings.segment_length, positions % settings.segment_length
+    key_sum = torch.where(in_segment == 0, written, memory["memory_key_sum"] + written)
+    memory["memory_key_sum"].copy_(key_sum)
+    return segment, in_segment, key_sum / (in_segment + 1)
+
+
+def cache_at_segment_end(memory, settings, state, live_key, segment, in_segment):
+    """At a segment's last position, cache the state and its key in the segment's slot of `memory`."""
     # Written by index whatever the position (a fixed-shape step): the slot's old content unless a segment ends.
-    segment_ends = in_segment == segment_length - 1
+    segment_ends = in_segment == settings.segment_length - 1
     slot = segment % memory["memory_segments"].shape[1]
     batch_segment = segment.expand(state.shape[0], 1)
     for name, new in (("memory_states", state[:, None]), ("memory_keys", live_key[:, None]),
                       ("memory_segments", batch_segment)):
         buffer = memory[name]
-        buffer.index_copy_(1, slot, torch.where(segment_ends, new, buffer.index_select(1, slot)))
-    return y
+        buffer.index_copy_(1, slot, torch.where(segment_ends, new.to(buffer.dtype), buffer.index_select(1, slot)))
 
 
 def empty_memory(settings, batch_size, max_positions, d_inner, d_state, device):

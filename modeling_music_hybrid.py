@@ -10,7 +10,7 @@ position's codes.
 The other parts each live in a file of their own, all shipped next to the weights by save_pretrained (they import
 only each other, relatively inside a checkpoint folder, and installed libraries): the configuration; the Mamba-1
 mixer (mamba_music_hybrid.py) with its selective scan and memory caching; the Mamba-2 and Gated DeltaNet mixers
-(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what they share in recurrent_parts_music_hybrid.py
+(mamba2_music_hybrid.py, gated_deltanet_music_hybrid.py, with what the recurrent mixers share in recurrent_parts_music_hybrid.py
 and their memory caching in matrix_memory_caching_music_hybrid.py); the conditions and classifier-free
 guidance (conditions_music_hybrid.py); the decoding cache (cache_music_hybrid.py); generate() and sampling
 (generation_music_hybrid.py); what makes decoding fast (fast_decoding_music_hybrid.py); and the codec, for
@@ -39,7 +39,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 try:  # inside a checkpoint folder loaded with trust_remote_code the shipped files form a package
     from .cache_music_hybrid import MusicHybridCache
-    from .conditions_music_hybrid import CONDITIONS
+    from .conditions_music_hybrid import ALL_CONDITION_ARGUMENTS, CONDITIONS, missing_condition, reads_cross_attention
     from .configuration_music_hybrid import ATTENTION, MIXER_LAYER_TYPES, MusicHybridConfig
     from .delay_pattern_music_hybrid import IGNORE_INDEX, apply_delay_pattern, codes_to_model_inputs, undo_delay_pattern
     from .fast_decoding_music_hybrid import refuse_saving_quantized
@@ -50,7 +50,7 @@ try:  # inside a checkpoint folder loaded with trust_remote_code the shipped fil
     from .processing_music_hybrid import CodecUnavailableError, load_codec, save_codec_files, waveform_clips
 except ImportError:  # from the repository root they are plain modules
     from cache_music_hybrid import MusicHybridCache
-    from conditions_music_hybrid import CONDITIONS
+    from conditions_music_hybrid import ALL_CONDITION_ARGUMENTS, CONDITIONS, missing_condition, reads_cross_attention
     from configuration_music_hybrid import ATTENTION, MIXER_LAYER_TYPES, MusicHybridConfig
     from delay_pattern_music_hybrid import IGNORE_INDEX, apply_delay_pattern, codes_to_model_inputs, undo_delay_pattern
     from fast_decoding_music_hybrid import refuse_saving_quantized
@@ -150,6 +150,10 @@ class MusicHybridPreTrainedModel(PreTrainedModel):
         # A fitted codec's parameters go with the weights (before them: a push uploads the folder as it is then).
         Path(save_directory).mkdir(parents=True, exist_ok=True)
         save_codec_files(self.config.codec, save_directory, self.config.name_or_path or None)
+        backbone = getattr(self, self.base_model_prefix, self)
+        for provider in backbone.condition_providers().values():
+            if hasattr(provider, "save_files"):  # the text condition's tokenizer
+                provider.save_files(save_directory)
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
@@ -194,6 +198,9 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         super()._init_weights(module)
         if module is self:  # a non-persistent buffer: rebuilt after meta-device loading
             init.copy_(self.codebook_offsets, torch.arange(self.config.num_codebooks) * self.config.vocab_size)
+            # here, since transformers passes over modules without parameters of their own (in custom code)
+            if self.config.text_encoder is not None:
+                self.text_condition.init_encoder()
 
     def condition_providers(self):
         """forward() argument -> the provider of that condition, for the conditions this model has."""
@@ -212,11 +219,15 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         return_dict=None, **kwargs,
     ):
         """input_ids (B, K, T) -> `MusicHybridModelOutput`; with a cache, continue from it and advance it (with
-        `use_cache` and no cache, a new one is made). genre_ids (and every other condition's argument, see
-        conditions_music_hybrid.py): (B,) genre ids of a conditional model, None for the null genre.
-        attention_mask: all ones or None (see `refuse_unused_arguments`). output_hidden_states and return_dict
-        default to the config's, as in transformers models."""
-        given = {"genre_ids": genre_ids, **{name: kwargs.pop(name) for name in CONDITIONS if name in kwargs}}
+        `use_cache` and no cache, a new one is made). genre_ids (and every other condition's arguments, see
+        conditions_music_hybrid.py): (B,) genre ids of a conditional model, None for the null genre;
+        text_input_ids (B, S) and text_attention_mask (B, S), or text_hidden_states (B, S, encoder hidden) with the
+        mask, of a text-conditioned model (`tokenize_text`), None for the null description. A cache keeps the
+        description of its first input (see `ConditionCrossAttention`). attention_mask: all ones or None (see
+        `refuse_unused_arguments`). output_hidden_states and return_dict default to the config's, as in
+        transformers models."""
+        given = {"genre_ids": genre_ids}
+        given.update((name, kwargs.pop(name)) for name in ALL_CONDITION_ARGUMENTS if name in kwargs)
         refuse_unused_arguments(attention_mask, kwargs, self.config)
         check_token_ids(input_ids, self.config, "input_ids", self.config.vocab_size)
         conditions = self.checked_conditions(given, input_ids.shape[0], input_ids.device)
@@ -245,12 +256,15 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
     def checked_conditions(self, given, batch, device):
         """The model's conditions for a batch: each provider's checked values (its null values where none are
         given). A condition this model does not have is refused."""
-        providers = self.condition_providers()
+        providers = self.condition_providers().values()
+        taken = {argument for provider in providers for argument in provider.arguments}
         for argument, values in given.items():
-            if values is not None and argument not in providers:
-                kind = CONDITIONS[argument].generate_argument
-                raise ValueError(f"{argument} needs a {kind}-conditioned model; this model has no {kind} condition")
-        return {argument: provider.checked(given.get(argument), batch, device) for argument, provider in providers.items()}
+            if values is not None and argument not in taken:
+                raise ValueError(f"{argument} {missing_condition(argument)}")
+        conditions = {}
+        for provider in providers:
+            conditions.update(provider.checked(batch, device, **{name: given.get(name) for name in provider.arguments}))
+        return conditions
 
     def decode(self, input_ids, positions, cache=None, all_hidden_states=None, **conditions):
         """The forward pass at `positions` (a tensor), leaving `cache.advance` to the caller; `conditions` are the
@@ -264,8 +278,13 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
         seq_length = input_ids.shape[2]
         token_ids = input_ids + self.codebook_offsets[None, :, None]
         hidden_states = self.embed_tokens(token_ids).sum(dim=1)
-        for argument, values in conditions.items():
-            hidden_states = hidden_states + getattr(self, CONDITIONS[argument].module_name).layer_input(values)
+        condition_memory = None  # what cross-attention reads, unless the cache holds its keys and values already
+        for provider in self.condition_providers().values():
+            values = {name: conditions[name] for name in provider.arguments if name in conditions}
+            if hasattr(provider, "layer_input"):
+                hidden_states = hidden_states + provider.layer_input(**values)
+            if hasattr(provider, "cross_attention_input") and (cache is None or not cache.holds_condition_keys_values):
+                condition_memory = provider.cross_attention_input(**values)
         rotary = None
         if self.config.position_embedding_type == "learned":
             hidden_states = hidden_states + self.embed_positions(positions)
@@ -283,8 +302,8 @@ class MusicHybridModel(MusicHybridPreTrainedModel):
             if all_hidden_states is not None:
                 all_hidden_states.append(hidden_states)
             hidden_states = layer(
-                hidden_states, state=state, cache=cache, positions=positions, rotary=rotary,
-                attention_mask=attention_mask,
+                hidden_states, state=state, condition_memory=condition_memory, cache=cache, positions=positions,
+                rotary=rotary, attention_mask=attention_mask,
             )
         hidden_states = self.norm(hidden_states)
         if all_hidden_states is not None:
@@ -336,11 +355,13 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
 
     def forward(
         self, input_ids, labels=None, genre_ids=None, cache=None, use_cache=None, logits_to_keep=0,
-        output_hidden_states=None, return_dict=None, attention_mask=None, num_items_in_batch=None, **unused,
+        output_hidden_states=None, return_dict=None, attention_mask=None, num_items_in_batch=None,
+        text_input_ids=None, text_attention_mask=None, text_hidden_states=None, **unused,
     ):
         """input_ids: (B, K, T) delayed codes starting with the start column; labels: the same layout with -100
         where nothing is predicted (see `codes_to_model_inputs`). genre_ids: (B,) int64 genre ids of a conditional
-        model (`config.genre_id(name)`; None: the null genre). With `use_cache`, a new `MusicHybridCache` is made
+        model (`config.genre_id(name)`; None: the null genre). text_input_ids and text_attention_mask (B, S) of a
+        text-conditioned model (`tokenize_text`), or text_hidden_states with the mask (None: no description). With `use_cache`, a new `MusicHybridCache` is made
         when none is given. `logits_to_keep=n` computes logits for the last n positions only (0: all).
 
         The loss is the (weighted) mean over codebooks of each codebook's mean cross entropy over its valid
@@ -356,8 +377,11 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
                 "unshifted, against the wrong positions. Leave label_smoothing_factor at 0 and set "
                 "model.config.label_smoothing instead: it smooths the shifted per-codebook loss over valid positions."
             )
+        # the text arguments are named in the signature: HF Trainer keeps only dataset columns that forward names
         backbone = self.model(
-            input_ids, cache, genre_ids, use_cache, output_hidden_states, attention_mask, return_dict=True, **unused
+            input_ids, cache, genre_ids, use_cache, output_hidden_states, attention_mask, return_dict=True,
+            text_input_ids=text_input_ids, text_attention_mask=text_attention_mask,
+            text_hidden_states=text_hidden_states, **unused,
         )
         logits = self.codebook_logits(backbone.last_hidden_state[:, -logits_to_keep:])
         loss = codebook_losses = None
@@ -414,6 +438,25 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
         at any `sampling_rate`, resampled to the codec's with soxr."""
         return torch.stack(self.codec.encode(waveform_clips(waveform, sampling_rate))).to(self.device)
 
+    @property
+    def text_tokenizer(self):
+        """The tokenizer of a text-conditioned model's encoder (shipped in its checkpoint's text_tokenizer folder)."""
+        return self._text_condition().tokenizer
+
+    def tokenize_text(self, descriptions):
+        """Descriptions (a list of str; None or "": no description) -> forward()'s text arguments,
+        {"text_input_ids", "text_attention_mask"} (B, S) int64 on the model's device, padded and cut to
+        `config.max_text_length` tokens."""
+        return self._text_condition().tokenize(descriptions, self.device)
+
+    def _text_condition(self):
+        if self.config.text_encoder is None:
+            raise ValueError(
+                "this model has no text condition (config.text_encoder is None): make one with "
+                "MusicHybridConfig(text_encoder=...)"
+            )
+        return self.model.text_condition
+
     def codebook_logits(self, hidden_states):
         """(B, T, hidden) -> (B, K, T, codebook_size)."""
         batch, seq_length, _ = hidden_states.shape
@@ -427,23 +470,34 @@ class MusicHybridForCausalLM(MusicHybridPreTrainedModel, MusicHybridGenerationMi
 
 
 class MusicHybridDecoderLayer(GradientCheckpointingLayer):
-    """Pre-norm residual block: the sequence mixer of the layer's kind (`config.mixer_types`, see `MIXERS`), then
-    an MLP (attention layers always; recurrent layers when `config.mamba_mlp`). transformers' gradient
-    checkpointing selects layers of this class (`gradient_checkpointing_enable`)."""
+    """Pre-norm residual block: the sequence mixer of the layer's kind (`config.mixer_types`, see `MIXERS`), then,
+    in a text-conditioned model, cross-attention to the description (MusicGen's order), then an MLP (attention
+    layers always; recurrent layers when `config.mamba_mlp`). transformers' gradient checkpointing selects layers
+    of this class (`gradient_checkpointing_enable`)."""
 
     def __init__(self, config, layer_idx):
         super().__init__()
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mixer = MIXERS[config.mixer_types[layer_idx]](config, layer_idx)
+        self.has_cross_attention = reads_cross_attention(config)
+        if self.has_cross_attention:
+            self.cross_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+            self.cross_attention = ConditionCrossAttention(config, layer_idx)
         self.has_mlp = config.layer_types[layer_idx] == ATTENTION or config.mamba_mlp
         if self.has_mlp:
             self.post_mixer_norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
             self.mlp = MLP(config)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, hidden_states, state=None, **mixer_inputs):
-        """mixer_inputs: what the backbone passes every mixer (cache, positions, rotary, attention_mask)."""
+    def forward(self, hidden_states, state=None, condition_memory=None, **mixer_inputs):
+        """mixer_inputs: what the backbone passes every mixer (cache, positions, rotary, attention_mask);
+        condition_memory: what cross-attention reads (see `ConditionCrossAttention`)."""
         hidden_states = hidden_states + self.dropout(self.mixer(self.input_norm(hidden_states), state, **mixer_inputs))
+        if self.has_cross_attention:
+            normalized = self.cross_attention_norm(hidden_states)
+            hidden_states = hidden_states + self.dropout(
+                self.cross_attention(normalized, condition_memory, mixer_inputs["cache"])
+            )
         if self.has_mlp:
             hidden_states = hidden_states + self.dropout(self.mlp(self.post_mixer_norm(hidden_states)))
         return hidden_states
@@ -500,15 +554,22 @@ class MusicHybridAttention(nn.Module):
         return {"keys": torch.zeros(shape, dtype=dtype, device=device), "values": torch.zeros(shape, dtype=dtype, device=device)}
 
     def forward(self, hidden_states, state=None, cache=None, positions=None, rotary=None, attention_mask=None, **kwargs):
-        batch, seq_length, _ = hidden_states.shape
-        query, key, value = (
-            projection(hidden_states).view(batch, seq_length, -1, self.head_dim).transpose(1, 2)
-            for projection in (self.q_proj, self.k_proj, self.v_proj)
-        )
+        query, key, value = (self.heads(projection, hidden_states) for projection in (self.q_proj, self.k_proj, self.v_proj))
         if rotary is not None:
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if state is not None:
             key, value = self.update_state(state, cache, key, value, positions)
+        return self.attend(query, key, value, attention_mask)
+
+    def heads(self, projection, states):
+        """(B, L, D) -> the projection's heads (B, heads, L, head_dim)."""
+        batch, length, _ = states.shape
+        return projection(states).view(batch, length, -1, self.head_dim).transpose(1, 2)
+
+    def attend(self, query, key, value, attention_mask):
+        """Attention of the query heads over the key and value heads, through transformers' attention interface,
+        then the output projection."""
+        batch, _, seq_length, _ = query.shape
         # Plain indexing, which torch.compile traces on every supported torch (older dynamo breaks the graph inside
         # get_interface's Mapping methods).
         implementation = self.config._attn_implementation
@@ -557,6 +618,30 @@ class MusicHybridAttention(nn.Module):
             return key, value
         filled = min(start + 1, capacity)
         return keys[:, :, :filled], values[:, :, :filled]
+
+
+class ConditionCrossAttention(MusicHybridAttention):
+    """Attention from every position to the states a condition hands the layers (the encoded description, see
+    conditions_music_hybrid.TextCondition), with the attention's heads and interface: no positions (the keys are
+    not rotated) and no causal order, padding masked. Its keys and values depend on the description alone: with a
+    cache they are computed at the first input and kept there (`MusicHybridCache.condition_keys_values`), so a
+    decoding step projects only its query."""
+
+    def __init__(self, config, layer_idx):
+        super().__init__(config, layer_idx)
+        self.is_causal = False
+
+    def forward(self, hidden_states, condition_memory, cache=None):
+        """condition_memory: (states (B, S, D), additive padding mask (B, 1, 1, S)); unused once the cache holds
+        this layer's keys and values."""
+        kept = None if cache is None else cache.condition_keys_values[self.layer_idx]
+        if kept is None:
+            states, key_mask = condition_memory
+            kept = (self.heads(self.k_proj, states), self.heads(self.v_proj, states), key_mask)
+            if cache is not None:
+                cache.condition_keys_values[self.layer_idx] = kept
+        key, value, key_mask = kept
+        return self.attend(self.heads(self.q_proj, hidden_states), key, value, key_mask)
 
 
 class MLP(nn.Module):

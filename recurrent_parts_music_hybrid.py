@@ -1,13 +1,29 @@
-"""Parts that the matrix-state mixers (Mamba-2, Gated DeltaNet) share: the precision they compute in, the short
-causal convolution with its decoding state, and the log-uniform initialisation of their time steps.
+"""Parts that the recurrent mixers share: the choice between their CUDA kernels and PyTorch, the short causal
+convolution with its decoding state, and, for the matrix-state mixers (Mamba-2, Gated DeltaNet), the precision
+they compute in and the log-uniform initialisation of their time steps.
 
-Used by mamba2_music_hybrid.py and gated_deltanet_music_hybrid.py; shipped with every checkpoint.
+Used by mamba_music_hybrid.py, mamba2_music_hybrid.py and gated_deltanet_music_hybrid.py; shipped with every
+checkpoint.
 """
 
 import math
 
 import torch
 from transformers import initialization as init
+
+
+def runs_on_kernels(setting, choice, kernels, hidden_states, memory, packages):
+    """Whether a mixer runs on its CUDA kernels (`kernels()`: their dict, or None where they do not import; called
+    only when the choice needs it, since a compiled step cannot trace the import). choice, the config's `setting`:
+    "auto" (on CUDA tensors where they import), "kernels" (always; an ImportError naming `packages` without them),
+    "torch" or "compiled" (never). Memory caching runs on PyTorch: the kernels return no segment-end states."""
+    if choice in ("torch", "compiled") or memory is not None:
+        return False
+    if choice == "kernels":
+        if kernels() is None:
+            raise ImportError(f"{setting}='kernels' needs {packages} installed")
+        return True
+    return hidden_states.is_cuda and kernels() is not None
 
 
 def compute_dtype(dtype):

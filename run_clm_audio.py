@@ -58,11 +58,26 @@ class ModelArguments:
                   "column (rows without one, and unseen validation genres, get the null genre). A model or "
                   "checkpoint that is already conditional keeps its own list."},
     )
+    text_conditioning: bool = field(
+        default=False,
+        metadata={"help": "Condition a new model on descriptions (the dataset's text column; rows without one get "
+                  "the null description), read by --text_encoder through cross-attention. A model or checkpoint "
+                  "that already reads text keeps its encoder."},
+    )
+    text_encoder: str | None = field(
+        default=None,
+        metadata={"help": "With --text_conditioning: the text encoder, a Hub name or folder (default "
+                  "google-t5/t5-base, MusicGen's); frozen unless --config_overrides train_text_encoder=true."},
+    )
     condition_dropout: float | None = field(
         default=None,
-        metadata={"help": "Probability that a training example sees the null genre (classifier-free guidance "
-                  "needs it); unset: the model's own, or 0.1 for a new conditional model."},
+        metadata={"help": "Probability that a training example sees the null genre and description (classifier-free "
+                  "guidance needs it); unset: the model's own, or 0.1 for a new conditional model."},
     )
+
+    def __post_init__(self):
+        if self.text_encoder is not None and not self.text_conditioning:
+            raise ValueError("--text_encoder needs --text_conditioning")
 
 
 @dataclass

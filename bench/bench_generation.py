@@ -218,7 +218,7 @@ def build_our_model(name, device, dtype, positions, **overrides):
 
 
 def can_cache_memory(config):
-    """Models with Mamba layers that do not cache memory already."""
+    """Models with recurrent layers that do not cache memory already (bench_training's too)."""
     return "linear_attention" in config.layer_types and not config.mamba_memory
 
 

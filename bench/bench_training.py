@@ -23,12 +23,13 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mamba_music_hybrid  # noqa: E402
+from bench.bench_generation import can_cache_memory  # noqa: E402
 from bench.bench_scan import plain_loop_scan  # noqa: E402
 from bench.machine import (  # noqa: E402
     add_machine_arguments, best_time, mib, new_parser, peak_memory, print_header, print_table, ratio_text, run_cli,
     setup_machine,
 )
-from configuration_music_hybrid import MAMBA, MusicHybridConfig  # noqa: E402
+from configuration_music_hybrid import MusicHybridConfig  # noqa: E402
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs  # noqa: E402
 
 COMPILED, PLAIN_LOOP = " (compiled scan chunks)", " (plain-loop scan)"  # variants of the hybrid presets
@@ -72,7 +73,7 @@ def main():
     hybrids = [name for name in args.presets if name.startswith("hybrid")]
     runs = [(name, "") for name in args.presets] + [(name, COMPILED) for name in hybrids]
     if args.memory_segment_length:
-        runs += [(name, MEMORY) for name in args.presets if can_cache_memory(name)]
+        runs += [(name, MEMORY) for name in args.presets if can_cache_memory(MusicHybridConfig.from_preset(name))]
     if args.with_slow_baselines:
         runs += [(name, PLAIN_LOOP) for name in hybrids]
     results = {}
@@ -81,12 +82,6 @@ def main():
             results[name + variant, length] = measure(name, variant, args, device, length)
             print(f"{name + variant} at {length}: {results[name + variant, length]}", file=sys.stderr, flush=True)
     print_results(results, args)
-
-
-def can_cache_memory(name):
-    """Presets with Mamba layers that do not cache memory already."""
-    config = MusicHybridConfig.from_preset(name)
-    return MAMBA in config.layer_types and not config.mamba_memory
 
 
 def training_step_fn(name, args, device, sequence_length, mamba_implementation="auto", **overrides):

@@ -45,6 +45,11 @@ class BuildArguments:
     audio_column: str = field(default="audio", metadata={"help": "Audio column of --hf_dataset."})
     id_column: Optional[str] = field(default=None, metadata={"help": "Track id column (default: the row number)."})
     genre_column: Optional[str] = field(default=None, metadata={"help": "Genre column of --hf_dataset, if any."})
+    text_column: Optional[str] = field(
+        default=None,
+        metadata={"help": "Description column of --hf_dataset (a caption, or a list of tags), if any: the dataset's "
+                          "`text` column, for text conditioning."},
+    )
     streaming: bool = field(default=False, metadata={"help": "Stream --hf_dataset instead of downloading it first."})
     procedural_tracks: int = field(default=8, metadata={"help": "Number of generated tracks (procedural source)."})
     procedural_seconds: float = field(default=8.0, metadata={"help": "Length of each generated track."})

@@ -43,6 +43,7 @@ from .dataset_io import (
     dataset_card,
     push_codes_dataset,
     save_codes_dataset,
+    with_text_column,
 )
 from .decoder_messages import python_stderr_off_fd2
 from .parts import BuildInterrupted, WorkDir, shard_fingerprint
@@ -150,6 +151,9 @@ def _check_arguments(args):
         raise ValueError("--split_mode fma needs an FMA source or --fma_metadata")
     if args.streaming and source != "hf":
         raise ValueError("--streaming applies to --hf_dataset only")
+    if args.text_column and source != "hf":
+        raise ValueError("--text_column applies to --hf_dataset only (the procedural and FMA sources describe their "
+                         "tracks themselves)")
     if args.codec == "fitted" and args.streaming:
         raise ValueError("--codec fitted reads the training split before encoding it: drop --streaming")
     if args.codec == "fitted" and not 1 <= args.codec_centroids <= CODEBOOK_SIZE:
@@ -183,7 +187,7 @@ def _run_config(args, source):
         "procedural": ["procedural_seconds", "procedural_seed"],
         "folder": ["audio_dir"],
         "fma": ["fma_dir", "fma_metadata", "fma_subset"],
-        "hf": ["hf_dataset", "hf_config", "hf_split", "audio_column", "id_column", "genre_column"],
+        "hf": ["hf_dataset", "hf_config", "hf_split", "audio_column", "id_column", "genre_column", "text_column"],
     }[source]
     settings = ["segment", "segment_seconds", "min_seconds", "silence_db", "loudness_lufs"]
     settings += ["window_seconds", "window_overlap_seconds"]
@@ -200,6 +204,8 @@ def _list_tracks(args, source, verbose):
     notes = []
     if source == "procedural":
         tracks = procedural_tracks(args.procedural_tracks, args.procedural_seconds, args.procedural_seed)
+        notes.append("Descriptions (`text`): the generator's own account of what it played (style, key, mode, tempo, "
+                     "instruments), true of every track.")
     elif source == "folder":
         tracks = folder_tracks(args.audio_dir)
     elif source == "fma":
@@ -207,6 +213,9 @@ def _list_tracks(args, source, verbose):
         note = "FMA: {files} files ({in_metadata} in tracks.csv, {not_in_metadata} not in it, kept without genre); "
         note += "{listed_but_missing} tracks of the subset listed in tracks.csv but missing on disk (rejected)"
         notes.append(note.format(**counts))
+        notes.append("Descriptions (`text`): built from FMA's metadata (top genre, sub-genres, title). These are tags "
+                     "the uploaders chose, not captions of the audio: they say what a track was filed under, not "
+                     "what it sounds like.")
         if verbose:
             print(note.format(**counts), file=sys.stderr)
     else:
@@ -218,7 +227,10 @@ def _list_tracks(args, source, verbose):
             args.id_column,
             args.genre_column,
             args.streaming,
+            args.text_column,
         )
+        if args.text_column:
+            notes.append(f"Descriptions (`text`): the {args.text_column!r} column of {args.hf_dataset}.")
     if args.max_tracks is not None:
         tracks = tracks[: args.max_tracks] if isinstance(tracks, list) else itertools.islice(tracks, args.max_tracks)
     if isinstance(tracks, list) and not tracks:
@@ -332,6 +344,7 @@ class _ShardEncoder:
                         "duration": segment.duration,
                         "genre": track.genre,
                         "source": track.source,
+                        "text": track.text,
                     }
                 )
             self.finished.append(track.track_id)
@@ -431,7 +444,7 @@ def _merge(args, work):
 
     run_config = work.run_config()
     assign, split_names, split_rule = _split_rule(args, run_config)
-    parts = [Dataset.from_file(path) for path in work.arrow_files()]
+    parts = [with_text_column(Dataset.from_file(path)) for path in work.arrow_files()]  # some from before `text`
     if not parts:  # every track rejected: no dataset, and no claim on the folder (the rejects are quick to redo)
         rejects = sorted(_one_per_track(work.rejects()), key=lambda reject: reject.track_id)
         work.discard()

@@ -1,5 +1,8 @@
 """The codes dataset on disk and on the Hub: its fixed schema, the codec identity stored
-beside it (codec.json), its dataset card, and save / load / push."""
+beside it (codec.json), its dataset card, and save / load / push.
+
+The `text` column (a description of the track) is newer than the others: a dataset saved before it existed loads
+with the column added, empty, so every reader sees one schema."""
 
 import json
 import os
@@ -22,6 +25,7 @@ CODES_FEATURES = Features(
         "duration": Value("float32"),
         "genre": Value("string"),
         "source": Value("string"),
+        "text": Value("string"),  # a description in words, where the source has one (see data/sources.py)
     }
 )
 CODEC_FILE = "codec.json"
@@ -98,7 +102,14 @@ def load_codes_dataset(path_or_hub_id, revision=None):
     check_identity(identity)
     if identity["backend"] == "fitted":  # its parameters must be there, and be the ones codec.json names
         load_codec(identity, device="cpu", location=path_or_hub_id)
-    return dataset_dict, identity
+    return DatasetDict({name: with_text_column(split) for name, split in dataset_dict.items()}), identity
+
+
+def with_text_column(dataset):
+    """`dataset` with CODES_FEATURES' text column, empty where it was saved without one."""
+    if "text" in dataset.column_names:
+        return dataset
+    return dataset.add_column("text", [None] * len(dataset), feature=CODES_FEATURES["text"])
 
 
 def push_codes_dataset(path, repo_id, private=False):
@@ -117,16 +128,27 @@ def push_codes_dataset(path, repo_id, private=False):
     card.push_to_hub(repo_id, repo_type="dataset")
 
 
+def description_lines(dataset_dict):
+    """The card's paragraph on the `text` column: how many rows have a description, and the first one."""
+    texts = [text for split in dataset_dict.values() for text in split["text"]]
+    described = [text for text in texts if text]
+    if not described:
+        return ["", "**Descriptions:** none (the `text` column is empty)."]
+    return ["", f"**Descriptions** (`text`): {len(described)} of {len(texts)} rows, e.g. \"{described[0]}\"."]
+
+
 def dataset_card(dataset_dict, identity, source="unknown", split_rule="unknown", reject_counts=None, notes=()):
     """Markdown card: source, counts and hours per split, codec, split rule, rejects."""
+    described = any(text for split in dataset_dict.values() for text in split["text"])
     lines = [
         "---",
-        "tags: [audio, music, dac, audio-tokens]",
+        f"tags: [audio, music, dac, audio-tokens{', music-descriptions' if described else ''}]",
         "---",
         f"# DAC codes of {source}",
         "",
         "Discrete audio codes for autoregressive music models (music-hybrid). Each row is a track",
-        "or a segment of one: `codes` int16 (9, T) in natural (undelayed) layout, 86.13 frames/s.",
+        "or a segment of one: `codes` int16 (9, T) in natural (undelayed) layout, 86.13 frames/s, with its",
+        "track's `genre` and description in words (`text`) where the source has them.",
         "",
         "| split | tracks | rows | frames | hours |",
         "| --- | ---: | ---: | ---: | ---: |",
@@ -142,6 +164,7 @@ def dataset_card(dataset_dict, identity, source="unknown", split_rule="unknown",
     if identity["backend"] == "fitted":
         lines += ["", "The codec was fitted to this dataset's training audio (codec_fitted_music_hybrid.py, parameters "
                   "in codec_fitted.safetensors): an offline, small-data codec, not a replacement for DAC."]
+    lines += description_lines(dataset_dict)
     if reject_counts is not None:
         counts = ", ".join(f"{reason} {count}" for reason, count in reject_counts.items())
         lines += ["", f"**Rejected inputs** (see rejects.jsonl): {counts}"]

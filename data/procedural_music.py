@@ -1,7 +1,10 @@
 """A small seeded music generator: chords, bass, melody and drums in a random key, mode and tempo.
 
 It gives the pipeline (and the demo) real musical structure to tokenize with no download:
-the same (seed, index) always renders the same track."""
+the same (seed, index) always renders the same track. It knows what it played, so each track comes with a true
+description in words (style, key, mode, tempo, instruments): the captions of an offline text-conditioning run."""
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -20,39 +23,85 @@ BARS_PER_CHORD = 2
 PAD = {"harmonics": [1, 0.3, 0.1], "attack": 0.15, "decay": 0.3, "sustain": 0.8, "release": 0.6}
 BASS = {"harmonics": [1, 0, 0.11, 0, 0.04], "attack": 0.005, "decay": 0.2, "sustain": 0.5, "release": 0.03}
 LEAD = {"harmonics": [1, 0.5, 0.33, 0.25, 0.2, 0.17], "attack": 0.01, "decay": 0.15, "sustain": 0.6, "release": 0.05}
+# How the description names each style, note and subdivision of the beat.
+STYLE_PHRASES = {"Ballad": "A ballad", "Pop": "A pop song", "Rock": "A rock song", "Electronic": "An electronic track"}
+NOTE_NAMES = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+NOTE_VALUES = {1: "on every beat", 2: "in eighth notes", 4: "in sixteenth notes"}
 SCALES = {"major": [0, 2, 4, 5, 7, 9, 11], "minor": [0, 2, 3, 5, 7, 8, 10]}
 # Chord roots as scale degrees (I-V-vi-IV and friends).
 PROGRESSIONS = [[0, 4, 5, 3], [0, 5, 3, 4], [5, 3, 0, 4], [0, 3, 4, 4], [0, 3, 0, 4]]
 
 
+@dataclass(frozen=True)
+class TrackPlan:
+    """What track `index` plays, drawn before anything is rendered (so its description costs no audio)."""
+
+    style: str
+    beat_frames: int  # a beat lasts a whole number of codec frames
+    tonic: int  # MIDI pitch
+    mode: str  # a key of SCALES
+    progression: list
+    motif: list
+
+    @property
+    def tempo(self) -> float:
+        """Beats per minute, as played (the drawn tempo rounded to whole frames per beat)."""
+        return 60.0 * SAMPLE_RATE / (self.beat_frames * HOP_LENGTH)
+
+    def description(self) -> str:
+        """A true description of the track in words: style, key, mode, tempo and what each instrument plays."""
+        style = STYLES[self.style]
+        drums = ("a kick on every beat and a snare on every second beat" if style["kick_all"]
+                 else "kick and snare alternating on the beats")
+        return (
+            f"{STYLE_PHRASES[self.style]} in {NOTE_NAMES[self.tonic % 12]} {self.mode} at {round(self.tempo)} BPM: "
+            f"sustained pad chords, bass {NOTE_VALUES[style['bass_per_beat']]}, a lead synth melody, {drums}, "
+            f"hi-hats {NOTE_VALUES[style['hats_per_beat']]}"
+        )
+
+
 def generate_track(seed, index, seconds=8.0):
-    """(mono float32 samples at 44.1 kHz, style name) of track `index` for `seed`.
+    """(mono float32 samples at 44.1 kHz, its TrackPlan) of track `index` for `seed`.
 
     The track is a sequence of bars, each chord of the progression held for BARS_PER_CHORD bars. A bar lasts a whole
     number of codec frames and is rendered once per chord (sounds that ring past its end wrap around to its start),
     so a held chord's bars are sample-identical and their codes repeat exactly: structure that a model can only
     predict from context, never from code frequencies alone."""
     rng = np.random.default_rng([seed, index])
-    style_name = _draw_style(rng)
-    style = STYLES[style_name]
-    beat_frames = round(60.0 / rng.uniform(*style["tempo"]) * SAMPLE_RATE / HOP_LENGTH)
-    beat = beat_frames * HOP_LENGTH / SAMPLE_RATE
-    tonic = int(rng.integers(45, 57))  # A2..G#3
-    scale = SCALES[rng.choice(list(SCALES))]
-    progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
-    motif = _draw_motif(rng, style)
+    plan = _draw_plan(rng)
+    style = STYLES[plan.style]
+    beat = plan.beat_frames * HOP_LENGTH / SAMPLE_RATE
     drums = {"kick": _kick(), "snare": _snare(rng), "hat": _hat(rng)}  # one sound each, so bars can repeat exactly
 
     def pitch(degree, octave=0):
-        return tonic + 12 * (octave + degree // 7) + scale[degree % 7]
+        scale = SCALES[plan.mode]
+        return plan.tonic + 12 * (octave + degree // 7) + scale[degree % 7]
 
-    bar_samples = BEATS_PER_BAR * beat_frames * HOP_LENGTH
-    bars = {root: _render_bar(root, beat, bar_samples, style, motif, drums, pitch) for root in set(progression)}
+    bar_samples = BEATS_PER_BAR * plan.beat_frames * HOP_LENGTH
+    bars = {
+        root: _render_bar(root, beat, bar_samples, style, plan.motif, drums, pitch) for root in set(plan.progression)
+    }
     num_samples = round(seconds * SAMPLE_RATE)
     num_bars = -(-num_samples // bar_samples)
+    progression = plan.progression
     mix = np.concatenate([bars[progression[(bar // BARS_PER_CHORD) % len(progression)]] for bar in range(num_bars)])
     track = mix[:num_samples]
-    return (0.8 * track / max(np.max(np.abs(track)), 1e-9)).astype(np.float32), style_name
+    return (0.8 * track / max(np.max(np.abs(track)), 1e-9)).astype(np.float32), plan
+
+
+def track_plan(seed, index) -> TrackPlan:
+    """The TrackPlan of track `index` without rendering it."""
+    return _draw_plan(np.random.default_rng([seed, index]))
+
+
+def _draw_plan(rng) -> TrackPlan:
+    style_name = list(STYLES)[rng.integers(len(STYLES))]
+    style = STYLES[style_name]
+    beat_frames = round(60.0 / rng.uniform(*style["tempo"]) * SAMPLE_RATE / HOP_LENGTH)
+    tonic = int(rng.integers(45, 57))  # A2..G#3
+    mode = str(rng.choice(list(SCALES)))
+    progression = PROGRESSIONS[rng.integers(len(PROGRESSIONS))]
+    return TrackPlan(style_name, beat_frames, tonic, mode, progression, _draw_motif(rng, style))
 
 
 def _draw_motif(rng, style):
@@ -89,15 +138,6 @@ def _render_bar(root, beat, bar_samples, style, motif, drums, pitch):
         for hat in range(style["hats_per_beat"]):
             _add(mix, time + hat * beat / style["hats_per_beat"], drums["hat"], 0.12)
     return mix.reshape(-1, bar_samples).sum(axis=0)
-
-
-def track_style(seed, index):
-    """The style (genre label) of track `index` without rendering it."""
-    return _draw_style(np.random.default_rng([seed, index]))
-
-
-def _draw_style(rng):
-    return list(STYLES)[rng.integers(len(STYLES))]
 
 
 def _add(mix, time, sound, gain):

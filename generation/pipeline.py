@@ -30,7 +30,7 @@ from generation.streaming_wav import StreamingWavWriter
 from processing_music_hybrid import SAMPLE_RATE
 
 CODEC_FIX = "connect to the Hugging Face Hub once (the weights are cached), or install what it needs"
-DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre is asked for
+DEFAULT_GUIDANCE_SCALE = 3.0  # MusicGen's, used whenever a genre or a description is asked for
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -59,6 +59,7 @@ class Plan:
     context_window: int | None
     genres: list | None  # one per sample (None: an unconditional model, or no genre asked for)
     guidance_scale: float | None
+    texts: list | None = None  # one description per sample (None: none asked for)
 
 
 class GenerationInterrupted(KeyboardInterrupt):
@@ -96,6 +97,7 @@ def generate_audio(
     genre=None,
     guidance_scale=None,
     overwrite=True,
+    text=None,
 ):
     """Generate `num_samples` WAV files of `duration` seconds of new audio each; see the module docstring.
 
@@ -106,7 +108,9 @@ def generate_audio(
     compile_decoding: run the decoding steps compiled (`MusicHybridForCausalLM.compile_decoding`), as CUDA graphs
     on a GPU.
     genre: a genre of a conditional checkpoint for every sample, or a list with one per sample; file names carry
-    it. guidance_scale: classifier-free guidance (default 3.0 with a genre; 1: none). overwrite: replace existing
+    it. text: a description for every sample of a text-conditioned checkpoint, or a list with one per sample (None
+    or "": none); file names carry its first words. guidance_scale: classifier-free guidance (default 3.0 with a
+    genre or a description; 1: none). overwrite: replace existing
     files of the same names; False refuses them (generate_audio.py passes False unless --overwrite is given).
     Every check runs before any file is written; an interrupt raises GenerationInterrupted after removing
     unfinished files (streamed ones stay, valid).
@@ -114,10 +118,10 @@ def generate_audio(
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     check_options(output_dir, num_samples=num_samples, duration=duration, batch_size=batch_size,
                   long_form=long_form, chunk_seconds=chunk_seconds, dtype=dtype, prefix=prefix, overwrite=overwrite,
-                  genre=genre, guidance_scale=guidance_scale, quantize=quantize, device=device, **sampling)
+                  genre=genre, guidance_scale=guidance_scale, quantize=quantize, device=device, text=text, **sampling)
     plan = plan_generation(
         model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre, guidance_scale,
-        num_samples,
+        num_samples, text,
     )
     device = resolve_device(device)
     check_quantize(quantize, dtype, device)
@@ -129,7 +133,7 @@ def generate_audio(
     if compile_decoding and progress:  # the compilation happens inside the first step: the bar would stall
         print("compiling the decoding step: the first frame takes a while (tens of seconds), the next ones are "
               "faster", file=sys.stderr)
-    paths = output_paths(output_dir, num_samples, prefix, plan.genres)
+    paths = output_paths(output_dir, num_samples, prefix, plan.genres, plan.texts)
     return write_samples(model, codec, plan, paths, seed=seed, batch_size=batch_size, long_form=long_form,
                          stream=stream, chunk_seconds=chunk_seconds, continuation_only=continuation_only,
                          progress=progress)
@@ -181,6 +185,7 @@ def write_samples(
             for batch_start in range(0, num_samples, batch_size):
                 indices = range(batch_start, min(num_samples, batch_start + batch_size))
                 batch_genres = None if plan.genres is None else [plan.genres[index] for index in indices]
+                batch_texts = None if plan.texts is None else [plan.texts[index] for index in indices]
                 batch_paths = [Path(paths[index]) for index in indices]
                 # Without --stream a file is written as NAME.partial and takes its name only when complete.
                 unfinished = [path if stream else path.with_name(path.name + PARTIAL_SUFFIX) for path in batch_paths]
@@ -206,6 +211,7 @@ def write_samples(
                             long_form=long_form,
                             context_window=plan.context_window,
                             genre=batch_genres,
+                            text=batch_texts,
                             guidance_scale=plan.guidance_scale,
                             **plan.sampling,
                         ).cpu()
@@ -257,11 +263,11 @@ def remove_unfinished(written_paths, stream, created_output_dir) -> list:
 
 def plan_generation(
     model_name_or_path, duration, prompt, sampling, long_form, context_window, codec, genre=None,
-    guidance_scale=None, num_samples=1,
+    guidance_scale=None, num_samples=1, text=None,
 ):
     """Check the request against the checkpoint's config (not its weights); raise ValueError on the first problem."""
     config = load_checkpoint_config(str(model_name_or_path), "the model")
-    genres, guidance_scale = check_genres(config, genre, guidance_scale, num_samples)
+    genres, texts, guidance_scale = check_conditions(config, genre, text, guidance_scale, num_samples)
     codec_identity = resolve_codec_identity(config, codec)
     sample_rate, hop_length = codec_identity["sample_rate"], codec_identity["hop_length"]
     prompt_audio = None if prompt is None else load_prompt_audio(prompt, hop_length)
@@ -272,7 +278,8 @@ def plan_generation(
     frame_seconds = hop_length / sample_rate
     context_window = check_context(config, prompt_frames, new_frames, long_form, context_window, frame_seconds)
     return Plan(
-        codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window, genres, guidance_scale
+        codec_identity, prompt_audio, new_frames, new_samples, sampling, context_window, genres, guidance_scale,
+        texts,
     )
 
 
@@ -281,27 +288,34 @@ def checkpoint_genres(model_name_or_path):
     return load_checkpoint_config(str(model_name_or_path), "the model").genres
 
 
-def check_genres(config, genre, guidance_scale, num_samples):
-    """(genre of every sample or None, guidance scale) for the request; ValueError for what the checkpoint cannot do
-    (their count is checked in request.check_options). A genre without --guidance-scale is sampled with MusicGen's
-    guidance scale 3.0."""
-    names = sample_genres(genre, num_samples)
-    if config.genres is None:
-        if names is not None or guidance_scale is not None:
-            option = "--genre" if names is not None else "--guidance-scale"
-            raise ValueError(f"{option} needs a genre-conditioned checkpoint; this one is unconditional")
-        return None, None
-    if names is None:
+def check_conditions(config, genre, text, guidance_scale, num_samples):
+    """(genre of every sample or None, description of every sample or None, guidance scale) for the request;
+    ValueError for what the checkpoint cannot do (their counts are checked in request.check_options). A genre or a
+    description without --guidance-scale is sampled with MusicGen's guidance scale 3.0."""
+    names, texts = sample_genres(genre, num_samples), sample_genres(text, num_samples)
+    options = {"--genre": config.genres is not None, "--text": config.text_encoder is not None}
+    if texts is not None and not any(texts):  # only empty descriptions: none asked for
+        texts = None
+    if not any(options.values()):
+        if names is not None or texts is not None or guidance_scale is not None:
+            option = "--genre" if names is not None else "--text" if texts is not None else "--guidance-scale"
+            needed = {"--genre": "genre", "--text": "text", "--guidance-scale": "genre- or text"}[option]
+            raise ValueError(f"{option} needs a {needed}-conditioned checkpoint; this one is unconditional")
+        return None, None, None
+    if names is not None and config.genres is None:
+        raise ValueError("--genre needs a genre-conditioned checkpoint; this one is conditioned on text: use --text")
+    if texts is not None and config.text_encoder is None:
+        raise ValueError("--text needs a text-conditioned checkpoint; this one is conditioned on genres: use --genre")
+    if names is not None:
+        unknown = [name for name in names if name not in config.genres]
+        if unknown:
+            raise ValueError(f"unknown genre {unknown[0]!r}; this checkpoint knows: {', '.join(config.genres)}")
+    if names is None and texts is None:
         if guidance_scale is not None:
-            raise ValueError("--guidance-scale needs --genre: guidance pushes the samples towards a genre")
-        return None, None
-    unknown = [name for name in names if name not in config.genres]
-    if unknown:
-        raise ValueError(f"unknown genre {unknown[0]!r}; this checkpoint knows: {', '.join(config.genres)}")
-    if guidance_scale is None:
-        guidance_scale = DEFAULT_GUIDANCE_SCALE
-    return names, guidance_scale
-
+            wanted = " or ".join(option for option, available in options.items() if available)
+            raise ValueError(f"--guidance-scale needs {wanted}: guidance pushes the samples towards a condition")
+        return None, None, None
+    return names, texts, DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale
 
 def load_prompt_audio(path, hop_length):
     """Read any soundfile-readable file the way the data pipeline does (what it is when it is no audio, the mp3

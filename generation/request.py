@@ -11,12 +11,13 @@ LONG_FORM_MODES = ("window", "sliding")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 QUANTIZE_MODES = ("int8",)  # MusicHybridForCausalLM.quantize_weights: CPU decoding of float32 weights
 PARTIAL_SUFFIX = ".partial"
+FILE_NAME_WORDS = 5  # of a description, in its sample's file name
 
 
 def check_options(
     output_dir, num_samples=1, duration=10.0, temperature=1.0, top_k=250, top_p=1.0, batch_size=4, long_form=None,
     chunk_seconds=1.0, dtype="float32", prefix="sample", overwrite=False, genre=None,
-    guidance_scale=None, reference=None, quantize=None, device=None, **other_options,
+    guidance_scale=None, reference=None, quantize=None, device=None, text=None, **other_options,
 ):
     """Raise ValueError naming the option and the fix for the first value or combination that cannot work."""
     for name, value in (("--num-samples", num_samples), ("--batch-size", batch_size)):
@@ -46,11 +47,14 @@ def check_options(
     genres = sample_genres(genre, num_samples)
     if genres is not None and len(genres) != num_samples:
         raise ValueError(f"--genre takes one genre or one per sample ({num_samples}), got {len(genres)}")
+    texts = sample_genres(text, num_samples)
+    if texts is not None and len(texts) != num_samples:
+        raise ValueError(f"--text takes one description or one per sample ({num_samples}), got {len(texts)}")
     if guidance_scale is not None and (not math.isfinite(guidance_scale) or guidance_scale < 1):
         raise ValueError(f"--guidance-scale must be a number >= 1 (1: no guidance), got {guidance_scale}")
     if reference is not None:
         reference_audio_files(reference)
-    check_output_files(output_dir, output_paths(output_dir, num_samples, prefix, genres), prefix, overwrite)
+    check_output_files(output_dir, output_paths(output_dir, num_samples, prefix, genres, texts), prefix, overwrite)
 
 
 def check_quantize(quantize, dtype, device):
@@ -82,23 +86,26 @@ def reference_audio_files(folder):
 
 
 def sample_genres(genre, num_samples):
-    """The genre of every sample as asked (None: none asked for): one name for all, or one per sample."""
+    """The genre (or description) of every sample as asked (None: none asked for): one for all, or one per sample."""
     if genre is None:
         return None
     names = [genre] if isinstance(genre, str) else list(genre)
     return names * num_samples if len(names) == 1 else names
 
 
-def output_paths(output_dir, num_samples, prefix, genres=None) -> list:
-    return [Path(output_dir) / sample_file_name(prefix, index, genres) for index in range(num_samples)]
+def output_paths(output_dir, num_samples, prefix, genres=None, texts=None) -> list:
+    return [Path(output_dir) / sample_file_name(prefix, index, genres, texts) for index in range(num_samples)]
 
 
-def sample_file_name(prefix, index, genres):
-    """PREFIX_000.wav, or PREFIX_000_Hip-Hop.wav with the sample's genre (made safe for any file system)."""
-    if genres is None:
-        return f"{prefix}_{index:03d}.wav"
-    genre = re.sub(r"[^A-Za-z0-9]+", "-", genres[index]).strip("-") or "genre"
-    return f"{prefix}_{index:03d}_{genre}.wav"
+def sample_file_name(prefix, index, genres, texts=None):
+    """PREFIX_000.wav, PREFIX_000_Hip-Hop.wav with the sample's genre, PREFIX_000_a-calm-piano-ballad.wav with the
+    first words of its description (made safe for any file system)."""
+    parts = [f"{prefix}_{index:03d}"]
+    if genres is not None:
+        parts.append(re.sub(r"[^A-Za-z0-9]+", "-", genres[index]).strip("-") or "genre")
+    if texts is not None and texts[index]:
+        parts.append(re.sub(r"[^A-Za-z0-9]+", "-", " ".join(texts[index].split()[:FILE_NAME_WORDS])).strip("-"))
+    return "_".join(part for part in parts if part) + ".wav"
 
 
 def check_output_files(output_dir, paths, prefix, overwrite) -> None:

@@ -3,8 +3,8 @@
 import os
 
 # Tiny models and codecs run fastest on one intra-op thread, and two threads spin against each other as soon as
-# anything else loads the machine (the whole suite: 2.3 min with one thread, 12 min with two, on a 2-core machine
-# running a benchmark beside it). Set before torch is imported; child processes of the tests inherit it.
+# anything else loads the machine; the cores go to test workers instead (pytest -n, see
+# pytest_xdist_auto_num_workers). Set before torch is imported; child processes of the tests inherit it.
 # MUSIC_HYBRID_TEST_THREADS=2 runs tests on two threads instead: .ci/run does so for the files whose decoding paths
 # depend on the thread count (the split products, the thread-count calibration).
 if os.environ.get("MUSIC_HYBRID_TEST_THREADS"):
@@ -54,6 +54,12 @@ def write_damaged_mp3(path, seconds=1.5, seed=0, junk_places=1):
     cuts = [len(encoded) * place // (junk_places + 1) for place in range(junk_places + 2)]
     pieces = [encoded[start:end] for start, end in zip(cuts, cuts[1:], strict=False)]
     Path(path).write_bytes((b"\x55" * 200).join(pieces))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """Workers for `-n auto` (pyproject.toml's default): one per core, at most four, since each holds its own torch,
+    models and codecs in memory."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -134,14 +140,22 @@ def audio_tree(tmp_path_factory):
     metadata.parent.mkdir()
     listed = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
     listed |= {track_id: ("Experimental", "training") for track_id in rejects}
+    genre_ids = {"Hip-Hop": 21, "Rock": 12, "Pop": 10, "Folk": 17, "Experimental": 38}
+    sub_genres = {"000002": [811], "000011": [25, 85]}  # Hip-Hop Beats; Punk, Garage
     with open(metadata, "w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["", "set", "set", "track", "track"])
-        writer.writerow(["", "split", "subset", "genre_top", "title"])
-        writer.writerow(["track_id", "", "", "", ""])
+        writer.writerow(["", "set", "set", "track", "track", "track"])
+        writer.writerow(["", "split", "subset", "genre_top", "title", "genres"])
+        writer.writerow(["track_id", "", "", "", "", ""])
         for track_id, (genre, split) in listed.items():
-            writer.writerow([int(track_id), split, "small", genre, f"Title of {track_id},\nwith a second line"])
-        writer.writerow([99999, "training", "large", "Rock", "in fma_large only: not expected in fma_small"])
+            genres = str([genre_ids[genre], *sub_genres.get(track_id, [])])
+            writer.writerow([int(track_id), split, "small", genre, f"Title of {track_id},\nwith a second line", genres])
+        writer.writerow([99999, "training", "large", "Rock", "in fma_large only: not expected in fma_small", "[12]"])
+    with open(metadata.with_name("genres.csv"), "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["genre_id", "#tracks", "parent", "title", "top_level"])
+        names = {**{number: name for name, number in genre_ids.items()}, 811: "Hip-Hop Beats", 25: "Punk", 85: "Garage"}
+        writer.writerows([number, 1, 0, name, number] for number, name in names.items())
     expected_good = {track_id: (genre, split) for track_id, (genre, split, *_) in good.items()}
     expected_good["001000"] = (None, None)
     return AudioTree(fma_dir, metadata, expected_good, rejects)

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
 def codes_dataset(tracks):
     rows = [{"codes": codes.tolist(), "track_id": f"t{i}", "start_frame": 0, "num_frames": codes.shape[1],
-             "duration": 0.0, "genre": None, "source": "test"} for i, codes in enumerate(tracks)]
+             "duration": 0.0, "genre": None, "source": "test", "text": None} for i, codes in enumerate(tracks)]
     return Dataset.from_list(rows, features=CODES_FEATURES)
 
 

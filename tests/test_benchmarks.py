@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny settings and print their tables (the figures themselves are
 measured by running them for real, never asserted here)."""
 
+import importlib
 import json
 import subprocess
 import sys
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers
 
-from bench import bench_generation, bench_mqar
+from bench import bench_mqar
+from bench.machine import run_cli
 from configuration_music_hybrid import MIXER_LAYER_TYPES
 from modeling_music_hybrid import MIXERS, register_mixer
 
@@ -37,32 +38,6 @@ def test_scan_benchmark_compares_our_mixers_with_the_baselines():
             "fwd+bwd: this / ours (Mamba-1)")
     for row in rows:
         assert row in output
-
-
-@pytest.mark.skipif(
-    not bench_generation.musicgen_can_generate(), reason="the MusicGen baseline cannot generate with this transformers"
-)
-def test_generation_benchmark_prints_speeds_bounds_memory_and_targets():
-    """The full-size presets (the target table needs them) for a few frames, with their int8 rows, the load rows
-    and the quality table (its models trained for two steps); --compile is left out (compiling them takes
-    minutes; tests/test_generation_speed_paths.py checks the compiled step)."""
-    output = run_benchmark(
-        "bench.bench_generation", "--frames", "9", "--batches", "1", "8", "--memory-frames", "16",
-        "--quantize", "int8", "--quality-steps", "2",
-    )
-    assert "memory read bandwidth" in output
-    for row in ("hybrid-116m", "transformer-162m", "MusicgenForCausalLM", "bound / measured", "matmul + decays ceiling",
-                "batch 8 vs MusicgenForCausalLM", "cache per frame vs transformer-162m", "hybrid-116m (int8)",
-                "transformer-162m (int8)", "hybrid-116m + memory caching", "busy core, default settings",
-                "busy core, one thread", "under load: default settings vs one thread", "cb8 %", "hybrid-small",
-                "transformer-small"):
-        assert row in output
-
-
-def test_generation_benchmark_refuses_a_transformers_whose_musicgen_cannot_generate(monkeypatch):
-    monkeypatch.setattr(transformers, "__version__", "5.14.1")
-    with pytest.raises(ValueError, match="needs transformers >= 5.15"):
-        bench_generation.check_musicgen_generates()
 
 
 def test_training_benchmark_times_a_step_of_each_preset():
@@ -159,8 +134,15 @@ def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     assert "FAILED" not in output
 
 
+def test_bad_settings_end_with_a_one_line_error_from_the_command_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.bench_scan", "--lengths", "0"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "must be positive" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("module, arguments, message", [
-    ("bench.bench_scan", ["--lengths", "0"], "must be positive"),
     ("bench.bench_generation", ["--frames", "-1"], "must be positive"),
     ("bench.bench_generation", ["--frames", "2"], "at least 9"),
     ("bench.bench_mqar", ["--segment-length", "20"], "multiple of 16"),
@@ -170,7 +152,11 @@ def test_gpu_readiness_script_runs_its_rows_on_cpu_in_a_dry_run():
     ("bench.int8_products", ["--batches", "0"], "must be positive"),
     *([("bench.gpu_readiness", [], "no CUDA device here")] if not torch.cuda.is_available() else []),
 ])
-def test_bad_settings_end_with_a_one_line_error(module, arguments, message):
-    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert message in result.stderr and "Traceback" not in result.stderr
+def test_bad_settings_end_with_a_one_line_error(module, arguments, message, monkeypatch, capsys):
+    """What `python -m <module> <arguments>` runs (run_cli(main)), in this process: one import of torch for all."""
+    monkeypatch.setattr(sys, "argv", [module, *arguments])
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(importlib.import_module(module).main)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1

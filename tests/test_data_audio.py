@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from data.audio import decode_audio, integrated_loudness, normalize_loudness, plan_segments, read_track
-from data.procedural_music import generate_track, track_style
+from data.procedural_music import SCALES, generate_track, track_plan
 from data.rejects import RejectedInput
 from data.sources import fma_tracks, folder_tracks
 
@@ -66,6 +66,9 @@ def test_fma_listing_counts_missing_and_unlisted(audio_tree):
     assert counts == {"files": 11, "in_metadata": 10, "not_in_metadata": 1, "listed_but_missing": 1}
     genres = {track.track_id: track.genre for track in tracks}
     assert genres["000002"] == "Hip-Hop" and genres["001000"] is None
+    texts = {track.track_id: track.text for track in tracks}  # genre, sub-genres from genres.csv, title
+    assert texts["000002"] == 'Hip-Hop music (Hip-Hop Beats) titled "Title of 000002, with a second line"'
+    assert texts["000011"].startswith("Rock music (Punk, Garage) titled") and texts["001000"] is None
     with pytest.raises(ValueError, match="fma_subset"):
         renamed = audio_tree.fma_dir.parent / "my_copy"
         renamed.mkdir(exist_ok=True)
@@ -106,14 +109,38 @@ def test_first_seconds_crop_reads_only_what_it_needs(audio_tree):
 
 
 def test_procedural_music_is_deterministic_and_varied():
-    first, style = generate_track(seed=3, index=1, seconds=2.0)
+    first, plan = generate_track(seed=3, index=1, seconds=2.0)
     again, _ = generate_track(seed=3, index=1, seconds=2.0)
     other, _ = generate_track(seed=3, index=2, seconds=2.0)
     np.testing.assert_array_equal(first, again)
     assert first.shape == (88200,) and first.dtype == np.float32 and np.abs(first).max() <= 0.8 + 1e-6
     assert not np.allclose(first, other)
-    assert style == track_style(3, 1)
-    assert len({track_style(0, index) for index in range(20)}) > 1
+    assert plan == track_plan(3, 1)
+    assert len({track_plan(0, index).style for index in range(20)}) > 1
+    assert len({track_plan(0, index).description() for index in range(20)}) == 20
+
+
+DESCRIBED = re.compile(r"in (?P<tonic>[A-G]#?) (?P<mode>major|minor) at (?P<tempo>\d+) BPM")
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_a_procedural_description_is_true_of_the_audio(index):
+    """The key, mode and tempo the description names are those heard: the scale's seven pitch classes carry the
+    most energy, and the audio repeats after two described beats (one bar)."""
+    samples, plan = generate_track(seed=0, index=index, seconds=6.0)
+    described = DESCRIBED.search(plan.description())
+    assert described and plan.style.lower() in plan.description().lower()
+    spectrum = np.abs(np.fft.rfft(samples)) ** 2
+    frequencies = np.fft.rfftfreq(samples.size, 1 / 44100)
+    audible = (frequencies > 200) & (frequencies < 2000)  # above the kick's sweep and the snare's body
+    pitch_class = np.round(12 * np.log2(frequencies[audible] / 440) + 69).astype(int) % 12
+    energy = np.bincount(pitch_class, weights=spectrum[audible], minlength=12)
+    tonic = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"].index(described["tonic"])
+    assert set(np.argsort(energy)[-7:]) == {(tonic + step) % 12 for step in SCALES[described["mode"]]}
+    bar = 2 * 60 / int(described["tempo"]) * 44100  # two beats, in samples
+    lags = np.arange(int(0.8 * bar), int(1.25 * bar))
+    similarity = [np.dot(samples[:-lag], samples[lag:]) / (samples.size - lag) for lag in lags]
+    assert abs(lags[int(np.argmax(similarity))] / bar - 1) < 0.01
 
 
 def test_rejects_say_what_was_found_not_libsndfiles_pipe_message(tmp_path):

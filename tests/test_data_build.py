@@ -78,6 +78,8 @@ def test_fma_build_schema_rows_and_rejects(fma_build, audio_tree):
         assert row["num_frames"] == math.ceil(row["duration"] * 44100 / 512 - 1e-6)
         assert row["start_frame"] == 0 and row["source"] == "fma:fma_small"
         assert row["genre"] == audio_tree.good[row["track_id"]][0]
+        genre = row["genre"] or ""
+        assert (row["text"] or "").startswith(genre) and (row["text"] is None) == (row["track_id"] == "001000")
         assert abs(row["duration"] - (1.3 if row["track_id"] == "001000" else 1.4)) < 0.01
     rejects = read_rejects(output / "rejects.jsonl")
     assert {reject.track_id: reject.reason for reject in rejects} == audio_tree.rejects
@@ -87,6 +89,42 @@ def test_fma_build_schema_rows_and_rejects(fma_build, audio_tree):
     assert _as_rows(loaded) == _as_rows(dataset_dict)
     card = (output / "README.md").read_text()
     assert "missing 1" in card and "1 not in it" in card and "RANDOM weights" in card
+    assert "not captions of the audio" in card and "**Descriptions** (`text`): 5 of 6 rows" in card
+
+
+def test_procedural_rows_carry_the_generators_description(procedural_reference):
+    from data.procedural_music import track_plan
+
+    for split in procedural_reference.values():
+        for track_id, text in zip(split["track_id"], split["text"], strict=True):
+            assert text == track_plan(0, int(track_id.rsplit("-", 1)[1])).description()
+
+
+def test_parts_and_datasets_from_before_the_text_column_still_merge_and_load(procedural_reference, tmp_path):
+    """A resumed build whose first parts were written without `text` merges them with empty descriptions, and a
+    dataset saved without the column loads with it."""
+    import pyarrow as pa
+    from datasets import Dataset, DatasetDict
+
+    output = tmp_path / "codes"
+    build_dataset(output_dir=str(output), **PROCEDURAL)
+    old_part = WorkDir(output / "_build").arrow_files()[0]
+    with pa.ipc.open_stream(old_part) as reader:
+        table = reader.read_all()
+    with pa.OSFile(old_part, "wb") as file, pa.ipc.new_stream(file, table.drop(["text"]).schema) as writer:
+        writer.write_table(table.drop(["text"]))
+    old_track = table.column("track_id")[0].as_py()
+    merged = build_dataset(output_dir=str(output), merge_only=True, **PROCEDURAL)
+    texts = {track_id: text for split in merged.values() for track_id, text in zip(split["track_id"], split["text"])}
+    assert texts.pop(old_track) is None and all(texts.values())
+    assert all(split.features == CODES_FEATURES for split in merged.values())
+
+    old = DatasetDict({name: split.remove_columns("text") for name, split in procedural_reference.items()})
+    old.save_to_disk(str(tmp_path / "old"))
+    (tmp_path / "old" / "codec.json").write_text((output / "codec.json").read_text())
+    loaded, _ = load_codes_dataset(tmp_path / "old")
+    assert all(split.features == CODES_FEATURES and not any(split["text"]) for split in loaded.values())
+    assert isinstance(loaded["train"], Dataset)
 
 
 def test_rerun_encodes_nothing_and_splits_change_without_reencoding(fma_build, audio_tree, count_encoded):
@@ -143,7 +181,7 @@ def test_changed_settings_are_refused(fma_build, audio_tree):
 
 
 def test_hf_dataset_source_downloaded_and_streamed(audio_tree, tmp_path):
-    from datasets import Audio, Dataset, Features, Value
+    from datasets import Audio, Dataset, Features, List, Value
 
     ids = ["000002", "000003", "000005", "000033"]
     paths = [next(audio_tree.fma_dir.rglob(f"{track_id}.*")) for track_id in ids]
@@ -151,18 +189,29 @@ def test_hf_dataset_source_downloaded_and_streamed(audio_tree, tmp_path):
         "audio": [{"bytes": path.read_bytes(), "path": path.name} for path in paths],
         "id": ids,
         "style": ["a", "b", "c", "d"],
+        "caption": ["a calm  piano piece", "", None, "loud drums"],
+        "tags": [["lofi", "chill"], [], None, ["rock"]],
     }
     # written as a plain struct then cast: encoding into an Audio feature would need torchcodec
     audio_struct = {"bytes": Value("binary"), "path": Value("string")}
-    features = Features({"audio": audio_struct, "id": Value("string"), "style": Value("string")})
+    features = Features({"audio": audio_struct, "id": Value("string"), "style": Value("string"),
+                         "caption": Value("string"), "tags": List(Value("string"))})
     dataset = Dataset.from_dict(rows, features=features).cast_column("audio", Audio())
     dataset.to_parquet(str(tmp_path / "audio.parquet"))
     options = {"hf_dataset": str(tmp_path / "audio.parquet"), "id_column": "id", "genre_column": "style", **CODEC}
-    downloaded = build_dataset(output_dir=str(tmp_path / "downloaded"), **options)
-    streamed = build_dataset(output_dir=str(tmp_path / "streamed"), streaming=True, num_workers=0, **options)
+    downloaded = build_dataset(output_dir=str(tmp_path / "downloaded"), text_column="caption", **options)
+    streamed = build_dataset(output_dir=str(tmp_path / "streamed"), streaming=True, num_workers=0,
+                             text_column="caption", **options)
     assert _as_rows(downloaded) == _as_rows(streamed)
     encoded = {track_id for split in downloaded.values() for track_id in split["track_id"]}
     assert encoded == {"000002", "000003", "000005"}
+    texts = {track_id: text for split in downloaded.values() for track_id, text in zip(split["track_id"], split["text"])}
+    assert texts == {"000002": "a calm piano piece", "000003": None, "000005": None}
+    tagged = build_dataset(output_dir=str(tmp_path / "tagged"), text_column="tags", **options)
+    texts = {track_id: text for split in tagged.values() for track_id, text in zip(split["track_id"], split["text"])}
+    assert texts == {"000002": "lofi, chill", "000003": None, "000005": None}
+    with pytest.raises(ValueError, match="no column 'captions'"):
+        build_dataset(output_dir=str(tmp_path / "typo"), text_column="captions", **options)
     assert [reject.reason for reject in read_rejects(tmp_path / "streamed" / "rejects.jsonl")] == ["silent"]
 
 
@@ -242,6 +291,7 @@ def test_cli_user_errors_exit_2_with_one_line(tmp_path, capsys, monkeypatch):
         (["--output_dir", str(tmp_path / "a"), "--audio_dir", str(tmp_path / "nowhere")], "not a directory"),
         (["--output_dir", str(tmp_path / "b"), "--audio_dir", "x", "--fma_dir", "y"], "one source"),
         (["--output_dir", str(tmp_path / "c"), "--segment", "first", "--segment_seconds", "0.5"], "segment_seconds"),
+        (["--output_dir", str(tmp_path / "d"), "--text_column", "caption"], "--text_column applies to --hf_dataset"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             main(argv)

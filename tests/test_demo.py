@@ -10,6 +10,7 @@ import soundfile
 import torch
 
 import demo
+from data.dataset_io import load_codes_dataset
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")  # see conftest.py
 
@@ -52,10 +53,18 @@ def test_demo_compares_both_models_with_baselines_and_fad_and_reuses_its_codes(t
     fad = report["fad"]
     assert f"FAD scale: floor {fad['floor']['fad']:.4g}" in summary and f"ceiling {fad['ceiling']['fad']:.4g}" in summary
     assert len(paths["wavs"]) == 2 * len(demo.MODELS)
-    styles = json.loads((Path(paths["models"]["hybrid-small-genres"]) / "config.json").read_text())["genres"]
-    assert styles and len(paths["style_wavs"]) == len(styles)  # one guided sample per procedural style
-    assert all(style in Path(path).name for style, path in zip(styles, paths["style_wavs"], strict=True))
-    assert "hybrid-small-genres: genre information" in summary
+    # the text-conditioned hybrid: its text information with its interval, one guided sample per validation
+    # description, each file named and listed with its description
+    text_config = json.loads((Path(paths["models"]["hybrid-small-text"]) / "config.json").read_text())
+    assert text_config["text_encoder"] == paths["text_encoder"]
+    descriptions = sorted({text for text in load_codes_dataset(paths["codes"])[0]["validation"]["text"]})
+    assert descriptions and len(paths["description_wavs"]) == len(descriptions)
+    for path, description in zip(paths["description_wavs"], descriptions, strict=True):
+        assert f"{Path(path).name}: {description}" in printed
+    information = result["evaluations"]["hybrid-small-text"]["text_information"]
+    low, high = information["mean_information_ci"]
+    assert (f"hybrid-small-text: text information (null-description minus true-description loss) "
+            f"{information['mean_information']:+.4f} nats [{low:+.4f}, {high:+.4f}]") in summary
     memory_config = json.loads((Path(paths["models"]["hybrid-small-memory"]) / "config.json").read_text())
     assert memory_config["mamba_memory_segment_length"] == 32
     for name, kind in (("hybrid-small-mamba2", "mamba2"), ("hybrid-small-gdn", "gated_deltanet")):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from compile_helpers import CountingBackend
+from model_checks import assert_decoding_equals_the_forward_pass, assert_greedy_codes_follow, guided_scores
 from configuration_music_hybrid import MusicHybridConfig
 from modeling_music_hybrid import MusicHybridForCausalLM, codes_to_model_inputs
 
@@ -79,22 +80,7 @@ def test_genre_ids_change_the_logits_and_none_is_the_null_genre():
 def test_conditional_prefill_then_decoding_equals_one_full_forward(name, fixed_shape):
     model = conditional_model(name)
     input_ids = codes_to_model_inputs(random_codes(frames=12), model.config)["input_ids"]
-    genre_ids = torch.tensor([2, 3])
-    full = model(input_ids, genre_ids=genre_ids).logits
-    cache = model.model.new_cache(2, input_ids.shape[2], fixed_shape=fixed_shape)
-    pieces = [model(input_ids[:, :, :6], genre_ids=genre_ids, cache=cache).logits]
-    pieces += [
-        model(input_ids[:, :, t : t + 1], genre_ids=genre_ids, cache=cache).logits for t in range(6, input_ids.shape[2])
-    ]
-    assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
-
-
-def guided_scores(model, codes, genre_ids, scale):
-    """null + g * (cond - null) of full forward passes over natural `codes`: (B, K, positions, V)."""
-    input_ids = codes_to_model_inputs(codes, model.config)["input_ids"]
-    conditional = model(input_ids, genre_ids=genre_ids).logits
-    null = model(input_ids).logits
-    return null + scale * (conditional - null), input_ids
+    assert_decoding_equals_the_forward_pass(model, input_ids, 6, fixed_shape, genre_ids=torch.tensor([2, 3]))
 
 
 @pytest.mark.parametrize("name", PRESETS_UNDER_TEST)
@@ -102,12 +88,7 @@ def test_greedy_guided_generation_follows_the_argmax_of_guided_full_forwards(nam
     model = conditional_model(name)
     prompt = random_codes(batch=2, frames=3)
     codes = model.generate(prompt, max_new_tokens=4, do_sample=False, genre=["Jazz", "Folk"], guidance_scale=3.0)
-    scores, input_ids = guided_scores(model, codes, torch.tensor([1, 2]), 3.0)
-    # Codebook k of new frame f sits at position 1 + f + k and is predicted from the position before it.
-    for frame in range(3, 7):
-        for k in range(9):
-            expected = scores[:, k, frame + k].argmax(-1)
-            assert torch.equal(input_ids[:, k, frame + k + 1], expected), (frame, k)
+    assert_greedy_codes_follow(*guided_scores(model, codes, 3.0, genre_ids=torch.tensor([1, 2])), 3, 4)
     plain = model.generate(prompt, max_new_tokens=4, do_sample=False, genre=["Jazz", "Folk"])
     assert not torch.equal(plain, codes)  # guidance changed the codes
     assert torch.equal(model.generate(prompt, max_new_tokens=4, do_sample=False, genre=["Jazz", "Folk"],

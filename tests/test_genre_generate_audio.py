@@ -85,7 +85,7 @@ def test_one_genre_per_sample_across_batches(conditional, tmp_path, capsys):
         ("conditional", ["--guidance-scale", "3"], "--guidance-scale needs --genre"),
         ("conditional", ["--genre", "Rock", "--guidance-scale", "0.5"], "--guidance-scale must be a number >= 1"),
         ("unconditional", ["--genre", "Rock"], "--genre needs a genre-conditioned checkpoint"),
-        ("unconditional", ["--guidance-scale", "3"], "--guidance-scale needs a genre-conditioned checkpoint"),
+        ("unconditional", ["--guidance-scale", "3"], "--guidance-scale needs a genre- or text-conditioned checkpoint"),
     ],
 )
 def test_genre_mistakes_fail_before_any_work(request, tmp_path, capsys, checkpoint, arguments, message):

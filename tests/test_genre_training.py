@@ -14,7 +14,8 @@ import run_clm_audio
 from configuration_music_hybrid import MusicHybridConfig
 from data.dataset_io import CODES_FEATURES, save_codes_dataset
 from modeling_music_hybrid import MusicHybridForCausalLM
-from training.crops import CodesCollator, CodesWindows, GenreWindows, RandomCropBatchSampler, row_genre_ids
+from training.conditions import training_conditions
+from training.crops import CodesCollator, CodesWindows, ConditionWindows, RandomCropBatchSampler
 from training.genres import configure_genres
 from training_helpers import make_codes_dataset, random_codec, training_argv
 
@@ -36,6 +37,7 @@ def genre_split(num_tracks, frames, seed, prefix, genres=None):
             "duration": [frames * 512 / 44100] * num_tracks,
             "genre": genres,
             "source": ["synthetic"] * num_tracks,
+            "text": [None] * num_tracks,
         },
         features=CODES_FEATURES,
     )
@@ -71,11 +73,12 @@ def test_genre_windows_give_each_row_its_genre_id_or_the_null_genre():
     config = MusicHybridConfig.from_preset("transformer-tiny", genres=["Ambient", "Drums"])
     split = genre_split(4, 20, 0, "t", genres=["Drums", "Ambient", "Lofi", "Drums"])
     split = split.map(lambda row, i: {"genre": None if i == 3 else row["genre"]}, with_indices=True)
-    genre_ids = row_genre_ids(split, config)
-    assert genre_ids == [1, 0, 2, 2]  # Lofi is unknown, the last row has none: the null genre (2)
-    windows = GenreWindows(CodesWindows(split, 11, config.pad_token_id), genre_ids, config.null_genre_id)
-    batch = CodesCollator(config)([windows[(0, 0, False)], windows[(0, 0, True)], windows[(1, 3)]])
-    assert batch["genre_ids"].tolist() == [1, 2, 0]
+    (genre,) = training_conditions(split, types.SimpleNamespace(config=config))
+    assert genre.row_values == [1, 0, 2, 2]  # Lofi is unknown, the last row has none: the null genre (2)
+    assert genre.known_rows() == [True, True, False, False]
+    windows = ConditionWindows(CodesWindows(split, 11, config.pad_token_id), [genre])
+    batch = CodesCollator(config, [genre])([windows[(0, 0, False)], windows[(0, 0, True)], windows[(1, 3)]])
+    assert batch["conditions"]["genre"]["genre_ids"].tolist() == [1, 2, 0]
     assert batch["input_ids"].shape == (3, 9, 20)
 
 
@@ -124,7 +127,7 @@ def test_genre_options_refuse_what_they_cannot_do(tmp_path, capsys):
     message = error_of(training_argv(str(tmp_path / "no-genres"), tmp_path / "a", genre_conditioning=True), capsys)
     assert "--genre_conditioning needs genre labels" in message
     message = error_of(training_argv(unlabelled, tmp_path / "b", condition_dropout=0.2), capsys)
-    assert "--condition_dropout needs a genre-conditioned model" in message
+    assert "--condition_dropout needs a conditioned model: pass --genre_conditioning or --text_conditioning" in message
     message = error_of(training_argv(unlabelled, tmp_path / "c", genre_conditioning=True, condition_dropout=1.5),
                        capsys)
     assert "condition_dropout: must be in [0, 1)" in message

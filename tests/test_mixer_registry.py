@@ -1,5 +1,6 @@
 """A sequence mixer from outside the project plugs in through register_mixer: built, trained, decoded equal to the
-full forward pass, generated from, saved and reloaded, with no edit to the project's files."""
+full forward pass, generated from, saved and reloaded, with no edit to the project's files; the built-in recurrent
+kinds pass the same checks, quantized and compiled too."""
 
 import importlib.util
 import textwrap
@@ -8,6 +9,10 @@ import pytest
 import torch
 
 from configuration_music_hybrid import MusicHybridConfig
+from model_checks import (
+    assert_decoding_equals_the_forward_pass, assert_greedy_generation_follows_the_forward_pass, assert_reloads_the_same,
+    assert_trains, random_codes,
+)
 from modeling_music_hybrid import MIXERS, MusicHybridForCausalLM, codes_to_model_inputs, register_mixer
 
 OUTSIDE_MIXER = '''
@@ -61,10 +66,6 @@ def outside_model(kind, seed=0):
     return MusicHybridForCausalLM(config)
 
 
-def codes(batch=2, frames=20, seed=1):
-    return torch.randint(0, 1024, (batch, 9, frames), generator=torch.Generator().manual_seed(seed))
-
-
 def test_config_files_the_outside_kind_under_linear_attention(outside_kind):
     config = outside_model(outside_kind).config
     assert config.layer_types == ["linear_attention", "full_attention"] * 2
@@ -74,38 +75,28 @@ def test_config_files_the_outside_kind_under_linear_attention(outside_kind):
 
 def test_outside_mixer_trains_decodes_generates_saves_and_reloads(outside_kind, tmp_path):
     model = outside_model(outside_kind)
-    inputs = codes_to_model_inputs(codes(), model.config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(8):
-        loss = model(**inputs).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < losses[0]
+    inputs = codes_to_model_inputs(random_codes(), model.config)
+    assert_trains(model, inputs, steps=8)
     assert model.model.layers[0].mixer.decay_logit.grad.abs().sum() > 0
-
     model.eval()
-    input_ids = inputs["input_ids"]
-    with torch.no_grad():
-        full = model(input_ids).logits
-        cache = model.model.new_cache(2, input_ids.shape[2])
-        pieces = [model(input_ids[:, :, :7], cache=cache).logits]
-        pieces += [model(input_ids[:, :, t : t + 1], cache=cache).logits for t in range(7, input_ids.shape[2])]
-    assert torch.cat(pieces, dim=2).sub(full).abs().max() <= 1e-4
+    assert_decoding_equals_the_forward_pass(model, inputs["input_ids"])
+    assert_greedy_generation_follows_the_forward_pass(model, random_codes(batch=1, frames=4, seed=2))
+    assert_reloads_the_same(model, tmp_path / "checkpoint", inputs["input_ids"])
 
-    prompt = codes(batch=1, frames=4, seed=2)
-    greedy = model.generate(prompt, max_new_tokens=6, do_sample=False)
-    # Greedy decoding picks, frame by frame, what the full forward pass of its own output predicts.
-    with torch.no_grad():
-        logits = model(codes_to_model_inputs(greedy, model.config)["input_ids"]).logits
-    for k in range(9):
-        predicted = logits[0, k, 4 + k : 10 + k].argmax(-1)  # position p predicts frame p - k of codebook k
-        assert torch.equal(predicted, greedy[0, k, 4:10])
 
-    model.save_pretrained(tmp_path / "checkpoint")
-    reloaded = MusicHybridForCausalLM.from_pretrained(tmp_path / "checkpoint").eval()
-    assert reloaded.config.mixer_types == model.config.mixer_types
-    with torch.no_grad():
-        assert torch.equal(reloaded(input_ids).logits, full)
+@pytest.mark.parametrize("preset", ["hybrid-mamba2-tiny", "hybrid-gdn-tiny"])
+def test_built_in_recurrent_kind_trains_decodes_generates_saves_reloads_quantizes_and_compiles(preset, tmp_path):
+    torch.manual_seed(0)
+    model = MusicHybridForCausalLM(MusicHybridConfig.from_preset(preset, codec=None))
+    codes = random_codes()
+    inputs = codes_to_model_inputs(codes, model.config)
+    assert_trains(model, inputs, steps=5)
+    model.eval()
+    assert_decoding_equals_the_forward_pass(model, inputs["input_ids"])
+    prompt = codes[:1, :, :4]
+    assert_greedy_generation_follows_the_forward_pass(model, prompt)
+    reloaded = assert_reloads_the_same(model, tmp_path / "checkpoint", inputs["input_ids"])
+    reloaded.quantize_weights()
+    reloaded.compile_decoding(backend="eager")
+    quantized = reloaded.generate(prompt, max_new_tokens=4, do_sample=False)
+    assert quantized.shape == (1, 9, 8) and torch.equal(quantized[:, :, :4], prompt)

@@ -2,10 +2,12 @@
 floors are pyproject's; the preset table in docs/model.md is what the command prints; the layout table in
 docs/architecture.md names every folder, root module and package module of the tree."""
 
+import fnmatch
 import pathlib
 import re
 import subprocess
 import sys
+import tomllib
 
 from presets_table import presets_table
 
@@ -79,6 +81,17 @@ def test_layout_table_names_every_module_of_each_folder():
         if f"`{name}`" not in rows.get(folder, ""):
             missing.append(f"{folder}/{name}")
     assert not missing, f"docs/architecture.md's layout table does not name {missing}"
+
+
+def test_an_installed_package_holds_every_root_module_and_package():
+    """`pip install .` ships what the tree imports: every root module is one of pyproject's py-modules and every
+    package folder (bench/ and tests/ aside: they run from a checkout) matches its package patterns."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    root_modules = {path[:-3] for path in tracked_files() if "/" not in path and path.endswith(".py")}
+    assert set(setuptools["py-modules"]) == root_modules
+    packages = {path.split("/", 1)[0] for path in tracked_files() if path.endswith("/__init__.py")} - {"bench", "tests"}
+    patterns = setuptools["packages"]["find"]["include"]
+    assert all(any(fnmatch.fnmatch(package, pattern) for pattern in patterns) for package in packages), packages
 
 
 # A timing, rate or speed-up ratio: what a benchmark measures on one machine.

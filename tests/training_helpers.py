@@ -35,6 +35,7 @@ def synthetic_split(lengths, prefix: str) -> Dataset:
             "duration": [length * 512 / 44100 for length in lengths],
             "genre": ["Electronic"] * len(lengths),
             "source": ["synthetic"] * len(lengths),
+            "text": [None] * len(lengths),
         },
         features=CODES_FEATURES,
     )

@@ -10,6 +10,7 @@ them skips when neither works (offline, no einops).
 import ast
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -56,15 +57,29 @@ def package_folder(request, package):
     cache = Path(root) / f"{distribution}-{version}"
     folder = next(cache.glob(f"**/{package}/__init__.py"), None) if cache.exists() else None
     if folder is None:
-        download(distribution, version, pip_arguments, cache)
-        folder = next(cache.glob(f"**/{package}/__init__.py"), None)
+        release = download(distribution, version, pip_arguments, cache)
+        folder = next(release.glob(f"**/{package}/__init__.py"), None)
     if folder is None:
         pytest.skip(f"{distribution} {version} has no {package} package folder")
     return folder.parent
 
 
 def download(distribution, version, pip_arguments, cache):
-    cache.mkdir(parents=True, exist_ok=True)
+    """Download and unpack into a folder of this process, then move it to `cache`; returns the folder that holds
+    the release. Test workers running in parallel (pytest -n) may fetch the same release at once, and none may
+    read another's half-unpacked files."""
+    unpacking = cache.with_name(f"{cache.name}.{os.getpid()}")
+    shutil.rmtree(unpacking, ignore_errors=True)
+    unpack(distribution, version, pip_arguments, unpacking)
+    try:
+        unpacking.rename(cache)
+    except OSError:  # another worker's copy (or a broken older one) is in place: keep using this process's own
+        return unpacking
+    return cache
+
+
+def unpack(distribution, version, pip_arguments, cache):
+    cache.mkdir(parents=True)
     environment = dict(os.environ, MAMBA_SKIP_CUDA_BUILD="TRUE", CAUSAL_CONV1D_SKIP_CUDA_BUILD="TRUE")
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *pip_arguments, "-d", str(cache),

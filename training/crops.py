@@ -8,9 +8,9 @@ inputs by `codes_to_model_inputs`, which gives pad frames the label -100 so they
 Training order is a pure function of (seed, sample index): sample i belongs to epoch i // num_rows, takes the row at
 position i % num_rows of that epoch's permutation and a crop offset drawn from a generator seeded with
 (seed, epoch, position). No global or worker RNG is involved, so a resumed run starting at micro-batch m sees
-exactly the batches an uninterrupted run would, without drawing (or loading) the skipped ones. A genre-conditioned
-model's condition dropout is part of the same function: whether sample i sees the null genre is drawn from a
-generator seeded with (seed, i), and i fixes the step and the example within it.
+exactly the batches an uninterrupted run would, without drawing (or loading) the skipped ones. A conditional
+model's condition dropout is part of the same function: whether sample i sees the null genre and description is
+drawn from a generator seeded with (seed, i), and i fixes the step and the example within it.
 """
 
 from __future__ import annotations
@@ -63,50 +63,52 @@ class CodesWindows(Dataset):
         return torch.from_numpy(window)
 
 
-class GenreWindows(Dataset):
-    """CodesWindows with each row's genre id, for a genre-conditioned model: items (window, genre id).
+class ConditionWindows(Dataset):
+    """CodesWindows with each row's conditions, for a conditional model: items (window, {condition name: value}).
 
     Keys are (row, start) or, from a training sampler with condition dropout, (row, start, drop_condition); a dropped
-    condition gives the null genre.
+    example gets every condition's null value (see training/conditions.py).
     """
 
-    def __init__(self, windows: CodesWindows, row_genre_ids: list[int], null_genre_id: int):
+    def __init__(self, windows: CodesWindows, conditions: list):
         self.windows = windows
-        self.row_genre_ids = row_genre_ids
-        self.null_genre_id = null_genre_id
+        self.conditions = conditions  # TrainingCondition entries
 
     def __len__(self) -> int:
         return len(self.windows)
 
-    def __getitem__(self, key: tuple) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: tuple) -> tuple[torch.Tensor, dict]:
         row, start, *drop_condition = key
-        genre_id = self.null_genre_id if any(drop_condition) else self.row_genre_ids[int(row)]
-        return self.windows[(row, start)], genre_id
-
-
-def row_genre_ids(codes_dataset, config) -> list[int]:
-    """The genre id of every row of a codes dataset for a conditional model: rows without a genre, or with one the
-    model does not know, get the null genre."""
-    return [
-        config.null_genre_id if genre not in config.genres else config.genres.index(genre)
-        for genre in codes_dataset["genre"]
-    ]
+        dropped = any(drop_condition)
+        values = {c.name: c.null_value if dropped else c.row_values[int(row)] for c in self.conditions}
+        return self.windows[(row, start)], values
 
 
 class CodesCollator:
     """Stacks equal-length windows and lays them out for the model (start column, delay pattern, labels), with
-    `genre_ids` when the items carry them (see GenreWindows)."""
+    each condition's forward() arguments under "conditions" when the items carry them (see ConditionWindows)."""
 
-    def __init__(self, config):
+    def __init__(self, config, conditions: list = ()):
         self.config = config
+        self.conditions = conditions
 
-    def __call__(self, items: list) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list) -> dict:
         if not isinstance(items[0], tuple):
             return codes_to_model_inputs(torch.stack(items), self.config)
-        windows, genre_ids = zip(*items, strict=True)
+        windows, values = zip(*items, strict=True)
         inputs = codes_to_model_inputs(torch.stack(windows), self.config)
-        inputs["genre_ids"] = torch.tensor(genre_ids, dtype=torch.long)
+        inputs["conditions"] = {c.name: c.collate([row[c.name] for row in values]) for c in self.conditions}
         return inputs
+
+
+def condition_arguments(batch: dict, device, leave_out: str | None = None) -> dict:
+    """forward()'s condition arguments of a collated batch, on `device`; `leave_out`: a condition name whose
+    arguments are left out, which gives every row its null value."""
+    return {
+        argument: value.to(device)
+        for name, arguments in batch.get("conditions", {}).items() if name != leave_out
+        for argument, value in arguments.items()
+    }
 
 
 class RandomCropBatchSampler:
@@ -118,7 +120,7 @@ class RandomCropBatchSampler:
     shorter than a crop are taken whole (and padded by CodesWindows).
 
     With `condition_dropout` (a probability; None for unconditional models) the keys are (row, start,
-    drop_condition): each sample drops its genre with that probability, independently of every other sample.
+    drop_condition): each sample drops its conditions with that probability, independently of every other sample.
     """
 
     def __init__(

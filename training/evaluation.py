@@ -7,9 +7,10 @@ two checkpoints evaluated on them can be compared segment by segment (paired tes
 Losses are plain cross entropy (no label smoothing, whatever the model was trained with), summed over every valid
 position of a codebook and divided by their count, so the numbers are token-weighted and independent of batching.
 
-A genre-conditioned model is scored with each segment's true genre (the null genre where the track has none the
-model knows), and a second time with the null genre: the paired difference, null minus true, is the information
-the genre gives about the codes ("genre information", nats per token), with bootstrap intervals over segments.
+A conditional model is scored with each segment's true conditions (the null value where the track has none the
+model knows: a genre outside its list, no description), and once more per condition with that condition null: the
+paired difference, null minus true, is the information the condition gives about the codes ("genre information",
+"text information", nats per token), with bootstrap intervals over the segments that have a value of their own.
 
 Long range: the losses are also kept by position in the segment, in POSITION_BUCKETS equal buckets of the segment's
 positions (a predicted token at position j of an S-position segment falls in bucket j * POSITION_BUCKETS // S), per
@@ -28,7 +29,8 @@ from tqdm.auto import tqdm
 
 from comparison.paired_statistics import compare_losses
 from modeling_music_hybrid import IGNORE_INDEX
-from training.crops import CodesCollator, CodesWindows, GenreWindows, frames_per_segment, row_genre_ids
+from training.conditions import training_conditions
+from training.crops import CodesCollator, CodesWindows, ConditionWindows, condition_arguments, frames_per_segment
 
 TOP_K = 5
 POSITION_BUCKETS = 8
@@ -72,12 +74,14 @@ def evaluate_model(
     progress: bool = True,
 ) -> dict:
     """Per-codebook loss, top-1 and top-5 accuracy of `model` on the validation segments, as a JSON-able dict;
-    for a genre-conditioned model also "genre_information" (see `genre_information`).
+    for a conditional model also "<condition>_information" per condition ("genre_information",
+    "text_information"; see `condition_information`).
 
     With an accelerator, process r evaluates segments r, r + W, ... (padded to equal counts so that wrapped models
     run the same number of forward passes everywhere) and the per-segment sums are gathered on every process.
     """
-    config = (accelerator.unwrap_model(model) if accelerator else model).config
+    unwrapped = accelerator.unwrap_model(model) if accelerator else model
+    config = unwrapped.config
     num_codebooks = config.num_codebooks
     segments = validation_segments(validation_dataset, segment_length, num_codebooks, max_segments)
     if not segments:
@@ -92,14 +96,14 @@ def evaluate_model(
     local_segments = [segments[i] if i < len(segments) else padding for i in local_indices]
     keys = [(segment.row, segment.row_offset) for segment in local_segments]
     windows = CodesWindows(validation_dataset, frames_per_segment(segment_length, num_codebooks), config.pad_token_id)
-    conditional = config.genres is not None
-    if conditional:
-        genre_of_row = row_genre_ids(validation_dataset, config)
-        windows = GenreWindows(windows, genre_of_row, config.null_genre_id)
+    conditions = training_conditions(validation_dataset, unwrapped)
+    if conditions:
+        windows = ConditionWindows(windows, conditions)
     # Its own generator: a DataLoader iterator draws a seed, which from the global one would shift the dropout
     # masks of the training steps after every evaluation.
     loader = DataLoader(
-        windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config), generator=torch.Generator()
+        windows, sampler=keys, batch_size=batch_size, collate_fn=CodesCollator(config, conditions),
+        generator=torch.Generator(),
     )
 
     was_training = model.training
@@ -109,15 +113,15 @@ def evaluate_model(
     with torch.no_grad():
         for batch in tqdm(loader, desc="evaluating", disable=not (progress and is_main)):
             input_ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-            genre_ids = batch["genre_ids"].to(device) if conditional else None
-            sums = segment_sums(model(input_ids=input_ids, genre_ids=genre_ids).logits, labels)
-            if conditional:  # the null genre's cross entropy as a last row
-                null_sums = segment_sums(model(input_ids=input_ids).logits, labels)
+            sums = segment_sums(model(input_ids=input_ids, **condition_arguments(batch, device)).logits, labels)
+            for condition in conditions:  # the cross entropy with this condition null, as one more row
+                null_arguments = condition_arguments(batch, device, leave_out=condition.name)
+                null_sums = segment_sums(model(input_ids=input_ids, **null_arguments).logits, labels)
                 sums = torch.cat([sums, null_sums[:, :1]], dim=1)
             local_sums.append(sums)
     model.train(was_training)
 
-    sums = torch.cat(local_sums)  # (per_process, SUM_ROWS or SUM_ROWS + 1, K)
+    sums = torch.cat(local_sums)  # (per_process, SUM_ROWS + one row per condition, K)
     if accelerator:
         sums = accelerator.gather(sums.contiguous())
     # gathered rows are process-major: row r * per_process + i is segment r + num_processes * i
@@ -126,9 +130,13 @@ def evaluate_model(
     by_segment[order] = sums
     by_segment = by_segment[: len(segments)].double().cpu()
     result = metrics_from_sums(by_segment[:, :SUM_ROWS], segments, segment_length)
-    if conditional:
-        known = [genre_of_row[segment.row] != config.null_genre_id for segment in segments]
-        result["genre_information"] = genre_information(by_segment, known)
+    for index, condition in enumerate(conditions):
+        known = condition.known_rows()
+        null_sums = by_segment[:, SUM_ROWS + index]
+        result[f"{condition.name}_information"] = condition_information(
+            by_segment[:, :SUM_ROWS], null_sums, [known[segment.row] for segment in segments], condition.name,
+            condition.described_as,
+        )
     return result
 
 
@@ -197,23 +205,27 @@ def bucket_positions(segment_length: int) -> list[list[int]]:
     return [[edges[b], edges[b + 1] - 1] for b in range(POSITION_BUCKETS)]
 
 
-def genre_information(sums: torch.Tensor, known_genre: list[bool]) -> dict:
-    """Per-codebook loss with the true and with the null genre over the segments whose genre the model knows, and
-    their paired difference (null - true: positive when the genre helps) with bootstrap intervals over segments.
-    sums: (segments, SUM_ROWS + 1, K) from evaluate_model (last row: the null genre's summed cross entropy)."""
-    sums = sums[torch.tensor(known_genre, dtype=torch.bool)]
+def condition_information(sums: torch.Tensor, null_loss_sums: torch.Tensor, known: list[bool], name: str,
+                          described_as: str) -> dict:
+    """Per-codebook loss with the true and with the null value of condition `name` over the segments that have a
+    value of their own (`known`), and their paired difference (null - true: positive when the condition helps) with
+    bootstrap intervals over segments. sums: (segments, SUM_ROWS, K) from evaluate_model; null_loss_sums:
+    (segments, K), the summed cross entropy with the condition null; described_as: the tables' word for a value."""
+    keep = torch.tensor(known, dtype=torch.bool)
+    sums, null_loss_sums = sums[keep], null_loss_sums[keep]
     if sums.shape[0] == 0:
-        return {"num_segments": 0}
+        return {"num_segments": 0, "described_as": described_as}
     count = sums[:, 1]
-    true_losses, null_losses = (sums[:, 0] / count).numpy(), (sums[:, -1] / count).numpy()
+    true_losses, null_losses = (sums[:, 0] / count).numpy(), (null_loss_sums / count).numpy()
     weights = count[:, 0].numpy()  # every codebook predicts each real frame once
     per_codebook = compare_losses(true_losses, null_losses, weights=weights)
     mean = compare_losses(true_losses.mean(1, keepdims=True), null_losses.mean(1, keepdims=True), weights=weights)
     total = count.sum(0)
     return {
         "num_segments": int(sums.shape[0]),
-        "codebook_loss_true_genre": (sums[:, 0].sum(0) / total).tolist(),
-        "codebook_loss_null_genre": (sums[:, -1].sum(0) / total).tolist(),
+        "described_as": described_as,
+        f"codebook_loss_true_{name}": (sums[:, 0].sum(0) / total).tolist(),
+        f"codebook_loss_null_{name}": (null_loss_sums.sum(0) / total).tolist(),
         "codebook_information": per_codebook.difference,
         "codebook_information_ci": [list(pair) for pair in zip(per_codebook.ci_low, per_codebook.ci_high, strict=True)],
         "codebook_p_value_holm": per_codebook.p_value_holm,
@@ -235,32 +247,34 @@ def format_metrics_table(result: dict) -> str:
         f"Perplexity exp(mean loss) = {result['perplexity']:.2f} over {result['num_segments']} segments of "
         f"{result['segment_length']} positions (cross entropy without label smoothing)."
     )
-    if "genre_information" in result:
-        lines += ["", format_genre_information(result["genre_information"])]
+    for key, information in result.items():
+        if key.endswith("_information"):
+            lines += ["", format_condition_information(information, key.removesuffix("_information"))]
     return "\n".join(lines)
 
 
-def format_genre_information(information: dict) -> str:
-    """The genre-information table: loss with the true and the null genre, their difference and its interval."""
+def format_condition_information(information: dict, name: str) -> str:
+    """A condition's information table: loss with the true and the null value, their difference and its interval."""
+    described_as = information.get("described_as", name)
+    title = f"{name.capitalize()} information"
     if not information["num_segments"]:
-        return "Genre information: no validation segment has a genre the model knows."
+        return f"{title}: no validation segment has a {described_as} the model knows."
     confidence = f"{information['confidence']:.0%}"
+    true_losses, null_losses = information[f"codebook_loss_true_{name}"], information[f"codebook_loss_null_{name}"]
     lines = [
-        f"| codebook | loss, true genre | loss, null genre | genre information (nats) | {confidence} interval |",
+        f"| codebook | loss, true {described_as} | loss, null {described_as} | {name} information (nats) | "
+        f"{confidence} interval |",
         "|---:|---:|---:|---:|---:|",
     ]
-    rows = zip(
-        information["codebook_loss_true_genre"], information["codebook_loss_null_genre"],
-        information["codebook_information"], information["codebook_information_ci"], strict=True,
-    )
+    rows = zip(true_losses, null_losses, information["codebook_information"], information["codebook_information_ci"],
+               strict=True)
     for codebook, (true_loss, null_loss, difference, (low, high)) in enumerate(rows):
         interval = f"[{low:+.4f}, {high:+.4f}]"
         lines.append(f"| {codebook} | {true_loss:.3f} | {null_loss:.3f} | {difference:+.4f} | {interval} |")
-    true_mean = sum(information["codebook_loss_true_genre"]) / len(information["codebook_loss_true_genre"])
-    null_mean = sum(information["codebook_loss_null_genre"]) / len(information["codebook_loss_null_genre"])
+    true_mean, null_mean = sum(true_losses) / len(true_losses), sum(null_losses) / len(null_losses)
     low, high = information["mean_information_ci"]
     difference = information["mean_information"]
     lines.append(f"| mean | {true_mean:.3f} | {null_mean:.3f} | {difference:+.4f} | [{low:+.4f}, {high:+.4f}] |")
-    lines += ["", f"Genre information = loss with the null genre - loss with the true genre, paired over "
-              f"{information['num_segments']} segments whose genre the model knows (bootstrap intervals)."]
+    lines += ["", f"{title} = loss with the null {described_as} - loss with the true {described_as}, paired over "
+              f"{information['num_segments']} segments whose {described_as} the model knows (bootstrap intervals)."]
     return "\n".join(lines)

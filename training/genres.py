@@ -31,13 +31,10 @@ def configure_genres(config, model_args, splits: dict, train_split_name: str, ch
                 f"--genre_conditioning needs genre labels, but no row of the {train_split_name!r} split has a genre"
             )
         config.condition_dropout = DEFAULT_CONDITION_DROPOUT
-    elif model_args.condition_dropout is not None:
-        raise ValueError("--condition_dropout needs a genre-conditioned model: pass --genre_conditioning")
     if config.genres is None:
         return []
     if model_args.condition_dropout is not None:
         config.condition_dropout = model_args.condition_dropout
-    config.validate_fields()
     origin = "kept from the model" if kept is not None else f"from the {train_split_name!r} split"
     lines = [
         f"Genre conditioning: {len(config.genres)} genres {origin} ({', '.join(config.genres)}), condition dropout "

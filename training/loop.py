@@ -42,16 +42,16 @@ from training.checkpoints import (
     resolve_resume_checkpoint,
     save_checkpoint,
 )
+from training.conditions import configure_conditions, training_conditions
 from training.crops import (
     CodesCollator,
     CodesWindows,
-    GenreWindows,
+    ConditionWindows,
     RandomCropBatchSampler,
+    condition_arguments,
     frames_per_segment,
-    row_genre_ids,
 )
 from training.evaluation import evaluate_model, format_metrics_table
-from training.genres import configure_genres
 
 EVAL_RESULTS_FILE = "eval_results.json"
 TRAIN_RESULTS_FILE = "train_results.json"
@@ -137,8 +137,13 @@ def setup_run(model_args, data_args, training_args) -> Run:
                 f"checkpoint {resume_checkpoint} was trained without genre conditioning: resume without "
                 "--genre_conditioning, or start a new run"
             )
-    # Before the resume check: a conditional checkpoint's genres are part of the settings it compares.
-    genre_lines = configure_genres(config, model_args, splits, data_args.train_split_name, checkpoint_config)
+        if model_args.text_conditioning and checkpoint_config.text_encoder is None:
+            raise ValueError(
+                f"checkpoint {resume_checkpoint} was trained without text conditioning: resume without "
+                "--text_conditioning, or start a new run"
+            )
+    # Before the resume check: a conditional checkpoint's genres and encoder are part of the settings it compares.
+    condition_lines = configure_conditions(config, model_args, splits, data_args.train_split_name, checkpoint_config)
     if training_args.do_train:
         if resume_checkpoint:
             check_resumable(resume_checkpoint, config)
@@ -147,7 +152,7 @@ def setup_run(model_args, data_args, training_args) -> Run:
     check_output_dir(output_dir, overwrite, resuming=resume_checkpoint is not None)
     if accelerator.is_main_process:
         prepare_output_dir(output_dir, overwrite and training_args.do_train, resuming=resume_checkpoint is not None)
-    for line in genre_lines:
+    for line in condition_lines:
         accelerator.print(line)
     if training_args.do_train and accelerator.is_main_process:
         track_frames = list(splits[data_args.train_split_name]["num_frames"])
@@ -375,7 +380,8 @@ def train(run: Run, model) -> dict:
     accelerator.init_trackers("music-hybrid", config={k: v for k, v in run_config.items() if is_scalar(v)})
 
     frames = frames_per_segment(run.data_args.segment_length, config.num_codebooks)
-    conditional = config.genres is not None
+    conditions = training_conditions(run.train_dataset, accelerator.unwrap_model(model))
+    conditional = bool(conditions)
     sampler = RandomCropBatchSampler(
         list(run.train_dataset["num_frames"]), frames, args.per_device_train_batch_size, args.seed,
         accelerator.num_processes, accelerator.process_index,
@@ -384,11 +390,11 @@ def train(run: Run, model) -> dict:
     )
     windows = CodesWindows(run.train_dataset, frames, config.pad_token_id)
     if conditional:
-        windows = GenreWindows(windows, row_genre_ids(run.train_dataset, config), config.null_genre_id)
+        windows = ConditionWindows(windows, conditions)
     loader = DataLoader(
         windows,
         batch_sampler=sampler,
-        collate_fn=CodesCollator(config),
+        collate_fn=CodesCollator(config, conditions),
         num_workers=args.dataloader_num_workers,
         # Creating an iterator draws a worker base seed; from torch's global generator it would shift every dropout
         # mask after a resume (the iterator is made after load_state restored that generator). The crops use no RNG.
@@ -497,11 +503,10 @@ def accumulate_gradients(accelerator, model, batches: list[dict], config) -> tup
         last = index == len(batches) - 1
         with nullcontext() if last else accelerator.no_sync(model):
             labels = batch["labels"].to(accelerator.device)
-            genre_ids = batch.get("genre_ids")
             output = model(
                 input_ids=batch["input_ids"].to(accelerator.device),
                 labels=labels,
-                genre_ids=None if genre_ids is None else genre_ids.to(accelerator.device),
+                **condition_arguments(batch, accelerator.device),
             )
             sums = output.codebook_losses * valid_token_counts(labels)
             loss = weighted_codebook_mean(sums / step_counts, config.codebook_loss_weights)

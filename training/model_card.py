@@ -26,7 +26,7 @@ DOCUMENTATION_PAGES = {
     "training.md": "training, resuming and the published reproduction recipes",
     "evaluation.md": "comparing models on the same segments, the Frechet Audio Distance",
 }
-CONDITIONING_PAGE = {"conditioning.md": "genre conditioning and classifier-free guidance"}
+CONDITIONING_PAGE = {"conditioning.md": "genre and text conditioning and classifier-free guidance"}
 # The usage snippet's checkpoint: this folder, or the Hub repository it was pushed to.
 CHECKPOINT_PLACEHOLDER = "path/to/this/folder"
 
@@ -91,6 +91,7 @@ def model_card_text(
            if codec.get("backend") == "fitted" else ""),
         "## Usage\n\n" + usage_snippet(),
         *([genres_section(config)] if config.genres is not None else []),
+        *([text_section(config, evaluation)] if reads_text(config) else []),
         documentation_section(config),
         "## Validation metrics\n\n" + (format_metrics_table(evaluation) if evaluation else "Not evaluated."),
         "## Configuration\n\n```json\n" + config.to_json_string(use_diff=False) + "```",
@@ -120,6 +121,7 @@ def card_tags(config) -> list[str]:
         "music-generation", "audio", "dac", "music-hybrid", *architecture,
         *(["memory-caching"] if config.mamba_memory else []),
         *(["genre-conditioning"] if config.genres is not None else []),
+        *(["text-conditioning"] if reads_text(config) else []),
         "custom_code",
     ]
 
@@ -127,7 +129,8 @@ def card_tags(config) -> list[str]:
 def documentation_section(config) -> str:
     """Links to the project's docs pages under the "Documentation" URL that pyproject.toml's [project.urls] gives the
     installed package; without one, the pages are named in the source repository's docs/ folder."""
-    pages = {**DOCUMENTATION_PAGES, **(CONDITIONING_PAGE if config.genres is not None else {})}
+    conditional = config.genres is not None or reads_text(config)
+    pages = {**DOCUMENTATION_PAGES, **(CONDITIONING_PAGE if conditional else {})}
     url = documentation_url()
     where = "" if url else " (the `docs/` folder of its source repository)"
     lines = [f"- [{page}]({url}/{page}): {topic}" if url else f"- `docs/{page}`: {topic}"
@@ -149,7 +152,7 @@ def documentation_url() -> str | None:
 
 def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalResult]:
     """The model-index entries: loss and top-1 accuracy of every codebook, their means, top-5, the perplexity and,
-    for a genre-conditioned model, the genre information (null-genre minus true-genre loss)."""
+    for a conditional model, each condition's information (null minus true loss: genre, text)."""
     dataset = dict(
         task_type=PIPELINE_TAG, dataset_type=dataset_name if on_the_hub(dataset_name) else "local",
         dataset_name=dataset_name or "tokenized dataset", dataset_split="validation",
@@ -168,10 +171,11 @@ def validation_results(evaluation: dict, dataset_name: str | None) -> list[EvalR
                               metric_value=round(evaluation["mean_top5"], 4), **dataset))
     results.append(EvalResult(metric_type="perplexity", metric_name="perplexity",
                               metric_value=round(evaluation["perplexity"], 4), **dataset))
-    information = evaluation.get("genre_information", {})
-    if information.get("num_segments"):
-        results.append(EvalResult(metric_type="genre_information", metric_name="genre information (nats)",
-                                  metric_value=round(information["mean_information"], 4), **dataset))
+    for key, information in evaluation.items():
+        if key.endswith("_information") and information.get("num_segments"):
+            name = key.removesuffix("_information")
+            results.append(EvalResult(metric_type=key, metric_name=f"{name} information (nats)",
+                                      metric_value=round(information["mean_information"], 4), **dataset))
     return results
 
 
@@ -180,6 +184,30 @@ def genres_section(config) -> str:
         f"## Genres\n\nConditioned on {len(config.genres)} genres (trained with condition dropout "
         f"{config.condition_dropout}): {', '.join(config.genres)}. Sample one with classifier-free guidance:\n\n"
         f"```python\ncodes = model.generate(max_new_tokens=430, genre={config.genres[0]!r}, guidance_scale=3.0)\n```"
+    )
+
+
+def reads_text(config) -> bool:
+    return config.text_encoder is not None
+
+
+def text_section(config, evaluation: dict | None) -> str:
+    """How to describe the music to a text-conditioned model, and how much its descriptions told it."""
+    information = (evaluation or {}).get("text_information", {})
+    measured = ""
+    if information.get("num_segments"):
+        low, high = information["mean_information_ci"]
+        measured = (
+            f" On the validation segments, the true description lowers the loss by "
+            f"{information['mean_information']:.4f} nats per token ({information['confidence']:.0%} interval "
+            f"[{low:.4f}, {high:.4f}]) against the empty one (the text information, below)."
+        )
+    return (
+        f"## Text\n\nConditioned on descriptions read by the text encoder `{config.text_encoder}` through "
+        f"cross-attention (its weights and tokenizer ship in this folder; trained with condition dropout "
+        f"{config.condition_dropout}).{measured} Sample with classifier-free guidance:\n\n"
+        "```python\ncodes = model.generate(max_new_tokens=430, text=\"a calm piano ballad in D minor\", "
+        "guidance_scale=3.0)\n```"
     )
 
 
