@@ -340,17 +340,19 @@ def test_help_lists_the_options(capsys):
 
 
 def test_the_decode_bar_times_decoding_only(tmp_path, capsys, monkeypatch):
-    """Encoding 1 s per track (slowed here) must not show in the decode bar's seconds per track."""
+    """Encoding 2 s per track (slowed here) must not show in the decode bar's seconds per track: the bar would
+    read 2 s or more if it did, and decoding a procedural track takes a small part of that even on a loaded
+    machine."""
     original = Codec.encode
 
     def slow(self, waveforms):
-        time.sleep(1.0)
+        time.sleep(2.0)
         return original(self, waveforms)
 
     monkeypatch.setattr(Codec, "encode", slow)
     build_dataset(output_dir=str(tmp_path), **{**PROCEDURAL, "procedural_tracks": 3})
     rates = [float(rate) for rate in re.findall(r"([0-9.]+) s/track decoding", capsys.readouterr().err)]
-    assert rates and max(rates) < 0.5, rates
+    assert rates and max(rates) < 1.0, rates
 
 
 def _mp3_folder(folder, names):

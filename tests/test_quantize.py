@@ -7,7 +7,7 @@ import math
 import os
 import subprocess
 import sys
-import time
+import types
 from unittest import mock
 
 import pytest
@@ -113,13 +113,16 @@ def test_calibration_picks_the_faster_thread_count_and_stops_early_under_load(tw
     burst of them)."""
     fast, slow = 5e-5, 2e-3
     calls = []
+    clock = types.SimpleNamespace(seconds=0.0)  # simulated: the machine's load must not decide the test
 
     def timed_product(linear, x):
         threads = torch.get_num_threads()
         calls.append(threads)
-        time.sleep(slow if (threads > 1) == busy_core else fast)
+        clock.seconds += slow if (threads > 1) == busy_core else fast
 
-    with mock.patch.object(fast_decoding_music_hybrid, "few_row_linear", timed_product):
+    simulated_time = types.SimpleNamespace(perf_counter=lambda: clock.seconds)
+    with mock.patch.object(fast_decoding_music_hybrid, "few_row_linear", timed_product), \
+            mock.patch.object(fast_decoding_music_hybrid, "time", simulated_time):
         chosen = fast_decoding_music_hybrid.fastest_thread_count(torch.nn.Linear(8, 8), 1, 2, burst_seconds=1e-3)
     assert chosen == (1 if busy_core else 2)
     assert calls.count(1) <= 2 + math.ceil(1e-3 / fast)  # warm-up, sizing and a single round
