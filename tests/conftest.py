@@ -12,6 +12,7 @@ if os.environ.get("MUSIC_HYBRID_TEST_THREADS"):
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import csv
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,17 @@ def pytest_xdist_auto_num_workers(config):
     """Workers for `-n auto` (pyproject.toml's default): one per core, at most four, since each holds its own torch,
     models and codecs in memory."""
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_reaches_child_processes():
+    """Ctrl-C delivered as usual before each test: child processes inherit an ignored or blocked SIGINT, so a test
+    sending one to its command would wait in vain if an earlier test in this worker process left it so (seen only
+    with the suite's files in parallel workers)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @dataclass(frozen=True)
