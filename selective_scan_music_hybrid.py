@@ -114,8 +114,7 @@ def scan_forward(u, delta, A, B, C, initial_state, grid, compiled, keep_start_st
     spans = grid.spans()
     start_states = u.new_empty((len(spans) if keep_start_states else 0,) + tuple(initial_state.shape))
     segment_states = u.new_empty((len(grid.segment_chunks),) + tuple(initial_state.shape))
-    segment_ends = iter(enumerate(grid.segment_chunks))
-    next_segment = next(segment_ends, None)
+    segment_of_chunk = {chunk: segment for segment, chunk in enumerate(grid.segment_chunks)}
     state = initial_state.float()
     for i, span in enumerate(spans):
         if keep_start_states:
@@ -130,9 +129,8 @@ def scan_forward(u, delta, A, B, C, initial_state, grid, compiled, keep_start_st
             _, h = chunk_states(state, u[span], delta[span], exponents, B[span], decay, states)
             y[span] = sum_over_state(h[1:], C[span])
             state = h[-1]
-        if next_segment is not None and next_segment[1] == i:
-            segment_states[next_segment[0]] = state
-            next_segment = next(segment_ends, None)
+        if i in segment_of_chunk:
+            segment_states[segment_of_chunk[i]] = state
     return y.permute(1, 2, 0), state.clone(), segment_states, (u, delta, A, B, C, start_states)
 
 

@@ -9,6 +9,8 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
+from packaging.version import Version
 
 import mamba2_music_hybrid
 from configuration_music_hybrid import MusicHybridConfig
@@ -126,6 +128,11 @@ def test_step_and_norm_equal_mamba_ssm_references(request):
     torch.testing.assert_close(norm(y, z), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.skipif(
+    Version(transformers.__version__) < Version("5.25"),
+    reason="transformers' Mamba2Mixer torch path of this release differs from mamba_ssm's references, which our mixer "
+    "matches (the tests above); 5.25 agrees with both, 5.10.1 does not",
+)
 def test_mixer_equals_transformers_mamba2_mixer_with_the_same_weights():
     """transformers' Mamba2Mixer (its PyTorch path) loads our state dict unchanged and computes the same outputs."""
     from transformers import Mamba2Config

@@ -34,7 +34,7 @@ def test_readme_states_the_version_floors_that_ci_tests():
     floors = subprocess.run(
         [sys.executable, str(ROOT / ".ci" / "oldest_requirements.py")], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert "transformers==5.1" in floors and len(floors) >= 6
+    assert "transformers==5.10.1" in floors and len(floors) >= 6
     supported = README.split("Supported releases:", 1)[1].split("\n\n", 1)[0]
     for floor in floors:
         name, version = floor.split("==")

@@ -256,7 +256,8 @@ def test_the_frozen_encoder_stays_frozen_and_in_eval_mode_while_the_model_trains
     assert not any(p.requires_grad for p in encoder.parameters())
     model.train()
     assert not encoder.training and model.model.layers[0].training
-    model.activation_checkpointing_enable()
+    # transformers 5.23 renamed it; the older name serves the releases before
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     inputs = codes_to_model_inputs(random_codes(), model.config)
     loss = model(**inputs, **model.tokenize_text(DESCRIPTIONS)).loss
     loss.backward()
